@@ -1,0 +1,337 @@
+//! The agent's config file (TOML). Every command-line flag of `mirror-agent run` has a key
+//! here; objects (targets, filters, sessions) declared here are what a DaemonSet ships as the
+//! node's static mirror configuration. See docs/config.md for every key.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::model::{
+    self, DEFAULT_VXLAN_PORT, Filter, FilterRule, InvalidParam, RuleSpec, Session, Target,
+};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{what} {id}: {source}")]
+    Invalid {
+        what: &'static str,
+        id: String,
+        source: InvalidParam,
+    },
+    #[error("{what} {id}: {reason}")]
+    Reference {
+        what: &'static str,
+        id: String,
+        reason: String,
+    },
+}
+
+/// Built-in defaults: what `cargo xtask run` and a bare `mirror-agent run` use.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mirror-agent";
+pub const DEFAULT_API_SOCKET: &str = "/run/mirror-agent/api.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mirror-agent";
+pub const DEFAULT_RULE_QUOTA: usize = 10;
+pub const DEFAULT_SOURCE_QUOTA: usize = 10;
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub state_dir: Option<PathBuf>,
+    pub api_socket: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    /// Rules per direction of one filter (SPEC: 10 by default, configurable).
+    pub rule_quota: Option<usize>,
+    /// Sources per session (Huawei's default is 10).
+    pub source_quota: Option<usize>,
+    /// `eni-…` aliases: alias → interface name.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+    #[serde(default)]
+    pub sessions: Vec<SessionConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub id: String,
+    pub destination_ip: IpAddr,
+    pub destination_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub id: Option<String>,
+    pub priority: i64,
+    pub action: String,
+    #[serde(default = "all")]
+    pub protocol: String,
+    pub ip_version: Option<String>,
+    pub source_cidr_block: Option<String>,
+    pub destination_cidr_block: Option<String>,
+    pub source_port_range: Option<String>,
+    pub destination_port_range: Option<String>,
+}
+
+fn all() -> String {
+    "ALL".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub id: String,
+    #[serde(default)]
+    pub ingress_rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub egress_rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    pub id: String,
+    pub priority: i64,
+    pub virtual_network_id: i64,
+    pub packet_length: Option<i64>,
+    #[serde(default)]
+    pub enabled: bool,
+    pub filter_id: String,
+    pub target_id: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn rule_quota(&self) -> usize {
+        self.rule_quota.unwrap_or(DEFAULT_RULE_QUOTA)
+    }
+
+    /// Validates the declared objects and their references and returns them in model form.
+    pub fn objects(&self) -> Result<Objects, ConfigError> {
+        let quota = self.rule_quota();
+        if quota > mirror_ebpf::MAX_RULES_PER_DIRECTION {
+            return Err(ConfigError::Reference {
+                what: "rule_quota",
+                id: quota.to_string(),
+                reason: format!(
+                    "the data path holds at most {} rules per direction",
+                    mirror_ebpf::MAX_RULES_PER_DIRECTION
+                ),
+            });
+        }
+        let mut objects = Objects::default();
+        for t in &self.targets {
+            objects.targets.push(Target {
+                id: t.id.clone(),
+                destination_ip: t.destination_ip,
+                destination_port: t.destination_port.unwrap_or(DEFAULT_VXLAN_PORT),
+            });
+        }
+        for f in &self.filters {
+            let mut rules = Vec::new();
+            for (direction, list) in [("ingress", &f.ingress_rules), ("egress", &f.egress_rules)] {
+                if list.len() > quota {
+                    return Err(ConfigError::Reference {
+                        what: "filter",
+                        id: f.id.clone(),
+                        reason: format!("{} {direction} rules exceed the quota of {quota}", list.len()),
+                    });
+                }
+                let mut priorities = HashSet::new();
+                for (i, r) in list.iter().enumerate() {
+                    let id = r.id.clone().unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
+                    let rule = FilterRule::from_spec(&RuleSpec {
+                        id: &id,
+                        direction,
+                        priority: r.priority,
+                        action: &r.action,
+                        protocol: &r.protocol,
+                        ip_version: r.ip_version.as_deref(),
+                        source_cidr: r.source_cidr_block.as_deref(),
+                        destination_cidr: r.destination_cidr_block.as_deref(),
+                        source_ports: r.source_port_range.as_deref(),
+                        destination_ports: r.destination_port_range.as_deref(),
+                    })
+                    .map_err(|source| ConfigError::Invalid {
+                        what: "filter rule",
+                        id: id.clone(),
+                        source,
+                    })?;
+                    if !priorities.insert(rule.priority) {
+                        return Err(ConfigError::Reference {
+                            what: "filter rule",
+                            id,
+                            reason: format!("{direction} priority {} is used twice", rule.priority),
+                        });
+                    }
+                    rules.push(rule);
+                }
+            }
+            objects.filters.push(Filter {
+                id: f.id.clone(),
+                rules,
+            });
+        }
+        let mut priorities = HashSet::new();
+        for s in &self.sessions {
+            let invalid = |source| ConfigError::Invalid {
+                what: "session",
+                id: s.id.clone(),
+                source,
+            };
+            let priority = model::check_session_priority(s.priority).map_err(invalid)?;
+            let vni = model::check_vni(s.virtual_network_id).map_err(invalid)?;
+            let packet_length = s
+                .packet_length
+                .map(model::check_packet_length)
+                .transpose()
+                .map_err(invalid)?;
+            let reference = |reason: String| ConfigError::Reference {
+                what: "session",
+                id: s.id.clone(),
+                reason,
+            };
+            if !priorities.insert(priority) {
+                return Err(reference(format!("priority {priority} is used by another session")));
+            }
+            if !objects.filters.iter().any(|f| f.id == s.filter_id) {
+                return Err(reference(format!("filter {} is not declared", s.filter_id)));
+            }
+            if !objects.targets.iter().any(|t| t.id == s.target_id) {
+                return Err(reference(format!("target {} is not declared", s.target_id)));
+            }
+            let source_quota = self.source_quota.unwrap_or(DEFAULT_SOURCE_QUOTA);
+            if s.sources.len() > source_quota {
+                return Err(reference(format!(
+                    "{} sources exceed the quota of {source_quota}",
+                    s.sources.len()
+                )));
+            }
+            let mut sources = Vec::new();
+            for src in &s.sources {
+                let name = self.aliases.get(src).unwrap_or(src).clone();
+                if sources.contains(&name) {
+                    return Err(reference(format!("source {src} is listed twice")));
+                }
+                sources.push(name);
+            }
+            objects.sessions.push(Session {
+                id: s.id.clone(),
+                priority,
+                vni,
+                packet_length,
+                enabled: s.enabled,
+                filter_id: s.filter_id.clone(),
+                target_id: s.target_id.clone(),
+                sources,
+            });
+        }
+        Ok(objects)
+    }
+}
+
+/// The mirror configuration the data path is reconciled to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Objects {
+    pub targets: Vec<Target>,
+    pub filters: Vec<Filter>,
+    pub sessions: Vec<Session>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_and_validates() {
+        let cfg: FileConfig = toml::from_str(
+            r#"
+            state_dir = "/tmp/x"
+            [aliases]
+            "eni-1" = "eth0"
+            [[targets]]
+            id = "tmt-1"
+            destination_ip = "198.18.0.2"
+            [[filters]]
+            id = "tmf-1"
+            [[filters.ingress_rules]]
+            priority = 1
+            action = "accept"
+            protocol = "UDP"
+            destination_port_range = "5000/5010"
+            [[sessions]]
+            id = "tms-1"
+            priority = 1
+            virtual_network_id = 7
+            packet_length = 128
+            enabled = true
+            filter_id = "tmf-1"
+            target_id = "tmt-1"
+            sources = ["eni-1"]
+            "#,
+        )
+        .expect("config parses");
+        let objects = cfg.objects().expect("config validates");
+        assert_eq!(objects.sessions[0].sources, vec!["eth0".to_string()]);
+        assert_eq!(objects.targets[0].destination_port, 4789);
+    }
+
+    #[test]
+    fn bad_references_are_named() {
+        let cfg: FileConfig = toml::from_str(
+            r#"
+            [[sessions]]
+            id = "tms-1"
+            priority = 1
+            virtual_network_id = 7
+            filter_id = "tmf-missing"
+            target_id = "tmt-1"
+            "#,
+        )
+        .expect("config parses");
+        let err = cfg.objects().expect_err("missing filter is an error").to_string();
+        assert!(err.contains("tmf-missing"), "{err}");
+    }
+}

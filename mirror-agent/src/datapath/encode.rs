@@ -1,0 +1,155 @@
+//! Model objects → map values of the shared ABI (`mirror_ebpf`).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use mirror_ebpf::{
+    ACTION_ACCEPT, ACTION_REJECT, FilterConfig, MAX_RULES_PER_DIRECTION, RULE_ANY_PROTOCOL,
+    RULE_MATCH_PORTS, Rule, SESSION_ENABLED, SESSION_REMOTE_IPV6, SessionConfig,
+};
+
+use crate::model::{Action, Direction, Filter, FilterRule, IpVersion, Protocol, Session, Target};
+
+/// Address and mask as the raw network-order words the program compares.
+fn cidr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
+    let mut addr = [0u32; 4];
+    let mut mask = [0u32; 4];
+    match net {
+        IpNet::V4(n) => {
+            addr[0] = u32::from_ne_bytes(n.network().octets());
+            mask[0] = u32::from_ne_bytes(n.netmask().octets());
+        }
+        IpNet::V6(n) => {
+            let a = n.network().octets();
+            let m = n.netmask().octets();
+            for i in 0..4 {
+                addr[i] = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+                mask[i] = u32::from_ne_bytes([m[4 * i], m[4 * i + 1], m[4 * i + 2], m[4 * i + 3]]);
+            }
+        }
+    }
+    (addr, mask)
+}
+
+pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
+    let (src_addr, src_mask) = cidr_words(&rule.source_cidr);
+    let (dst_addr, dst_mask) = cidr_words(&rule.destination_cidr);
+    let mut flags = 0;
+    let protocol = match rule.protocol {
+        Protocol::All => {
+            flags |= RULE_ANY_PROTOCOL;
+            0
+        }
+        Protocol::Number(n) => n,
+    };
+    if rule.protocol.has_ports()
+        && !(rule.source_ports.is_all() && rule.destination_ports.is_all())
+    {
+        flags |= RULE_MATCH_PORTS;
+    }
+    Rule {
+        action: match rule.action {
+            Action::Accept => ACTION_ACCEPT,
+            Action::Reject => ACTION_REJECT,
+        },
+        protocol,
+        ip_version: match rule.ip_version {
+            IpVersion::V4 => 4,
+            IpVersion::V6 => 6,
+        },
+        flags,
+        src_port_min: rule.source_ports.min,
+        src_port_max: rule.source_ports.max,
+        dst_port_min: rule.destination_ports.min,
+        dst_port_max: rule.destination_ports.max,
+        stats_slot,
+        src_addr,
+        src_mask,
+        dst_addr,
+        dst_mask,
+    }
+}
+
+/// Encodes a filter; `stats_slot` gives each rule's counter slot by rule id.
+pub fn encode_filter(filter: &Filter, stats_slot: impl Fn(&str) -> u32) -> FilterConfig {
+    let mut cfg = FilterConfig::EMPTY;
+    for dir in Direction::ALL {
+        let rules = filter.rules_in_order(dir);
+        let n = rules.len().min(MAX_RULES_PER_DIRECTION);
+        for (i, rule) in rules.iter().take(n).enumerate() {
+            cfg.rules[dir.index()][i] = encode_rule(rule, stats_slot(&rule.id));
+        }
+        cfg.n_rules[dir.index()] = n as u32;
+    }
+    cfg
+}
+
+pub struct SessionPlacement {
+    pub filter_slot: u32,
+    pub tunnel_ifindex: u32,
+    pub snaplen: u32,
+}
+
+pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) -> SessionConfig {
+    let mut flags = 0;
+    if session.enabled {
+        flags |= SESSION_ENABLED;
+    }
+    let (remote_ipv4, remote_ipv6) = match target.destination_ip {
+        IpAddr::V4(a) => (u32::from(a), [0; 4]),
+        IpAddr::V6(a) => {
+            flags |= SESSION_REMOTE_IPV6;
+            let o = a.octets();
+            let mut w = [0u32; 4];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            }
+            (0, w)
+        }
+    };
+    SessionConfig {
+        flags,
+        vni: session.vni,
+        snaplen: at.snaplen,
+        filter_slot: at.filter_slot,
+        tunnel_ifindex: at.tunnel_ifindex,
+        remote_ipv4,
+        remote_ipv6,
+        ttl: 64,
+        tos: 0,
+        _pad: [0; 6],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RuleSpec;
+
+    #[test]
+    fn ipv4_cidr_words_are_network_order() {
+        let (a, m) = cidr_words(&"198.18.1.0/24".parse().expect("cidr"));
+        assert_eq!(a[0].to_ne_bytes(), [198, 18, 1, 0]);
+        assert_eq!(m[0].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(&a[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn ports_only_flagged_when_restricted() {
+        let rule = FilterRule::from_spec(&RuleSpec {
+            id: "tmr-1",
+            direction: "egress",
+            priority: 3,
+            action: "drop",
+            protocol: "UDP",
+            destination_ports: Some("53/53"),
+            ..Default::default()
+        })
+        .expect("rule");
+        let r = encode_rule(&rule, 9);
+        assert_eq!(r.flags, RULE_MATCH_PORTS);
+        assert_eq!((r.dst_port_min, r.dst_port_max), (53, 53));
+        assert_eq!(r.action, ACTION_REJECT);
+        assert_eq!(r.stats_slot, 9);
+    }
+}

@@ -1,0 +1,7 @@
+//! The traffic mirror agent: configuration, the mirror object model, and the eBPF data path.
+//! The binary (`mirror-agent`) is a thin command line over this library; the kernel tests in
+//! `tests/` drive the same library code.
+
+pub mod config;
+pub mod datapath;
+pub mod model;

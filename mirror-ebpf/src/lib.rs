@@ -1,0 +1,244 @@
+//! The map ABI shared by the eBPF programs and the agent.
+//!
+//! Every key and value that crosses the kernel boundary is defined here once, `#[repr(C)]`,
+//! with explicit padding fields so that both sides agree byte for byte. The agent enables the
+//! `user` feature to get `aya::Pod` implementations; the programs use the plain types.
+//!
+//! Addresses and ports are kept in network byte order as they appear in the packet (read as
+//! native `u32`/`u16` words), so the data path compares raw words and never swaps bytes.
+#![no_std]
+
+/// Traffic direction, relative to the source interface: ingress is what the interface receives,
+/// egress is what it transmits. Used as an index, hence the small integers.
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+pub const DIRECTIONS: usize = 2;
+
+/// Capacity of the maps. Changing one changes the ABI: the agent and programs are built together.
+pub const MAX_SOURCES: u32 = 4096;
+pub const MAX_SESSIONS: u32 = 4096;
+pub const MAX_FILTERS: u32 = 4096;
+pub const MAX_RULE_SLOTS: u32 = 65536;
+/// A source interface can belong to this many sessions (AWS allows 3 per ENI; we allow more).
+pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
+/// Upper bound of the rules per direction of one filter. The configurable quota (default 10)
+/// must not exceed it: the data path walks at most this many rules.
+pub const MAX_RULES_PER_DIRECTION: usize = 16;
+/// Ethernet + up to two VLAN tags + IPv6 + this many extension headers are parsed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Mirror copies carry this pattern in the upper 16 bits of `skb->mark` between the source
+/// program and the encapsulation program, and keep it on the wire side of the VXLAN device.
+/// A packet that carries it is never mirrored again (no loops when the uplink is a source).
+pub const MIRROR_MARK_MAGIC: u32 = 0x4d52_0000;
+pub const MIRROR_MARK_MASK: u32 = 0xffff_0000;
+/// Bit 15 of the mark is the direction, bits 0..15 the session slot.
+pub const MIRROR_MARK_DIR_SHIFT: u32 = 15;
+pub const MIRROR_MARK_SLOT_MASK: u32 = 0x7fff;
+
+/// Bytes the copy gains on the wire beyond the inner frame: outer IPv4 (20) + UDP (8) +
+/// VXLAN (8). The inner Ethernet header is part of the inner frame and counts in PacketLength.
+pub const VXLAN_OVERHEAD_IPV4: u32 = 36;
+/// Same with an outer IPv6 header (40).
+pub const VXLAN_OVERHEAD_IPV6: u32 = 56;
+
+/// `SourceConfig::sessions` lists session slots; this value ends the list early.
+pub const NO_SESSION: u16 = u16::MAX;
+
+/// Value of the `SOURCES` map, keyed by the interface index (`u32`).
+///
+/// Written by the agent when a source is attached or its sessions change; read by the source
+/// programs (`mirror_ingress`, `mirror_egress`) for every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Session slots of this source in ascending session Priority. Unused entries are
+    /// `NO_SESSION`; the agent keeps the used ones first.
+    pub sessions: [u16; MAX_SESSIONS_PER_SOURCE],
+    /// Index into `SOURCE_STATS` (times `DIRECTIONS`), stable while the source exists.
+    pub stats_slot: u32,
+    pub _pad: u32,
+}
+
+/// `SessionConfig::flags` bits.
+pub const SESSION_ENABLED: u32 = 1;
+/// The target is an IPv6 VTEP (`remote_ipv6`), otherwise IPv4 (`remote_ipv4`).
+pub const SESSION_REMOTE_IPV6: u32 = 2;
+
+/// Value of the `SESSIONS` array, indexed by session slot.
+///
+/// Written by the agent; read by the source programs (filter, enabled, tunnel device) and by
+/// the encapsulation program (VNI, remote, snap length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub flags: u32,
+    /// VXLAN network identifier, 0..=16777215.
+    pub vni: u32,
+    /// Bytes of the original frame kept in the copy: min(PacketLength, path MTU - overhead).
+    pub snaplen: u32,
+    /// Slot of the filter in `FILTERS`.
+    pub filter_slot: u32,
+    /// Interface index of the VXLAN device (external mode) for the target's UDP port.
+    pub tunnel_ifindex: u32,
+    /// Target VTEP in host byte order, as `bpf_tunnel_key.remote_ipv4` expects.
+    pub remote_ipv4: u32,
+    /// Target VTEP, network byte order words, as `bpf_tunnel_key.remote_ipv6` expects.
+    pub remote_ipv6: [u32; 4],
+    pub ttl: u8,
+    pub tos: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `Rule::action` values.
+pub const ACTION_ACCEPT: u8 = 1;
+pub const ACTION_REJECT: u8 = 2;
+
+/// `Rule::flags` bits.
+/// Protocol "ALL": `protocol` is ignored.
+pub const RULE_ANY_PROTOCOL: u8 = 1;
+/// Port ranges apply (TCP or UDP rules whose ranges are not -1/-1).
+pub const RULE_MATCH_PORTS: u8 = 2;
+
+/// One filter rule in the data path's form. The agent sorts rules by ascending Priority.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub action: u8,
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub flags: u8,
+    /// Inclusive port ranges, host byte order.
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+    pub dst_port_min: u16,
+    pub dst_port_max: u16,
+    /// Index into `RULE_STATS`, stable for the life of the rule whatever its position.
+    pub stats_slot: u32,
+    /// CIDR blocks as address words and mask words, network byte order. IPv4 uses word 0.
+    pub src_addr: [u32; 4],
+    pub src_mask: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub dst_mask: [u32; 4],
+}
+
+impl Rule {
+    pub const EMPTY: Rule = Rule {
+        action: 0,
+        protocol: 0,
+        ip_version: 0,
+        flags: 0,
+        src_port_min: 0,
+        src_port_max: 0,
+        dst_port_min: 0,
+        dst_port_max: 0,
+        stats_slot: 0,
+        src_addr: [0; 4],
+        src_mask: [0; 4],
+        dst_addr: [0; 4],
+        dst_mask: [0; 4],
+    };
+}
+
+/// Value of the `FILTERS` array, indexed by filter slot: the rules of both directions.
+///
+/// Written by the agent; read by the source programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// Number of valid rules per direction (`DIR_INGRESS`, `DIR_EGRESS`).
+    pub n_rules: [u32; DIRECTIONS],
+    pub rules: [[Rule; MAX_RULES_PER_DIRECTION]; DIRECTIONS],
+}
+
+impl FilterConfig {
+    pub const EMPTY: FilterConfig = FilterConfig {
+        n_rules: [0; DIRECTIONS],
+        rules: [[Rule::EMPTY; MAX_RULES_PER_DIRECTION]; DIRECTIONS],
+    };
+}
+
+/// Reasons a mirror copy was not sent; indexes of `SessionStats::errors`.
+pub const ERR_CLONE: usize = 0;
+pub const ERR_NO_SESSION: usize = 1;
+pub const ERR_TRUNCATE: usize = 2;
+pub const ERR_TUNNEL_KEY: usize = 3;
+pub const ERR_REASONS: usize = 4;
+/// Names used in logs and metrics, same order as the `ERR_*` indexes.
+pub const ERR_REASON_NAMES: [&str; ERR_REASONS] =
+    ["clone_redirect", "session_gone", "truncate", "tunnel_key"];
+
+/// Per-CPU value of `SESSION_STATS`, indexed by `slot * DIRECTIONS + direction`.
+///
+/// `packets`/`bytes` are written by the source programs when a copy is handed to the tunnel
+/// device; `truncated`, `gso_copies` and errors past the clone by the encapsulation program.
+/// Read (and summed over CPUs) by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Wire packets mirrored: a GSO super-packet counts its `gso_segs`.
+    pub packets: u64,
+    /// Bytes of the original packets mirrored (before truncation).
+    pub bytes: u64,
+    /// Copies handed to the tunnel device (one per skb, so one per GSO super-packet).
+    pub copies: u64,
+    /// Copies cut to the session's snap length.
+    pub truncated: u64,
+    /// Copies made of a GSO super-packet (see docs/architecture.md for what they contain).
+    pub gso_copies: u64,
+    pub errors: [u64; ERR_REASONS],
+}
+
+/// Per-CPU value of `SOURCE_STATS`, indexed by `stats_slot * DIRECTIONS + direction`.
+/// Written by the source programs, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Wire packets seen on the source (every packet, mirrored or not).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Wire packets mirrored by one of the source's sessions.
+    pub mirrored: u64,
+    /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...): never candidates.
+    pub not_ip: u64,
+    /// IP packets whose headers are short or inconsistent: passed, not matched.
+    pub malformed: u64,
+    /// Mirror copies seen on this interface (it is the uplink to a target): skipped.
+    pub mirror_traffic: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made of integers, with explicit padding fields,
+    // so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for SourceConfig {}
+    unsafe impl aya::Pod for SessionConfig {}
+    unsafe impl aya::Pod for FilterConfig {}
+    unsafe impl aya::Pod for SessionStats {}
+    unsafe impl aya::Pod for SourceStats {}
+}
+
+// No implicit padding: each size is the sum of the fields' sizes.
+const _: () = assert!(core::mem::size_of::<SourceConfig>() == 2 * MAX_SESSIONS_PER_SOURCE + 8);
+const _: () = assert!(core::mem::size_of::<SessionConfig>() == 6 * 4 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 4 + 8 + 4 + 64);
+const _: () = assert!(
+    core::mem::size_of::<FilterConfig>()
+        == 4 * DIRECTIONS + DIRECTIONS * MAX_RULES_PER_DIRECTION * core::mem::size_of::<Rule>()
+);
+const _: () = assert!(core::mem::size_of::<SessionStats>() == 8 * (5 + ERR_REASONS));
+const _: () = assert!(core::mem::size_of::<SourceStats>() == 8 * 6);
+const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
+
+/// The mark a mirror copy carries from the source program to the encapsulation program.
+#[inline(always)]
+pub const fn mirror_mark(slot: u32, direction: u32) -> u32 {
+    MIRROR_MARK_MAGIC | (direction << MIRROR_MARK_DIR_SHIFT) | (slot & MIRROR_MARK_SLOT_MASK)
+}
+
+#[inline(always)]
+pub const fn is_mirror_mark(mark: u32) -> bool {
+    mark & MIRROR_MARK_MASK == MIRROR_MARK_MAGIC
+}

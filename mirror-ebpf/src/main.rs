@@ -1,0 +1,10 @@
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs;
+
+/// Host builds (`cargo build --workspace`, clippy on the host) get an empty binary; the real
+/// one only exists for the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

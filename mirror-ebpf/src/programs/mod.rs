@@ -1,0 +1,279 @@
+//! The data path. See docs/architecture.md for the picture and the map table.
+//!
+//! Stage 1, `mirror_ingress` / `mirror_egress` (TC on each source interface): parse, pick the
+//! first session whose filter accepts the packet, and `bpf_clone_redirect` a copy to the VXLAN
+//! device with the session in `skb->mark`. The original always continues unchanged.
+//!
+//! Stage 2, `mirror_encap` (TC egress of the VXLAN device in external mode): truncate the copy
+//! to the session's snap length and set the tunnel key (VNI, target); the kernel encapsulates
+//! and routes it.
+
+mod matcher;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
+    helpers::{bpf_skb_change_tail, bpf_skb_set_tunnel_key},
+    macros::{classifier, map},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::TcContext,
+};
+use mirror_ebpf::{
+    ACTION_ACCEPT, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, ERR_NO_SESSION, ERR_TRUNCATE,
+    ERR_TUNNEL_KEY, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_RULES_PER_DIRECTION,
+    MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, MIRROR_MARK_DIR_SHIFT, MIRROR_MARK_MAGIC,
+    MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED, SESSION_REMOTE_IPV6, SessionConfig,
+    SessionStats, SourceConfig, SourceStats, is_mirror_mark, mirror_mark,
+};
+
+use matcher::rule_matches;
+use parse::{Packet, Parsed, parse};
+
+#[map]
+static SOURCES: HashMap<u32, SourceConfig> = HashMap::with_max_entries(MAX_SOURCES, 0);
+#[map]
+static SESSIONS: Array<SessionConfig> = Array::with_max_entries(MAX_SESSIONS, 0);
+#[map]
+static FILTERS: Array<FilterConfig> = Array::with_max_entries(MAX_FILTERS, 0);
+#[map]
+static SESSION_STATS: PerCpuArray<SessionStats> =
+    PerCpuArray::with_max_entries(MAX_SESSIONS * DIRECTIONS as u32, 0);
+#[map]
+static SOURCE_STATS: PerCpuArray<SourceStats> =
+    PerCpuArray::with_max_entries(MAX_SOURCES * DIRECTIONS as u32, 0);
+#[map]
+static RULE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE_SLOTS, 0);
+
+/// TCX_NEXT / TC_ACT_UNSPEC: let the next program (or the default action) decide. The source
+/// programs never drop, redirect or alter the original.
+const PASS_ORIGINAL: i32 = TC_ACT_UNSPEC;
+
+#[classifier]
+pub fn mirror_ingress(ctx: TcContext) -> i32 {
+    mirror_source::<DIR_INGRESS>(&ctx);
+    PASS_ORIGINAL
+}
+
+#[classifier]
+pub fn mirror_egress(ctx: TcContext) -> i32 {
+    mirror_source::<DIR_EGRESS>(&ctx);
+    PASS_ORIGINAL
+}
+
+#[classifier]
+pub fn mirror_encap(ctx: TcContext) -> i32 {
+    match try_mirror_encap(&ctx) {
+        Ok(()) => TC_ACT_OK as i32,
+        // The copy is dropped; the reason is counted in SESSION_STATS.
+        Err(()) => TC_ACT_SHOT as i32,
+    }
+}
+
+#[inline(always)]
+fn session_stats(slot: u32, dir: u32) -> Option<&'static mut SessionStats> {
+    let ptr = SESSION_STATS.get_ptr_mut(slot * DIRECTIONS as u32 + dir)?;
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    Some(unsafe { &mut *ptr })
+}
+
+#[inline(always)]
+fn wire_segments(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the program's own context.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs };
+    if segs > 1 { segs } else { 1 }
+}
+
+#[inline(always)]
+fn mirror_source<const DIR: u32>(ctx: &TcContext) {
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out before any other map operation.
+    let Some(source) = (unsafe { SOURCES.get(ifindex) }).copied() else {
+        return;
+    };
+    let Some(sstats) = SOURCE_STATS.get_ptr_mut(source.stats_slot * DIRECTIONS as u32 + DIR)
+    else {
+        return;
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    let sstats: &mut SourceStats = unsafe { &mut *sstats };
+    let segs = wire_segments(ctx);
+    sstats.packets += segs as u64;
+    sstats.bytes += ctx.len() as u64;
+
+    // A copy on its way out of the uplink: mirroring it would loop.
+    // SAFETY: reading a field of the program's own context.
+    if is_mirror_mark(unsafe { (*ctx.skb.skb).mark }) {
+        sstats.mirror_traffic += segs as u64;
+        return;
+    }
+    let pkt = match parse(ctx) {
+        Parsed::Ip(pkt) => pkt,
+        Parsed::NotIp => {
+            sstats.not_ip += segs as u64;
+            return;
+        }
+        Parsed::Malformed => {
+            sstats.malformed += segs as u64;
+            return;
+        }
+    };
+    if let Some(slot) = select_session::<DIR>(&source, &pkt) {
+        if send_copy::<DIR>(ctx, slot, segs, &pkt) {
+            sstats.mirrored += segs as u64;
+        }
+    }
+}
+
+/// The first enabled session, in the source's priority order, whose first matching rule of
+/// this direction accepts the packet.
+#[inline(always)]
+fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option<u32> {
+    for i in 0..MAX_SESSIONS_PER_SOURCE {
+        let slot = source.sessions[i];
+        if slot == NO_SESSION {
+            return None;
+        }
+        let slot = slot as u32;
+        let Some(session) = SESSIONS.get(slot) else {
+            continue;
+        };
+        if session.flags & SESSION_ENABLED == 0 {
+            continue;
+        }
+        let Some(filter) = FILTERS.get(session.filter_slot) else {
+            continue;
+        };
+        let rules = &filter.rules[DIR as usize];
+        let n = filter.n_rules[DIR as usize] as usize;
+        for r in 0..MAX_RULES_PER_DIRECTION {
+            if r >= n {
+                break;
+            }
+            let rule = &rules[r];
+            if rule_matches(rule, pkt) {
+                if let Some(hits) = RULE_STATS.get_ptr_mut(rule.stats_slot) {
+                    // SAFETY: per-CPU value, only this CPU writes it.
+                    unsafe { *hits += 1 };
+                }
+                if rule.action == ACTION_ACCEPT {
+                    return Some(slot);
+                }
+                // Reject: this session does not mirror it; the next session may.
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// Hands a copy to the tunnel device. The session travels in the mark, which is restored on
+/// the original right after the clone.
+#[inline(always)]
+fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet) -> bool {
+    let Some(session) = SESSIONS.get(slot) else {
+        return false;
+    };
+    let tunnel = session.tunnel_ifindex;
+    let Some(stats) = session_stats(slot, DIR) else {
+        return false;
+    };
+    // SAFETY: reading a field of the program's own context.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(mirror_mark(slot, DIR));
+    let sent = ctx.clone_redirect(tunnel, 0);
+    ctx.set_mark(mark);
+    match sent {
+        Ok(()) => {
+            let len = ctx.len() as u64;
+            stats.packets += segs as u64;
+            // A GSO super-packet leaves as `segs` packets, each with its own copy of the
+            // headers: count the bytes the wire carries.
+            stats.bytes += len + (segs as u64 - 1) * pkt.headers_len as u64;
+            stats.copies += 1;
+            true
+        }
+        Err(_) => {
+            stats.errors[ERR_CLONE] += 1;
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn try_mirror_encap(ctx: &TcContext) -> Result<(), ()> {
+    // SAFETY: reading a field of the program's own context.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if !is_mirror_mark(mark) {
+        // Only copies belong on this device (no addresses, no routes point at it).
+        return Err(());
+    }
+    let slot = mark & MIRROR_MARK_SLOT_MASK;
+    let dir = (mark >> MIRROR_MARK_DIR_SHIFT) & 1;
+    let stats = session_stats(slot, dir).ok_or(())?;
+    let session = match SESSIONS.get(slot) {
+        Some(s) if s.flags & SESSION_ENABLED != 0 => *s,
+        _ => {
+            stats.errors[ERR_NO_SESSION] += 1;
+            return Err(());
+        }
+    };
+    // Keep only the magic on the wire copy: it still marks the outer packet as mirror traffic
+    // for the uplink's source program, without the per-session bits, which other software's
+    // mark conventions (e.g. kube-proxy's 0x8000 drop bit) could misread.
+    ctx.set_mark(MIRROR_MARK_MAGIC);
+
+    // SAFETY: reading fields of the program's own context.
+    let (gso_size, gso_segs) = unsafe { ((*ctx.skb.skb).gso_size, (*ctx.skb.skb).gso_segs) };
+    let is_gso = gso_size != 0 || gso_segs > 1;
+    let len = ctx.len();
+    // bpf_skb_change_tail also clears the GSO state, so a super-packet leaves as one copy.
+    let new_len = if len > session.snaplen { session.snaplen } else { len };
+    if new_len != len || is_gso {
+        // SAFETY: helper on the program's own skb.
+        let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) };
+        if ret != 0 {
+            stats.errors[ERR_TRUNCATE] += 1;
+            return Err(());
+        }
+    }
+    if new_len != len {
+        stats.truncated += 1;
+    }
+    if is_gso {
+        stats.gso_copies += 1;
+    }
+
+    // SAFETY: bpf_tunnel_key is plain data; all-zero is its empty value.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = session.vni;
+    key.tunnel_tos = session.tos;
+    key.tunnel_ttl = session.ttl;
+    let flags = if session.flags & SESSION_REMOTE_IPV6 != 0 {
+        key.__bindgen_anon_1.remote_ipv6 = session.remote_ipv6;
+        BPF_F_TUNINFO_IPV6 as u64
+    } else {
+        key.__bindgen_anon_1.remote_ipv4 = session.remote_ipv4;
+        0
+    };
+    // SAFETY: helper on the program's own skb with a key on our stack.
+    let ret = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            flags,
+        )
+    };
+    if ret != 0 {
+        stats.errors[ERR_TUNNEL_KEY] += 1;
+        return Err(());
+    }
+    Ok(())
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects code that could get here.
+    loop {}
+}

@@ -1,0 +1,6 @@
+//! Support for the kernel tests: network namespaces and veth links that clean up after
+//! themselves, packet capture and independent decoding (tcpdump, tshark), test packets.
+
+pub mod capture;
+pub mod netns;
+pub mod packets;

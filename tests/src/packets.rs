@@ -1,0 +1,228 @@
+//! Test packet builder: Ethernet, VLAN tags, IPv4/IPv6 (with extension headers and fragments),
+//! TCP/UDP/ICMP. Checksums are filled where the kernel would look at them on a real path
+//! (IPv4 header), the rest of the bytes are exactly what the caller asked for.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16 },
+    Udp { sport: u16, dport: u16 },
+    Icmp,
+    Icmpv6,
+    /// Any other protocol number, with these payload bytes as its header.
+    Raw(u8),
+}
+
+impl L4 {
+    fn protocol(&self) -> u8 {
+        match self {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+            L4::Icmp => 1,
+            L4::Icmpv6 => 58,
+            L4::Raw(p) => *p,
+        }
+    }
+
+    fn header(&self, payload_len: usize) -> Vec<u8> {
+        match *self {
+            L4::Tcp { sport, dport } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = 0x18; // PSH|ACK
+                h[14..16].copy_from_slice(&65535u16.to_be_bytes());
+                h
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+                h
+            }
+            L4::Icmp => vec![8, 0, 0, 0, 0, 1, 0, 1],
+            L4::Icmpv6 => vec![128, 0, 0, 0, 0, 1, 0, 1],
+            L4::Raw(_) => Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Ip {
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        /// Fragment offset in 8-byte units (non-zero = not the first fragment).
+        frag_offset: u16,
+        more_fragments: bool,
+        /// IPv4 options, a multiple of 4 bytes.
+        options: Vec<u8>,
+    },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        /// Extension headers as (next-header number of this header, its bytes without the
+        /// next-header byte at offset 0, which the builder fills).
+        ext: Vec<(u8, Vec<u8>)>,
+    },
+}
+
+pub fn v4(src: &str, dst: &str) -> Ip {
+    Ip::V4 {
+        src: src.parse().expect("IPv4 source"),
+        dst: dst.parse().expect("IPv4 destination"),
+        frag_offset: 0,
+        more_fragments: false,
+        options: Vec::new(),
+    }
+}
+
+pub fn v6(src: &str, dst: &str) -> Ip {
+    Ip::V6 {
+        src: src.parse().expect("IPv6 source"),
+        dst: dst.parse().expect("IPv6 destination"),
+        ext: Vec::new(),
+    }
+}
+
+/// IPv6 extension header bodies (7 bytes after the next-header byte, i.e. 8 in total).
+pub fn hop_by_hop() -> (u8, Vec<u8>) {
+    (0, vec![0, 1, 4, 0, 0, 0, 0])
+}
+pub fn dest_opts() -> (u8, Vec<u8>) {
+    (60, vec![0, 1, 4, 0, 0, 0, 0])
+}
+pub fn fragment_header(offset_units: u16, more: bool) -> (u8, Vec<u8>) {
+    let field = (offset_units << 3) | u16::from(more);
+    let f = field.to_be_bytes();
+    (44, vec![0, f[0], f[1], 0, 0, 0, 1])
+}
+
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub vlans: Vec<(u16, u16)>,
+    pub ip: Ip,
+    pub l4: L4,
+    pub payload_len: usize,
+}
+
+pub fn frame(ip: Ip, l4: L4) -> Frame {
+    Frame {
+        vlans: Vec::new(),
+        ip,
+        l4,
+        payload_len: 32,
+    }
+}
+
+impl Frame {
+    pub fn vlan(mut self, tpid: u16, id: u16) -> Self {
+        self.vlans.push((tpid, id));
+        self
+    }
+
+    pub fn payload(mut self, len: usize) -> Self {
+        self.payload_len = len;
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut out = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        for (tpid, id) in &self.vlans {
+            out.extend_from_slice(&tpid.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        let payload: Vec<u8> = (0..self.payload_len).map(|i| i as u8).collect();
+        let mut l4 = self.l4.header(self.payload_len);
+        l4.extend_from_slice(&payload);
+        match &self.ip {
+            Ip::V4 {
+                src,
+                dst,
+                frag_offset,
+                more_fragments,
+                options,
+            } => {
+                out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                let ihl = 5 + options.len() / 4;
+                let total = ihl * 4 + l4.len();
+                let mut h = vec![0u8; 20];
+                h[0] = 0x40 | ihl as u8;
+                h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+                h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+                let frag = (u16::from(*more_fragments) << 13) | frag_offset;
+                h[6..8].copy_from_slice(&frag.to_be_bytes());
+                h[8] = 64;
+                h[9] = self.l4.protocol();
+                h[12..16].copy_from_slice(&src.octets());
+                h[16..20].copy_from_slice(&dst.octets());
+                h.extend_from_slice(options);
+                let sum = checksum(&h);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                out.extend_from_slice(&h);
+            }
+            Ip::V6 { src, dst, ext } => {
+                out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                let mut exts = Vec::new();
+                for (i, (_, body)) in ext.iter().enumerate() {
+                    let next = ext
+                        .get(i + 1)
+                        .map(|(n, _)| *n)
+                        .unwrap_or_else(|| self.l4.protocol());
+                    exts.push(next);
+                    exts.extend_from_slice(body);
+                }
+                let first = ext.first().map(|(n, _)| *n).unwrap_or_else(|| self.l4.protocol());
+                let mut h = vec![0u8; 40];
+                h[0] = 0x60;
+                h[4..6].copy_from_slice(&((exts.len() + l4.len()) as u16).to_be_bytes());
+                h[6] = first;
+                h[7] = 64;
+                h[8..24].copy_from_slice(&src.octets());
+                h[24..40].copy_from_slice(&dst.octets());
+                out.extend_from_slice(&h);
+                out.extend_from_slice(&exts);
+            }
+        }
+        out.extend_from_slice(&l4);
+        out
+    }
+}
+
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ARP request frame: never a mirror candidate.
+pub fn arp() -> Vec<u8> {
+    let mut out = vec![0xff; 6];
+    out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    out.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    out.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 198, 18, 0, 1]);
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&[198, 18, 0, 2]);
+    out
+}
