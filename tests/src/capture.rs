@@ -588,9 +588,13 @@ pub fn vxlan_copies(pcap: &Path, udp_port: u16) -> Vec<VxlanCopy> {
         // No name resolution: faster, and addresses stay numeric for comparison.
         .arg("-n")
         .args(["-d", &decode_as])
-        // ICMP errors quote the offending datagram and tshark dissects the quoted VXLAN
-        // header too; those frames are not copies.
-        .args(["-Y", "vxlan && !icmp && !icmpv6"])
+        // Only frames whose outermost layers are IP/UDP/VXLAN. ICMP errors quote the
+        // offending datagram and tshark dissects the quoted VXLAN header too, so a plain
+        // `vxlan` filter would count them; `!icmp` would instead drop copies of ICMP.
+        .args([
+            "-Y",
+            r#"frame.protocols matches "^eth:ethertype:ip(v6)?:udp:vxlan:""#,
+        ])
         .args(["-T", "fields", "-E", "separator=/t", "-E", "header=n"])
         // First occurrence = outermost layer: an inner frame may itself be IP/UDP.
         .args(["-E", "occurrence=f"])

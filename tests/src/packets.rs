@@ -226,3 +226,39 @@ pub fn arp() -> Vec<u8> {
     out.extend_from_slice(&[198, 18, 0, 2]);
     out
 }
+
+/// What a test needs to know of a captured frame: IP version, protocol and ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub ip_version: u8,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Summarises an untagged Ethernet frame (IPv4 or IPv6 without extension headers); `None` for
+/// anything else. Only the first bytes are needed, so truncated copies work too.
+pub fn summarize(frame: &[u8]) -> Option<Summary> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (ip_version, protocol, l4) = match ethertype {
+        ETH_P_IP => {
+            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+            (4, *frame.get(14 + 9)?, 14 + ihl)
+        }
+        ETH_P_IPV6 => (6, *frame.get(14 + 6)?, 14 + 40),
+        _ => return None,
+    };
+    let port = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+    };
+    let (sport, dport) = match protocol {
+        6 | 17 => (port(l4)?, port(l4 + 2)?),
+        _ => (0, 0),
+    };
+    Some(Summary {
+        ip_version,
+        protocol,
+        sport,
+        dport,
+    })
+}

@@ -1,0 +1,86 @@
+//! The end-to-end topology: a workload namespace, the node that runs the agent, and a
+//! collector that receives the copies.
+//!
+//! ```text
+//!  wl (workload)           node (agent runs here)             col (collector)
+//!  wl0 198.18.10.2 ─veth─ src0 198.18.10.1   up0 198.18.20.1 ─veth─ col0 198.18.20.2
+//!      fd00:10::2              fd00:10::1
+//!                          mirvx4789 (created by the agent)
+//! ```
+//!
+//! The node routes between the workload and the collector, so `up0` is also the route the
+//! copies take: making it a source is the mirror-loop case.
+
+use std::net::UdpSocket;
+
+use crate::netns::{NetNs, in_netns};
+
+pub const WL_ADDR: &str = "198.18.10.2";
+pub const NODE_SRC_ADDR: &str = "198.18.10.1";
+pub const WL_ADDR6: &str = "fd00:10::2";
+pub const NODE_SRC_ADDR6: &str = "fd00:10::1";
+pub const NODE_UP_ADDR: &str = "198.18.20.1";
+pub const COLLECTOR_ADDR: &str = "198.18.20.2";
+
+pub struct Topology {
+    pub wl: NetNs,
+    pub node: NetNs,
+    pub col: NetNs,
+    /// Bound to UDP 4789 in the collector so copies are consumed instead of drawing ICMP
+    /// port-unreachable errors back at the node.
+    _vxlan_sink: UdpSocket,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        let wl = NetNs::new("wl");
+        let node = NetNs::new("node");
+        let col = NetNs::new("col");
+        wl.veth_to(
+            &node,
+            "wl0",
+            "src0",
+            Some(&format!("{WL_ADDR}/24")),
+            Some(&format!("{NODE_SRC_ADDR}/24")),
+        );
+        wl.add_addr("wl0", &format!("{WL_ADDR6}/64"));
+        node.add_addr("src0", &format!("{NODE_SRC_ADDR6}/64"));
+        node.veth_to(
+            &col,
+            "up0",
+            "col0",
+            Some(&format!("{NODE_UP_ADDR}/24")),
+            Some(&format!("{COLLECTOR_ADDR}/24")),
+        );
+        wl.exec(&["ip", "route", "add", "default", "via", NODE_SRC_ADDR]);
+        col.exec(&["ip", "route", "add", "default", "via", NODE_UP_ADDR]);
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let sink = in_netns(&col, || {
+            UdpSocket::bind(("0.0.0.0", 4789)).expect("binding the collector's VXLAN sink")
+        });
+        Topology {
+            wl,
+            node,
+            col,
+            _vxlan_sink: sink,
+        }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Agent config with one target (the collector) plus whatever filters and sessions follow.
+pub fn config_with_collector(rest: &str) -> String {
+    format!(
+        r#"
+[[targets]]
+id = "tmt-col"
+destination_ip = "{COLLECTOR_ADDR}"
+destination_port = 4789
+{rest}"#
+    )
+}

@@ -1,0 +1,384 @@
+//! End to end: the agent binary mirrors real traffic between network namespaces, and the
+//! copies are decoded at the collector by tshark (see `capture::vxlan_copies`).
+//!
+//! Kernel requirements: root; network namespaces, veth, VXLAN (external mode), TCX or
+//! clsact; BPF JIT not required but assumed for the traffic rates used here.
+//! Every test builds its own `Topology` with unique namespace names; all links live inside
+//! those namespaces and go away with them, also when a test panics.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use mirror_tests::{
+    agent::Agent,
+    capture::{self, Capture, VxlanCopy},
+    netns::in_netns,
+    packets::{Summary, summarize},
+    topology::{COLLECTOR_ADDR, NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, config_with_collector},
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `count` UDP datagrams from the workload to the node, on `port`, and returns what the
+/// node's echo server sent back (when `echo` is true).
+fn udp_exchange(topo: &Topology, port: u16, count: usize, size: usize, echo: bool) -> Vec<Vec<u8>> {
+    let server = in_netns(&topo.node, || UdpSocket::bind((NODE_SRC_ADDR, port)).expect("node UDP bind"));
+    let client = in_netns(&topo.wl, || UdpSocket::bind(("0.0.0.0", 0)).expect("workload UDP bind"));
+    client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let echo_thread = thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < count {
+            let Ok((n, from)) = server.recv_from(&mut buf) else { break };
+            got += 1;
+            if echo {
+                server.send_to(&buf[..n], from).expect("echo");
+            }
+        }
+        got
+    });
+    let mut echoed = Vec::new();
+    for i in 0..count {
+        let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
+        client.send_to(&payload, (NODE_SRC_ADDR, port)).expect("send");
+        if echo {
+            let mut buf = vec![0u8; 65536];
+            let n = client.recv(&mut buf).unwrap_or_else(|e| panic!("echo {i} lost: {e}"));
+            assert_eq!(&buf[..n], payload.as_slice(), "echo {i} differs from what was sent");
+            echoed.push(buf[..n].to_vec());
+        }
+    }
+    let received = echo_thread.join().expect("echo server");
+    assert_eq!(received, count, "the node received {received} of {count} datagrams");
+    echoed
+}
+
+fn copies_by_vni(copies: &[VxlanCopy]) -> BTreeMap<u32, Vec<&VxlanCopy>> {
+    let mut by = BTreeMap::new();
+    for c in copies {
+        by.entry(c.vni).or_insert_with(Vec::new).push(c);
+    }
+    by
+}
+
+fn inner(c: &VxlanCopy) -> Summary {
+    summarize(&c.inner).unwrap_or_else(|| panic!("copy is not an IP frame: {:02x?}", c.inner))
+}
+
+#[test]
+fn udp_copies_are_filtered_truncated_and_sent_both_directions() {
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &config_with_collector(
+            r#"
+[[filters]]
+id = "tmf-udp"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+[[filters.egress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+source_port_range = "7000/7000"
+
+[[sessions]]
+id = "tms-udp"
+priority = 1
+virtual_network_id = 1001
+packet_length = 100
+enabled = true
+filter_id = "tmf-udp"
+target_id = "tmt-col"
+sources = ["src0"]
+"#,
+        ),
+    );
+    let mut copies_cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let originals_cap = Capture::start(&topo.node, "src0", "udp");
+    let sent_cap = Capture::start(&topo.wl, "wl0", "udp");
+
+    udp_exchange(&topo, 7000, 20, 400, true);
+    // Not in the filter: no copies, and the node's replies are ICMP, also not in it.
+    udp_exchange(&topo, 7500, 10, 400, false);
+
+    copies_cap.wait_for_frames(40, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let copies_pcap = copies_cap.stop();
+    let originals_pcap = originals_cap.stop();
+    let sent_pcap = sent_cap.stop();
+    let copies = capture::vxlan_copies(&copies_pcap, 4789);
+    let originals = capture::frames(&originals_pcap);
+    let seen_by_workload = capture::frames(&sent_pcap);
+
+    assert_eq!(copies.len(), 40, "20 ingress + 20 egress copies, nothing else");
+    let mut outer_ports: HashMap<(u16, u16), u16> = HashMap::new();
+    for c in &copies {
+        assert_eq!(c.vni, 1001, "VNI of the session");
+        assert_eq!(c.udp_dst_port, 4789, "target port");
+        assert_eq!(c.outer_dst, COLLECTOR_ADDR, "outer destination is the target");
+        assert_eq!(c.inner.len(), 100, "copy truncated to PacketLength");
+        let s = inner(c);
+        assert_eq!(s.protocol, 17, "only UDP is mirrored");
+        assert!(s.dport == 7000 || s.sport == 7000, "only port 7000 is mirrored: {s:?}");
+        // The outer source port is a hash of the inner flow: stable for a flow.
+        let flow = (s.sport, s.dport);
+        let port = *outer_ports.entry(flow).or_insert(c.udp_src_port);
+        assert_eq!(port, c.udp_src_port, "outer source port changes within flow {flow:?}");
+        assert!(
+            originals.iter().any(|o| o.len() > 100 && o[..100] == c.inner[..]),
+            "copy is not the first 100 bytes of any original frame"
+        );
+    }
+    let ingress = copies.iter().filter(|c| inner(c).dport == 7000).count();
+    let egress = copies.iter().filter(|c| inner(c).sport == 7000).count();
+    assert_eq!((ingress, egress), (20, 20), "copies per direction");
+
+    // The originals are untouched: the workload and the node saw the same UDP frames.
+    let mut a: Vec<&Vec<u8>> = seen_by_workload.iter().collect();
+    let mut b: Vec<&Vec<u8>> = originals.iter().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a.len(), 50, "workload saw 20 + 20 + 10 UDP frames");
+    assert!(a == b, "frames differ between the workload and the node side of the veth");
+    for p in [copies_pcap, originals_pcap, sent_pcap] {
+        capture::remove(&p);
+    }
+}
+
+#[test]
+fn two_sessions_on_one_source_follow_priority() {
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &config_with_collector(
+            r#"
+# tms-first has the better priority: it takes UDP 7000 and rejects ICMP, which then
+# falls through to tms-second, which takes everything (IPv4 and IPv6).
+[[filters]]
+id = "tmf-first"
+[[filters.ingress_rules]]
+priority = 1
+action = "reject"
+protocol = "ICMP"
+[[filters.ingress_rules]]
+priority = 2
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+
+[[filters]]
+id = "tmf-second"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "ALL"
+[[filters.ingress_rules]]
+priority = 2
+action = "accept"
+protocol = "ALL"
+ip_version = "IPv6"
+
+[[sessions]]
+id = "tms-second"
+priority = 20
+virtual_network_id = 2
+enabled = true
+filter_id = "tmf-second"
+target_id = "tmt-col"
+sources = ["src0"]
+
+[[sessions]]
+id = "tms-first"
+priority = 10
+virtual_network_id = 1
+enabled = true
+filter_id = "tmf-first"
+target_id = "tmt-col"
+sources = ["src0"]
+"#,
+        ),
+    );
+    let mut copies_cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    udp_exchange(&topo, 7000, 10, 200, false);
+    topo.wl.exec(&["ping", "-q", "-c", "5", "-i", "0.05", "-W", "2", NODE_SRC_ADDR]);
+    topo.wl.exec(&["ping", "-q", "-6", "-c", "5", "-i", "0.05", "-W", "2", NODE_SRC_ADDR6]);
+    copies_cap.wait_for_frames(20, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = copies_cap.stop();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    let by = copies_by_vni(&copies);
+
+    let udp_first = by.get(&1).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
+    let udp_second = by.get(&2).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
+    assert_eq!(udp_first, 10, "UDP 7000 mirrored by the better-priority session");
+    assert_eq!(udp_second, 0, "a packet is mirrored at most once per source");
+    let icmp_first = by.get(&1).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
+    let icmp_second = by.get(&2).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
+    assert_eq!(icmp_first, 0, "tms-first rejects ICMP");
+    assert_eq!(icmp_second, 5, "rejected ICMP falls through to tms-second");
+    let icmp6 = by
+        .get(&2)
+        .map_or(0, |v| v.iter().filter(|c| inner(c).ip_version == 6 && inner(c).protocol == 58).count());
+    assert!(icmp6 >= 5, "IPv6 echo requests mirrored by tms-second (got {icmp6})");
+    capture::remove(&pcap);
+}
+
+#[test]
+fn bulk_tcp_gso_super_packets_yield_one_copy_each() {
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &config_with_collector(
+            r#"
+[[filters]]
+id = "tmf-tcp"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "TCP"
+destination_port_range = "5201/5201"
+
+[[sessions]]
+id = "tms-tcp"
+priority = 1
+virtual_network_id = 77
+packet_length = 128
+enabled = true
+filter_id = "tmf-tcp"
+target_id = "tmt-col"
+sources = ["src0"]
+"#,
+        ),
+    );
+    let mut copies_cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let originals_cap = Capture::start(&topo.node, "src0", "tcp dst port 5201");
+
+    const TOTAL: usize = 8 << 20;
+    let listener = in_netns(&topo.node, || TcpListener::bind((NODE_SRC_ADDR, 5201)).expect("listen"));
+    let reader = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        let mut sum = 0u64;
+        loop {
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            sum = buf[..n].iter().fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            total += n;
+        }
+        (total, sum)
+    });
+    let sent_sum = in_netns(&topo.wl, || {
+        let mut conn = TcpStream::connect((NODE_SRC_ADDR, 5201)).expect("connect");
+        let chunk: Vec<u8> = (0..(256 << 10)).map(|i| (i * 7) as u8).collect();
+        let mut sum = 0u64;
+        for _ in 0..TOTAL / chunk.len() {
+            conn.write_all(&chunk).expect("write");
+            sum = chunk.iter().fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+        }
+        sum
+    });
+    let (received, received_sum) = reader.join().expect("reader");
+    assert_eq!(received, TOTAL, "the transfer arrived whole");
+    assert_eq!(received_sum, sent_sum, "the transfer arrived byte-identical");
+
+    copies_cap.wait_for_frames(1, WAIT);
+    thread::sleep(Duration::from_millis(500));
+    let copies_pcap = copies_cap.stop();
+    let originals_pcap = originals_cap.stop();
+    let copies = capture::vxlan_copies(&copies_pcap, 4789);
+    let originals = capture::frames(&originals_pcap);
+
+    assert!(!copies.is_empty(), "no copies of the transfer");
+    for c in &copies {
+        assert_eq!(c.vni, 77);
+        assert_eq!(inner(c).dport, 5201);
+        // Frames longer than PacketLength are cut to it; shorter ones (SYN, pure ACKs) whole.
+        let n = c.inner.len();
+        assert!(n <= 128, "copy of {n} bytes exceeds PacketLength");
+        assert!(
+            originals.iter().any(|o| (o.len() == n || (n == 128 && o.len() > 128)) && o[..n] == c.inner[..]),
+            "copy is not the first {n} bytes of an original (super-)packet"
+        );
+    }
+    // Over veth the stack sends GSO super-packets: one copy each, so far fewer copies than
+    // the MSS-sized wire packets the transfer needs. Each copy still starts with the
+    // super-packet's own headers (its IP total length claims the whole super-packet).
+    let big = originals.iter().filter(|o| o.len() > 1514).count();
+    assert!(big > 0, "expected GSO super-packets on veth; none larger than an MTU frame");
+    let wire_packets_lower_bound = TOTAL / 1448;
+    assert!(
+        copies.len() < wire_packets_lower_bound,
+        "{} copies for at least {wire_packets_lower_bound} wire packets: super-packets were copied per segment",
+        copies.len()
+    );
+    let claims_more = copies
+        .iter()
+        .filter(|c| u16::from_be_bytes([c.inner[16], c.inner[17]]) as usize + 14 > 1514)
+        .count();
+    assert!(claims_more > 0, "no copy of a super-packet (inner IP length above the MTU)");
+    for p in [copies_pcap, originals_pcap] {
+        capture::remove(&p);
+    }
+}
+
+#[test]
+fn uplink_as_source_does_not_mirror_copies() {
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &config_with_collector(
+            r#"
+[[filters]]
+id = "tmf-all"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "ALL"
+[[filters.egress_rules]]
+priority = 1
+action = "accept"
+protocol = "ALL"
+
+# up0 carries the copies to the collector and is a source itself.
+[[sessions]]
+id = "tms-all"
+priority = 1
+virtual_network_id = 9
+enabled = true
+filter_id = "tmf-all"
+target_id = "tmt-col"
+sources = ["src0", "up0"]
+"#,
+        ),
+    );
+    let mut copies_cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    // Echoed, so 10 ingress + 10 egress packets on src0.
+    udp_exchange(&topo, 7000, 10, 100, true);
+    copies_cap.wait_for_frames(20, WAIT);
+    thread::sleep(Duration::from_millis(500));
+    let pcap = copies_cap.stop();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    for c in &copies {
+        let s = inner(c);
+        assert!(
+            !(s.protocol == 17 && (s.dport == 4789 || s.sport == 4789)),
+            "a copy of a copy reached the collector: mirror loop"
+        );
+    }
+    let udp = copies.iter().filter(|c| inner(c).protocol == 17).count();
+    assert_eq!(udp, 20, "each workload packet mirrored once, copies never mirrored");
+    capture::remove(&pcap);
+}
