@@ -176,12 +176,17 @@ impl FileConfig {
                     return Err(ConfigError::Reference {
                         what: "filter",
                         id: f.id.clone(),
-                        reason: format!("{} {direction} rules exceed the quota of {quota}", list.len()),
+                        reason: format!(
+                            "{} {direction} rules exceed the quota of {quota}",
+                            list.len()
+                        ),
                     });
                 }
                 let mut priorities = HashSet::new();
                 for (i, r) in list.iter().enumerate() {
-                    let id = r.id.clone().unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
+                    let id =
+                        r.id.clone()
+                            .unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
                     let rule = FilterRule::from_spec(&RuleSpec {
                         id: &id,
                         direction,
@@ -234,7 +239,9 @@ impl FileConfig {
                 reason,
             };
             if !priorities.insert(priority) {
-                return Err(reference(format!("priority {priority} is used by another session")));
+                return Err(reference(format!(
+                    "priority {priority} is used by another session"
+                )));
             }
             if !objects.filters.iter().any(|f| f.id == s.filter_id) {
                 return Err(reference(format!("filter {} is not declared", s.filter_id)));
@@ -331,7 +338,10 @@ mod tests {
             "#,
         )
         .expect("config parses");
-        let err = cfg.objects().expect_err("missing filter is an error").to_string();
+        let err = cfg
+            .objects()
+            .expect_err("missing filter is an error")
+            .to_string();
         assert!(err.contains("tmf-missing"), "{err}");
     }
 }

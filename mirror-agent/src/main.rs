@@ -49,11 +49,17 @@ struct RunArgs {
 #[derive(Debug)]
 struct Settings {
     state_dir: PathBuf,
-    #[expect(dead_code, reason = "the API server arrives with issue 3; the flag is stable now")]
+    #[expect(
+        dead_code,
+        reason = "the API server arrives with issue 3; the flag is stable now"
+    )]
     api_socket: PathBuf,
     api_listen: Option<String>,
     metrics_listen: Option<String>,
-    #[expect(dead_code, reason = "pinning arrives with issue 5; the flag is stable now")]
+    #[expect(
+        dead_code,
+        reason = "pinning arrives with issue 5; the flag is stable now"
+    )]
     pin_dir: PathBuf,
     log_format: LogFormat,
 }

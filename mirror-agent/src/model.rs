@@ -258,7 +258,10 @@ impl FilterRule {
         }
         let action: Action = spec.action.parse()?;
         let protocol: Protocol = spec.protocol.parse()?;
-        let src = spec.source_cidr.map(|s| parse_cidr("SourceCidrBlock", s)).transpose()?;
+        let src = spec
+            .source_cidr
+            .map(|s| parse_cidr("SourceCidrBlock", s))
+            .transpose()?;
         let dst = spec
             .destination_cidr
             .map(|s| parse_cidr("DestinationCidrBlock", s))
@@ -277,7 +280,8 @@ impl FilterRule {
             IpVersion::V4 => IpNet::from_str("0.0.0.0/0"),
             IpVersion::V6 => IpNet::from_str("::/0"),
         };
-        let any = any(ip_version).map_err(|e| InvalidParam::new("InternalError", "", e.to_string()))?;
+        let any =
+            any(ip_version).map_err(|e| InvalidParam::new("InternalError", "", e.to_string()))?;
         let source_cidr = src.unwrap_or(any);
         let destination_cidr = dst.unwrap_or(any);
         for (param, net) in [
@@ -345,8 +349,11 @@ pub struct Filter {
 impl Filter {
     /// Rules of one direction in evaluation order (ascending Priority).
     pub fn rules_in_order(&self, direction: Direction) -> Vec<&FilterRule> {
-        let mut rules: Vec<&FilterRule> =
-            self.rules.iter().filter(|r| r.direction == direction).collect();
+        let mut rules: Vec<&FilterRule> = self
+            .rules
+            .iter()
+            .filter(|r| r.direction == direction)
+            .collect();
         rules.sort_by_key(|r| r.priority);
         rules
     }
@@ -424,9 +431,18 @@ mod tests {
 
     #[test]
     fn port_ranges_in_every_spelling() {
-        assert_eq!(PortRange::parse("p", "1/200").unwrap(), PortRange { min: 1, max: 200 });
-        assert_eq!(PortRange::parse("p", "80-200").unwrap(), PortRange { min: 80, max: 200 });
-        assert_eq!(PortRange::parse("p", "443").unwrap(), PortRange { min: 443, max: 443 });
+        assert_eq!(
+            PortRange::parse("p", "1/200").unwrap(),
+            PortRange { min: 1, max: 200 }
+        );
+        assert_eq!(
+            PortRange::parse("p", "80-200").unwrap(),
+            PortRange { min: 80, max: 200 }
+        );
+        assert_eq!(
+            PortRange::parse("p", "443").unwrap(),
+            PortRange { min: 443, max: 443 }
+        );
         assert!(PortRange::parse("p", "-1/-1").unwrap().is_all());
         assert!(PortRange::parse("p", "200/1").is_err());
         assert!(PortRange::parse("p", "0/10").is_err());
@@ -444,10 +460,18 @@ mod tests {
             ..Default::default()
         };
         assert!(FilterRule::from_spec(&base).is_ok());
-        let e = FilterRule::from_spec(&RuleSpec { priority: 0, ..base.clone() }).unwrap_err();
+        let e = FilterRule::from_spec(&RuleSpec {
+            priority: 0,
+            ..base.clone()
+        })
+        .unwrap_err();
         assert_eq!(e.code, "InvalidPriority.Malformed");
-        let e = FilterRule::from_spec(&RuleSpec { protocol: "ICMP", destination_ports: Some("80/80"), ..base.clone() })
-            .unwrap_err();
+        let e = FilterRule::from_spec(&RuleSpec {
+            protocol: "ICMP",
+            destination_ports: Some("80/80"),
+            ..base.clone()
+        })
+        .unwrap_err();
         assert_eq!(e.param, "DestinationPortRange");
         let e = FilterRule::from_spec(&RuleSpec {
             ip_version: Some("IPv4"),
@@ -456,8 +480,12 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.param, "SourceCidrBlock");
-        let r = FilterRule::from_spec(&RuleSpec { action: "drop", source_cidr: Some("fd00::1/8"), ..base })
-            .unwrap();
+        let r = FilterRule::from_spec(&RuleSpec {
+            action: "drop",
+            source_cidr: Some("fd00::1/8"),
+            ..base
+        })
+        .unwrap();
         assert_eq!(r.action, Action::Reject);
         assert_eq!(r.ip_version, IpVersion::V6);
         assert_eq!(r.source_cidr.to_string(), "fd00::/8");

@@ -86,19 +86,31 @@ impl Agent {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Ok(line) if line.contains(needle) => return,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("agent exited before logging {needle:?}:\n{}", self.log_text())
+                    panic!(
+                        "agent exited before logging {needle:?}:\n{}",
+                        self.log_text()
+                    )
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+                panic!(
+                    "agent exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
             }
             if left.is_zero() {
-                panic!("agent did not log {needle:?} within {timeout:?}:\n{}", self.log_text());
+                panic!(
+                    "agent did not log {needle:?} within {timeout:?}:\n{}",
+                    self.log_text()
+                );
             }
         }
     }

@@ -12,8 +12,14 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     Icmp,
     Icmpv6,
     /// Any other protocol number, with these payload bytes as its header.
@@ -182,7 +188,10 @@ impl Frame {
                     exts.push(next);
                     exts.extend_from_slice(body);
                 }
-                let first = ext.first().map(|(n, _)| *n).unwrap_or_else(|| self.l4.protocol());
+                let first = ext
+                    .first()
+                    .map(|(n, _)| *n)
+                    .unwrap_or_else(|| self.l4.protocol());
                 let mut h = vec![0u8; 40];
                 h[0] = 0x60;
                 h[4..6].copy_from_slice(&((exts.len() + l4.len()) as u16).to_be_bytes());

@@ -5,6 +5,8 @@
 //!  wl (workload)           node (agent runs here)             col (collector)
 //!  wl0 198.18.10.2 ─veth─ src0 198.18.10.1   up0 198.18.20.1 ─veth─ col0 198.18.20.2
 //!      fd00:10::2              fd00:10::1
+//!  wl2 (workload 2)
+//!  w20 198.18.11.2 ─veth─ src1 198.18.11.1
 //!                          mirvx4789 (created by the agent)
 //! ```
 //!
@@ -16,6 +18,8 @@ use std::net::UdpSocket;
 use crate::netns::{NetNs, in_netns};
 
 pub const WL_ADDR: &str = "198.18.10.2";
+pub const WL2_ADDR: &str = "198.18.11.2";
+pub const NODE_SRC1_ADDR: &str = "198.18.11.1";
 pub const NODE_SRC_ADDR: &str = "198.18.10.1";
 pub const WL_ADDR6: &str = "fd00:10::2";
 pub const NODE_SRC_ADDR6: &str = "fd00:10::1";
@@ -24,6 +28,7 @@ pub const COLLECTOR_ADDR: &str = "198.18.20.2";
 
 pub struct Topology {
     pub wl: NetNs,
+    pub wl2: NetNs,
     pub node: NetNs,
     pub col: NetNs,
     /// Bound to UDP 4789 in the collector so copies are consumed instead of drawing ICMP
@@ -34,6 +39,7 @@ pub struct Topology {
 impl Topology {
     pub fn new() -> Topology {
         let wl = NetNs::new("wl");
+        let wl2 = NetNs::new("wl2");
         let node = NetNs::new("node");
         let col = NetNs::new("col");
         wl.veth_to(
@@ -52,7 +58,15 @@ impl Topology {
             Some(&format!("{NODE_UP_ADDR}/24")),
             Some(&format!("{COLLECTOR_ADDR}/24")),
         );
+        wl2.veth_to(
+            &node,
+            "w20",
+            "src1",
+            Some(&format!("{WL2_ADDR}/24")),
+            Some(&format!("{NODE_SRC1_ADDR}/24")),
+        );
         wl.exec(&["ip", "route", "add", "default", "via", NODE_SRC_ADDR]);
+        wl2.exec(&["ip", "route", "add", "default", "via", NODE_SRC1_ADDR]);
         col.exec(&["ip", "route", "add", "default", "via", NODE_UP_ADDR]);
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let sink = in_netns(&col, || {
@@ -60,6 +74,7 @@ impl Topology {
         });
         Topology {
             wl,
+            wl2,
             node,
             col,
             _vxlan_sink: sink,

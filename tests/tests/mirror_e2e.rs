@@ -27,15 +27,25 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Sends `count` UDP datagrams from the workload to the node, on `port`, and returns what the
 /// node's echo server sent back (when `echo` is true).
 fn udp_exchange(topo: &Topology, port: u16, count: usize, size: usize, echo: bool) -> Vec<Vec<u8>> {
-    let server = in_netns(&topo.node, || UdpSocket::bind((NODE_SRC_ADDR, port)).expect("node UDP bind"));
-    let client = in_netns(&topo.wl, || UdpSocket::bind(("0.0.0.0", 0)).expect("workload UDP bind"));
-    client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let server = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, port)).expect("node UDP bind")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("workload UDP bind")
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
     let echo_thread = thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         let mut got = 0;
         while got < count {
-            let Ok((n, from)) = server.recv_from(&mut buf) else { break };
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                break;
+            };
             got += 1;
             if echo {
                 server.send_to(&buf[..n], from).expect("echo");
@@ -46,16 +56,27 @@ fn udp_exchange(topo: &Topology, port: u16, count: usize, size: usize, echo: boo
     let mut echoed = Vec::new();
     for i in 0..count {
         let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
-        client.send_to(&payload, (NODE_SRC_ADDR, port)).expect("send");
+        client
+            .send_to(&payload, (NODE_SRC_ADDR, port))
+            .expect("send");
         if echo {
             let mut buf = vec![0u8; 65536];
-            let n = client.recv(&mut buf).unwrap_or_else(|e| panic!("echo {i} lost: {e}"));
-            assert_eq!(&buf[..n], payload.as_slice(), "echo {i} differs from what was sent");
+            let n = client
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("echo {i} lost: {e}"));
+            assert_eq!(
+                &buf[..n],
+                payload.as_slice(),
+                "echo {i} differs from what was sent"
+            );
             echoed.push(buf[..n].to_vec());
         }
     }
     let received = echo_thread.join().expect("echo server");
-    assert_eq!(received, count, "the node received {received} of {count} datagrams");
+    assert_eq!(
+        received, count,
+        "the node received {received} of {count} datagrams"
+    );
     echoed
 }
 
@@ -120,22 +141,37 @@ sources = ["src0"]
     let originals = capture::frames(&originals_pcap);
     let seen_by_workload = capture::frames(&sent_pcap);
 
-    assert_eq!(copies.len(), 40, "20 ingress + 20 egress copies, nothing else");
+    assert_eq!(
+        copies.len(),
+        40,
+        "20 ingress + 20 egress copies, nothing else"
+    );
     let mut outer_ports: HashMap<(u16, u16), u16> = HashMap::new();
     for c in &copies {
         assert_eq!(c.vni, 1001, "VNI of the session");
         assert_eq!(c.udp_dst_port, 4789, "target port");
-        assert_eq!(c.outer_dst, COLLECTOR_ADDR, "outer destination is the target");
+        assert_eq!(
+            c.outer_dst, COLLECTOR_ADDR,
+            "outer destination is the target"
+        );
         assert_eq!(c.inner.len(), 100, "copy truncated to PacketLength");
         let s = inner(c);
         assert_eq!(s.protocol, 17, "only UDP is mirrored");
-        assert!(s.dport == 7000 || s.sport == 7000, "only port 7000 is mirrored: {s:?}");
+        assert!(
+            s.dport == 7000 || s.sport == 7000,
+            "only port 7000 is mirrored: {s:?}"
+        );
         // The outer source port is a hash of the inner flow: stable for a flow.
         let flow = (s.sport, s.dport);
         let port = *outer_ports.entry(flow).or_insert(c.udp_src_port);
-        assert_eq!(port, c.udp_src_port, "outer source port changes within flow {flow:?}");
+        assert_eq!(
+            port, c.udp_src_port,
+            "outer source port changes within flow {flow:?}"
+        );
         assert!(
-            originals.iter().any(|o| o.len() > 100 && o[..100] == c.inner[..]),
+            originals
+                .iter()
+                .any(|o| o.len() > 100 && o[..100] == c.inner[..]),
             "copy is not the first 100 bytes of any original frame"
         );
     }
@@ -149,7 +185,10 @@ sources = ["src0"]
     a.sort();
     b.sort();
     assert_eq!(a.len(), 50, "workload saw 20 + 20 + 10 UDP frames");
-    assert!(a == b, "frames differ between the workload and the node side of the veth");
+    assert!(
+        a == b,
+        "frames differ between the workload and the node side of the veth"
+    );
     for p in [copies_pcap, originals_pcap, sent_pcap] {
         capture::remove(&p);
     }
@@ -210,26 +249,66 @@ sources = ["src0"]
     );
     let mut copies_cap = Capture::start(&topo.col, "col0", "udp port 4789");
     udp_exchange(&topo, 7000, 10, 200, false);
-    topo.wl.exec(&["ping", "-q", "-c", "5", "-i", "0.05", "-W", "2", NODE_SRC_ADDR]);
-    topo.wl.exec(&["ping", "-q", "-6", "-c", "5", "-i", "0.05", "-W", "2", NODE_SRC_ADDR6]);
+    topo.wl.exec(&[
+        "ping",
+        "-q",
+        "-c",
+        "5",
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        NODE_SRC_ADDR,
+    ]);
+    topo.wl.exec(&[
+        "ping",
+        "-q",
+        "-6",
+        "-c",
+        "5",
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        NODE_SRC_ADDR6,
+    ]);
     copies_cap.wait_for_frames(20, WAIT);
     thread::sleep(Duration::from_millis(300));
     let pcap = copies_cap.stop();
     let copies = capture::vxlan_copies(&pcap, 4789);
     let by = copies_by_vni(&copies);
 
-    let udp_first = by.get(&1).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
-    let udp_second = by.get(&2).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
-    assert_eq!(udp_first, 10, "UDP 7000 mirrored by the better-priority session");
-    assert_eq!(udp_second, 0, "a packet is mirrored at most once per source");
-    let icmp_first = by.get(&1).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
-    let icmp_second = by.get(&2).map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
+    let udp_first = by
+        .get(&1)
+        .map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
+    let udp_second = by
+        .get(&2)
+        .map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 17).count());
+    assert_eq!(
+        udp_first, 10,
+        "UDP 7000 mirrored by the better-priority session"
+    );
+    assert_eq!(
+        udp_second, 0,
+        "a packet is mirrored at most once per source"
+    );
+    let icmp_first = by
+        .get(&1)
+        .map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
+    let icmp_second = by
+        .get(&2)
+        .map_or(0, |v| v.iter().filter(|c| inner(c).protocol == 1).count());
     assert_eq!(icmp_first, 0, "tms-first rejects ICMP");
     assert_eq!(icmp_second, 5, "rejected ICMP falls through to tms-second");
-    let icmp6 = by
-        .get(&2)
-        .map_or(0, |v| v.iter().filter(|c| inner(c).ip_version == 6 && inner(c).protocol == 58).count());
-    assert!(icmp6 >= 5, "IPv6 echo requests mirrored by tms-second (got {icmp6})");
+    let icmp6 = by.get(&2).map_or(0, |v| {
+        v.iter()
+            .filter(|c| inner(c).ip_version == 6 && inner(c).protocol == 58)
+            .count()
+    });
+    assert!(
+        icmp6 >= 5,
+        "IPv6 echo requests mirrored by tms-second (got {icmp6})"
+    );
     capture::remove(&pcap);
 }
 
@@ -264,7 +343,9 @@ sources = ["src0"]
     let originals_cap = Capture::start(&topo.node, "src0", "tcp dst port 5201");
 
     const TOTAL: usize = 8 << 20;
-    let listener = in_netns(&topo.node, || TcpListener::bind((NODE_SRC_ADDR, 5201)).expect("listen"));
+    let listener = in_netns(&topo.node, || {
+        TcpListener::bind((NODE_SRC_ADDR, 5201)).expect("listen")
+    });
     let reader = thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
         let mut buf = vec![0u8; 1 << 16];
@@ -275,7 +356,9 @@ sources = ["src0"]
             if n == 0 {
                 break;
             }
-            sum = buf[..n].iter().fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            sum = buf[..n]
+                .iter()
+                .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
             total += n;
         }
         (total, sum)
@@ -286,13 +369,18 @@ sources = ["src0"]
         let mut sum = 0u64;
         for _ in 0..TOTAL / chunk.len() {
             conn.write_all(&chunk).expect("write");
-            sum = chunk.iter().fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            sum = chunk
+                .iter()
+                .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
         }
         sum
     });
     let (received, received_sum) = reader.join().expect("reader");
     assert_eq!(received, TOTAL, "the transfer arrived whole");
-    assert_eq!(received_sum, sent_sum, "the transfer arrived byte-identical");
+    assert_eq!(
+        received_sum, sent_sum,
+        "the transfer arrived byte-identical"
+    );
 
     copies_cap.wait_for_frames(1, WAIT);
     thread::sleep(Duration::from_millis(500));
@@ -309,7 +397,9 @@ sources = ["src0"]
         let n = c.inner.len();
         assert!(n <= 128, "copy of {n} bytes exceeds PacketLength");
         assert!(
-            originals.iter().any(|o| (o.len() == n || (n == 128 && o.len() > 128)) && o[..n] == c.inner[..]),
+            originals
+                .iter()
+                .any(|o| (o.len() == n || (n == 128 && o.len() > 128)) && o[..n] == c.inner[..]),
             "copy is not the first {n} bytes of an original (super-)packet"
         );
     }
@@ -317,7 +407,10 @@ sources = ["src0"]
     // the MSS-sized wire packets the transfer needs. Each copy still starts with the
     // super-packet's own headers (its IP total length claims the whole super-packet).
     let big = originals.iter().filter(|o| o.len() > 1514).count();
-    assert!(big > 0, "expected GSO super-packets on veth; none larger than an MTU frame");
+    assert!(
+        big > 0,
+        "expected GSO super-packets on veth; none larger than an MTU frame"
+    );
     let wire_packets_lower_bound = TOTAL / 1448;
     assert!(
         copies.len() < wire_packets_lower_bound,
@@ -328,7 +421,10 @@ sources = ["src0"]
         .iter()
         .filter(|c| u16::from_be_bytes([c.inner[16], c.inner[17]]) as usize + 14 > 1514)
         .count();
-    assert!(claims_more > 0, "no copy of a super-packet (inner IP length above the MTU)");
+    assert!(
+        claims_more > 0,
+        "no copy of a super-packet (inner IP length above the MTU)"
+    );
     for p in [copies_pcap, originals_pcap] {
         capture::remove(&p);
     }
@@ -379,6 +475,9 @@ sources = ["src0", "up0"]
         );
     }
     let udp = copies.iter().filter(|c| inner(c).protocol == 17).count();
-    assert_eq!(udp, 20, "each workload packet mirrored once, copies never mirrored");
+    assert_eq!(
+        udp, 20,
+        "each workload packet mirrored once, copies never mirrored"
+    );
     capture::remove(&pcap);
 }

@@ -200,7 +200,9 @@ fn udp(sport: u16, dport: u16) -> L4 {
 
 fn ipv4_fragment(src: &str, dst: &str, offset: u16) -> Ip {
     match v4(src, dst) {
-        Ip::V4 { src, dst, options, .. } => Ip::V4 {
+        Ip::V4 {
+            src, dst, options, ..
+        } => Ip::V4 {
             src,
             dst,
             frag_offset: offset,
@@ -213,7 +215,13 @@ fn ipv4_fragment(src: &str, dst: &str, offset: u16) -> Ip {
 
 fn with_ipv4_options(ip: Ip, options: Vec<u8>) -> Ip {
     match ip {
-        Ip::V4 { src, dst, frag_offset, more_fragments, .. } => Ip::V4 {
+        Ip::V4 {
+            src,
+            dst,
+            frag_offset,
+            more_fragments,
+            ..
+        } => Ip::V4 {
             src,
             dst,
             frag_offset,
@@ -247,98 +255,274 @@ fn cases() -> Vec<Case> {
         seven.push(dest_opts());
     }
     vec![
-        case("TCP to port 80 from 198.18/16: tms-a's accept rule", Ingress,
-            good_tcp.clone().build(), Mirrored("tms-a", &["tmr-a2"])),
-        case("large TCP frame is cut to tms-a's 128 bytes", Ingress,
-            good_tcp.clone().payload(1000).build(), Mirrored("tms-a", &["tmr-a2"])),
-        case("TCP to port 91: outside every range, no session", Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 91)).build(), NotMirrored(&[])),
-        case("TCP from outside the source CIDR: no session", Ingress,
-            frame(v4("203.0.113.1", "198.18.2.2"), tcp(40000, 80)).build(), NotMirrored(&[])),
-        case("UDP 53: tms-a rejects, tms-b accepts (reject falls through)", Ingress,
+        case(
+            "TCP to port 80 from 198.18/16: tms-a's accept rule",
+            Ingress,
+            good_tcp.clone().build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
+            "large TCP frame is cut to tms-a's 128 bytes",
+            Ingress,
+            good_tcp.clone().payload(1000).build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
+            "TCP to port 91: outside every range, no session",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 91)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "TCP from outside the source CIDR: no session",
+            Ingress,
+            frame(v4("203.0.113.1", "198.18.2.2"), tcp(40000, 80)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "UDP 53: tms-a rejects, tms-b accepts (reject falls through)",
+            Ingress,
             frame(v4("198.18.1.1", "198.18.2.2"), udp(3333, 53)).build(),
-            Mirrored("tms-b", &["tmr-a1", "tmr-b3"])),
-        case("UDP 53 to 198.18.9.53: tms-b's priority-1 drop wins over its later accepts", Ingress,
+            Mirrored("tms-b", &["tmr-a1", "tmr-b3"]),
+        ),
+        case(
+            "UDP 53 to 198.18.9.53: tms-b's priority-1 drop wins over its later accepts",
+            Ingress,
             frame(v4("198.18.1.1", "198.18.9.53"), udp(3333, 53)).build(),
-            NotMirrored(&["tmr-a1", "tmr-b2"])),
-        case("TCP to 198.18.9.7: tms-b's protocol ALL rule", Ingress,
-            frame(v4("198.18.1.1", "198.18.9.7"), tcp(1, 22)).build(), Mirrored("tms-b", &["tmr-b1"])),
-        case("ICMP to 198.18.5.1: tms-a", Ingress,
-            frame(v4("198.18.1.1", "198.18.5.1"), L4::Icmp).build(), Mirrored("tms-a", &["tmr-a3"])),
-        case("ICMP to 198.18.6.1: no session", Ingress,
-            frame(v4("198.18.1.1", "198.18.6.1"), L4::Icmp).build(), NotMirrored(&[])),
-        case("GRE (protocol 47 by number): tms-b", Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), L4::Raw(47)).build(), Mirrored("tms-b", &["tmr-b5"])),
-        case("UDP source port 1500 in 1000/2000: tms-a", Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build(), Mirrored("tms-a", &["tmr-a5"])),
-        case("UDP source port 999: no session", Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), udp(999, 7000)).build(), NotMirrored(&[])),
-        case("IPv4 with options (IHL 7): ports still found", Ingress,
-            frame(with_ipv4_options(v4("198.18.1.1", "198.18.2.2"), vec![1; 8]), tcp(40000, 85)).build(),
-            Mirrored("tms-a", &["tmr-a2"])),
-        case("802.1Q tagged TCP 80: parsed to the inner IP header", Ingress,
-            good_tcp.clone().vlan(ETH_P_8021Q, 100).build(), Mirrored("tms-a", &["tmr-a2"])),
-        case("QinQ (802.1ad + 802.1Q) TCP 80", Ingress,
-            good_tcp.clone().vlan(ETH_P_8021AD, 10).vlan(ETH_P_8021Q, 20).build(),
-            Mirrored("tms-a", &["tmr-a2"])),
-        case("IPv4 non-first fragment: ports not evaluated, so UDP rules match on protocol", Ingress,
+            NotMirrored(&["tmr-a1", "tmr-b2"]),
+        ),
+        case(
+            "TCP to 198.18.9.7: tms-b's protocol ALL rule",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.9.7"), tcp(1, 22)).build(),
+            Mirrored("tms-b", &["tmr-b1"]),
+        ),
+        case(
+            "ICMP to 198.18.5.1: tms-a",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.5.1"), L4::Icmp).build(),
+            Mirrored("tms-a", &["tmr-a3"]),
+        ),
+        case(
+            "ICMP to 198.18.6.1: no session",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.6.1"), L4::Icmp).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "GRE (protocol 47 by number): tms-b",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), L4::Raw(47)).build(),
+            Mirrored("tms-b", &["tmr-b5"]),
+        ),
+        case(
+            "UDP source port 1500 in 1000/2000: tms-a",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build(),
+            Mirrored("tms-a", &["tmr-a5"]),
+        ),
+        case(
+            "UDP source port 999: no session",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), udp(999, 7000)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "IPv4 with options (IHL 7): ports still found",
+            Ingress,
+            frame(
+                with_ipv4_options(v4("198.18.1.1", "198.18.2.2"), vec![1; 8]),
+                tcp(40000, 85),
+            )
+            .build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
+            "802.1Q tagged TCP 80: parsed to the inner IP header",
+            Ingress,
+            good_tcp.clone().vlan(ETH_P_8021Q, 100).build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
+            "QinQ (802.1ad + 802.1Q) TCP 80",
+            Ingress,
+            good_tcp
+                .clone()
+                .vlan(ETH_P_8021AD, 10)
+                .vlan(ETH_P_8021Q, 20)
+                .build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
+            "IPv4 non-first fragment: ports not evaluated, so UDP rules match on protocol",
+            Ingress,
             frame(ipv4_fragment("198.18.1.1", "198.18.2.2", 100), udp(1, 1)).build(),
-            Mirrored("tms-b", &["tmr-a1", "tmr-b3"])),
-        case("IPv6 TCP 443 from fd00:1::/64: tms-a", Ingress,
-            frame(v6("fd00:1::5", "fd00:2::1"), tcp(5555, 443)).build(), Mirrored("tms-a", &["tmr-a4"])),
-        case("IPv6 TCP 443 from fd00:3::5: no session", Ingress,
-            frame(v6("fd00:3::5", "fd00:2::1"), tcp(5555, 443)).build(), NotMirrored(&[])),
-        case("ICMPv6: tms-b", Ingress,
-            frame(v6("fd00:3::5", "fd00:2::1"), L4::Icmpv6).build(), Mirrored("tms-b", &["tmr-b4"])),
-        case("IPv6 hop-by-hop + destination options before TCP 443", Ingress,
-            frame(with_ext(v6("fd00:1::5", "fd00:2::1"), vec![hop_by_hop(), dest_opts()]), tcp(5555, 443)).build(),
-            Mirrored("tms-a", &["tmr-a4"])),
-        case("IPv6 first fragment (offset 0) keeps its ports", Ingress,
-            frame(with_ext(v6("fd00:1::5", "fd00:2::1"), vec![fragment_header(0, true)]), tcp(5555, 443)).build(),
-            Mirrored("tms-a", &["tmr-a4"])),
-        case("IPv6 non-first fragment: matches on address and protocol only", Ingress,
-            frame(with_ext(v6("fd00:1::5", "fd00:2::1"), vec![fragment_header(100, false)]), tcp(1, 1)).build(),
-            Mirrored("tms-a", &["tmr-a4"])),
-        case("IPv6 with 7 extension headers (beyond the bounded walk): malformed, passed", Ingress,
-            frame(with_ext(v6("fd00:1::5", "fd00:2::1"), seven), tcp(5555, 443)).build(), Malformed),
-        case("egress UDP 5005: tms-a's egress rule", Egress,
-            frame(v4("198.18.2.2", "198.18.1.1"), udp(9, 5005)).build(), Mirrored("tms-a", &["tmr-a6"])),
-        case("egress IPv6: tms-b's egress rule", Egress,
-            frame(v6("fd00:2::1", "fd00:1::5"), udp(9, 9)).build(), Mirrored("tms-b", &["tmr-b6"])),
-        case("egress TCP v4: only the disabled tms-c would take it", Egress,
-            frame(v4("198.18.2.2", "198.18.1.1"), tcp(80, 40000)).build(), NotMirrored(&[])),
-        case("ARP: not an IP frame, never mirrored", Ingress, arp(), NotIp),
+            Mirrored("tms-b", &["tmr-a1", "tmr-b3"]),
+        ),
+        case(
+            "IPv6 TCP 443 from fd00:1::/64: tms-a",
+            Ingress,
+            frame(v6("fd00:1::5", "fd00:2::1"), tcp(5555, 443)).build(),
+            Mirrored("tms-a", &["tmr-a4"]),
+        ),
+        case(
+            "IPv6 TCP 443 from fd00:3::5: no session",
+            Ingress,
+            frame(v6("fd00:3::5", "fd00:2::1"), tcp(5555, 443)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "ICMPv6: tms-b",
+            Ingress,
+            frame(v6("fd00:3::5", "fd00:2::1"), L4::Icmpv6).build(),
+            Mirrored("tms-b", &["tmr-b4"]),
+        ),
+        case(
+            "IPv6 hop-by-hop + destination options before TCP 443",
+            Ingress,
+            frame(
+                with_ext(
+                    v6("fd00:1::5", "fd00:2::1"),
+                    vec![hop_by_hop(), dest_opts()],
+                ),
+                tcp(5555, 443),
+            )
+            .build(),
+            Mirrored("tms-a", &["tmr-a4"]),
+        ),
+        case(
+            "IPv6 first fragment (offset 0) keeps its ports",
+            Ingress,
+            frame(
+                with_ext(v6("fd00:1::5", "fd00:2::1"), vec![fragment_header(0, true)]),
+                tcp(5555, 443),
+            )
+            .build(),
+            Mirrored("tms-a", &["tmr-a4"]),
+        ),
+        case(
+            "IPv6 non-first fragment: matches on address and protocol only",
+            Ingress,
+            frame(
+                with_ext(
+                    v6("fd00:1::5", "fd00:2::1"),
+                    vec![fragment_header(100, false)],
+                ),
+                tcp(1, 1),
+            )
+            .build(),
+            Mirrored("tms-a", &["tmr-a4"]),
+        ),
+        case(
+            "IPv6 with 7 extension headers (beyond the bounded walk): malformed, passed",
+            Ingress,
+            frame(
+                with_ext(v6("fd00:1::5", "fd00:2::1"), seven),
+                tcp(5555, 443),
+            )
+            .build(),
+            Malformed,
+        ),
+        case(
+            "egress UDP 5005: tms-a's egress rule",
+            Egress,
+            frame(v4("198.18.2.2", "198.18.1.1"), udp(9, 5005)).build(),
+            Mirrored("tms-a", &["tmr-a6"]),
+        ),
+        case(
+            "egress IPv6: tms-b's egress rule",
+            Egress,
+            frame(v6("fd00:2::1", "fd00:1::5"), udp(9, 9)).build(),
+            Mirrored("tms-b", &["tmr-b6"]),
+        ),
+        case(
+            "egress TCP v4: only the disabled tms-c would take it",
+            Egress,
+            frame(v4("198.18.2.2", "198.18.1.1"), tcp(80, 40000)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "ARP: not an IP frame, never mirrored",
+            Ingress,
+            arp(),
+            NotIp,
+        ),
         // BPF_PROG_TEST_RUN itself refuses an IPv4/IPv6 ethertype without a full IP header,
         // so a tag in front carries these short frames past it.
-        case("802.1Q frame that ends right after the tag, inner type IPv4", Ingress,
-            good_tcp.clone().vlan(ETH_P_8021Q, 1).build()[..18].to_vec(), Malformed),
-        case("IPv4 with IHL 3", Ingress, {
-            let mut p = frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build();
-            p[14] = 0x43;
-            p
-        }, Malformed),
-        case("IPv4 whose IHL (15) claims more header than the packet has", Ingress, {
-            let mut p = frame(v4("198.18.1.1", "198.18.2.2"), L4::Raw(47)).payload(0).build();
-            p[14] = 0x4f;
-            p
-        }, Malformed),
-        case("version 6 in an IPv4 ethertype", Ingress, {
-            let mut p = frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build();
-            p[14] = 0x65;
-            p
-        }, Malformed),
-        case("TCP header cut after 2 bytes", Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build()[..14 + 20 + 2].to_vec(), Malformed),
-        case("802.1Q-tagged IPv6 header cut at 30 bytes", Ingress,
-            frame(v6("fd00:1::5", "fd00:2::1"), tcp(1, 443)).vlan(ETH_P_8021Q, 1).build()[..18 + 30].to_vec(),
-            Malformed),
-        case("IPv6 announcing a hop-by-hop header that is not there", Ingress,
-            frame(with_ext(v6("fd00:1::5", "fd00:2::1"), vec![hop_by_hop()]), L4::Raw(59)).payload(0).build()[..14 + 40].to_vec(),
-            Malformed),
-        case("VLAN tag cut short", Ingress, {
-            let p = good_tcp.clone().vlan(ETH_P_8021Q, 1).build();
-            p[..15].to_vec()
-        }, Malformed),
+        case(
+            "802.1Q frame that ends right after the tag, inner type IPv4",
+            Ingress,
+            good_tcp.clone().vlan(ETH_P_8021Q, 1).build()[..18].to_vec(),
+            Malformed,
+        ),
+        case(
+            "IPv4 with IHL 3",
+            Ingress,
+            {
+                let mut p = frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build();
+                p[14] = 0x43;
+                p
+            },
+            Malformed,
+        ),
+        case(
+            "IPv4 whose IHL (15) claims more header than the packet has",
+            Ingress,
+            {
+                let mut p = frame(v4("198.18.1.1", "198.18.2.2"), L4::Raw(47))
+                    .payload(0)
+                    .build();
+                p[14] = 0x4f;
+                p
+            },
+            Malformed,
+        ),
+        case(
+            "version 6 in an IPv4 ethertype",
+            Ingress,
+            {
+                let mut p = frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build();
+                p[14] = 0x65;
+                p
+            },
+            Malformed,
+        ),
+        case(
+            "TCP header cut after 2 bytes",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(1, 80)).build()[..14 + 20 + 2].to_vec(),
+            Malformed,
+        ),
+        case(
+            "802.1Q-tagged IPv6 header cut at 30 bytes",
+            Ingress,
+            frame(v6("fd00:1::5", "fd00:2::1"), tcp(1, 443))
+                .vlan(ETH_P_8021Q, 1)
+                .build()[..18 + 30]
+                .to_vec(),
+            Malformed,
+        ),
+        case(
+            "IPv6 announcing a hop-by-hop header that is not there",
+            Ingress,
+            frame(
+                with_ext(v6("fd00:1::5", "fd00:2::1"), vec![hop_by_hop()]),
+                L4::Raw(59),
+            )
+            .payload(0)
+            .build()[..14 + 40]
+                .to_vec(),
+            Malformed,
+        ),
+        case(
+            "VLAN tag cut short",
+            Ingress,
+            {
+                let p = good_tcp.clone().vlan(ETH_P_8021Q, 1).build();
+                p[..15].to_vec()
+            },
+            Malformed,
+        ),
         // No GSO case here: BPF_PROG_TEST_RUN can set gso_segs/gso_size but not gso_type,
         // and the kernel refuses to transmit such a half-GSO clone (EBADMSG). Real GSO
         // super-packets are covered end to end (mirror_e2e.rs, bulk TCP) and in the
@@ -392,7 +576,13 @@ fn snapshot(dp: &Datapath) -> Snapshot {
     Snapshot {
         sessions: SESSIONS
             .iter()
-            .map(|id| (*id, dp.session_counters(id).unwrap_or_else(|| panic!("counters of {id}"))))
+            .map(|id| {
+                (
+                    *id,
+                    dp.session_counters(id)
+                        .unwrap_or_else(|| panic!("counters of {id}")),
+                )
+            })
             .collect(),
         rules: RULES
             .iter()
@@ -419,7 +609,10 @@ fn fixture_netns() -> NetNs {
     // No IPv6 autoconfiguration chatter on the source while we count its packets.
     ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    for (a, b, addr) in [("fx0", "fx1", "198.18.200.1/24"), ("fx2", "fx3", "198.18.201.1/24")] {
+    for (a, b, addr) in [
+        ("fx0", "fx1", "198.18.200.1/24"),
+        ("fx2", "fx3", "198.18.201.1/24"),
+    ] {
         ns.exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
         ns.exec(&["ip", "addr", "add", addr, "dev", a]);
         ns.exec(&["ip", "link", "set", a, "up"]);
@@ -438,7 +631,10 @@ fn with_datapath(f: impl FnOnce(&mut Datapath) + Send) {
         rt.block_on(async {
             let mut dp = Datapath::new().expect("programs load and pass the verifier");
             let report = dp.apply(&objects()).await.expect("apply");
-            assert!(report.errors.is_empty(), "apply reported errors: {report:?}");
+            assert!(
+                report.errors.is_empty(),
+                "apply reported errors: {report:?}"
+            );
             f(&mut dp);
             dp.shutdown().await.expect("shutdown");
         })
@@ -469,11 +665,21 @@ fn source_program_fixtures() {
                 failures.push(format!("{}: {why}", case.desc));
             }
         }
-        assert!(failures.is_empty(), "fixtures failed:\n  {}", failures.join("\n  "));
+        assert!(
+            failures.is_empty(),
+            "fixtures failed:\n  {}",
+            failures.join("\n  ")
+        );
     });
 }
 
-fn check(case: &Case, ret: i32, out: &[u8], before: &Snapshot, after: &Snapshot) -> Result<(), String> {
+fn check(
+    case: &Case,
+    ret: i32,
+    out: &[u8],
+    before: &Snapshot,
+    after: &Snapshot,
+) -> Result<(), String> {
     // The original always passes, unchanged.
     if ret != -1 {
         return Err(format!("verdict {ret}, expected TC_ACT_UNSPEC (-1)"));
@@ -486,9 +692,13 @@ fn check(case: &Case, ret: i32, out: &[u8], before: &Snapshot, after: &Snapshot)
         Dir::Egress => 1,
     };
     let segs = case.gso.map_or(1, |(s, _)| u64::from(s));
-    let src_delta = |f: fn(&mirror_ebpf::SourceStats) -> u64| f(&after.source[dir]) - f(&before.source[dir]);
+    let src_delta =
+        |f: fn(&mirror_ebpf::SourceStats) -> u64| f(&after.source[dir]) - f(&before.source[dir]);
     if src_delta(|s| s.packets) != segs {
-        return Err(format!("source packets +{}, expected +{segs}", src_delta(|s| s.packets)));
+        return Err(format!(
+            "source packets +{}, expected +{segs}",
+            src_delta(|s| s.packets)
+        ));
     }
     let (mirrored_by, rules_hit): (Option<&str>, &[&str]) = match &case.expect {
         Verdict::Mirrored(s, r) => (Some(s), r),
@@ -514,7 +724,10 @@ fn check(case: &Case, ret: i32, out: &[u8], before: &Snapshot, after: &Snapshot)
             if copies != 1 || packets != segs {
                 return Err(format!(
                     "{id}: copies +{copies}, packets +{packets}; expected +1, +{segs} (errors before {:?}, after {:?}, truncated +{}, gso +{})",
-                    b.errors, a.errors, a.truncated - b.truncated, a.gso_copies - b.gso_copies
+                    b.errors,
+                    a.errors,
+                    a.truncated - b.truncated,
+                    a.gso_copies - b.gso_copies
                 ));
             }
             let errors: u64 = a.errors.iter().sum::<u64>() - b.errors.iter().sum::<u64>();
@@ -523,14 +736,22 @@ fn check(case: &Case, ret: i32, out: &[u8], before: &Snapshot, after: &Snapshot)
             }
             let want_trunc = u64::from(id == "tms-a" && case.packet.len() > SNAP_A);
             if a.truncated - b.truncated != want_trunc {
-                return Err(format!("{id}: truncated +{}, expected +{want_trunc}", a.truncated - b.truncated));
+                return Err(format!(
+                    "{id}: truncated +{}, expected +{want_trunc}",
+                    a.truncated - b.truncated
+                ));
             }
             let want_gso = u64::from(case.gso.is_some());
             if a.gso_copies - b.gso_copies != want_gso {
-                return Err(format!("{id}: gso copies +{}, expected +{want_gso}", a.gso_copies - b.gso_copies));
+                return Err(format!(
+                    "{id}: gso copies +{}, expected +{want_gso}",
+                    a.gso_copies - b.gso_copies
+                ));
             }
         } else if copies != 0 || packets != 0 {
-            return Err(format!("{id} mirrored it (copies +{copies}) but should not have"));
+            return Err(format!(
+                "{id} mirrored it (copies +{copies}) but should not have"
+            ));
         }
     }
     if src_delta(|s| s.mirrored) != if mirrored_by.is_some() { segs } else { 0 } {
@@ -551,8 +772,12 @@ fn encap_program_fixtures() {
     with_datapath(|dp| {
         let slot_a = dp.session_slot("tms-a").expect("tms-a placed");
         let slot_b = dp.session_slot("tms-b").expect("tms-b placed");
-        let long = frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).payload(300).build();
-        let short = frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).payload(10).build();
+        let long = frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80))
+            .payload(300)
+            .build();
+        let short = frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80))
+            .payload(10)
+            .build();
 
         // A copy for tms-a is cut to its PacketLength and keeps the original's first bytes.
         let before = dp.session_counters("tms-a").expect("counters")[0];
@@ -560,22 +785,35 @@ fn encap_program_fixtures() {
         let (ret, out) = run(prog, &long, &skb_ctx(0, mirror_mark(slot_a, 0), None));
         assert_eq!(ret, 0, "tms-a copy: expected TC_ACT_OK");
         assert_eq!(out.len(), SNAP_A, "tms-a copy length");
-        assert_eq!(out, long[..SNAP_A], "tms-a copy bytes are the original's first bytes");
+        assert_eq!(
+            out,
+            long[..SNAP_A],
+            "tms-a copy bytes are the original's first bytes"
+        );
         let after = dp.session_counters("tms-a").expect("counters")[0];
         assert_eq!(after.truncated - before.truncated, 1, "truncation counted");
 
         // tms-b keeps whole frames that fit the path; a GSO copy still leaves as one packet.
         let before = dp.session_counters("tms-b").expect("counters")[1];
         let prog = dp.program(PROG_ENCAP).expect("encap program");
-        let (ret, out) = run(prog, &short, &skb_ctx(0, mirror_mark(slot_b, 1), Some((3, 20))));
+        let (ret, out) = run(
+            prog,
+            &short,
+            &skb_ctx(0, mirror_mark(slot_b, 1), Some((3, 20))),
+        );
         assert_eq!(ret, 0, "tms-b copy: expected TC_ACT_OK");
         assert_eq!(out, short, "tms-b copy is the whole frame");
         let after = dp.session_counters("tms-b").expect("counters")[1];
-        assert_eq!(after.truncated, before.truncated, "short frame not truncated");
+        assert_eq!(
+            after.truncated, before.truncated,
+            "short frame not truncated"
+        );
         assert_eq!(after.gso_copies - before.gso_copies, 1, "GSO copy counted");
 
         // A copy for a disabled session, or a slot no session holds, is dropped and counted.
-        let slot_c = dp.session_slot("tms-c").expect("disabled sessions are placed too");
+        let slot_c = dp
+            .session_slot("tms-c")
+            .expect("disabled sessions are placed too");
         let unused_slot = 4000;
         for slot in [slot_c, unused_slot] {
             let before = dp.maps.session_stats(slot).expect("stats")[0].errors[ERR_NO_SESSION];

@@ -1,1 +1,251 @@
-fn main(){}
+//! Project tasks. `cargo xtask setup` prepares a fresh machine (idempotent), `run` runs the
+//! agent, `test` runs everything CI runs, `bench` runs the benchmarks.
+//!
+//! xtask deliberately does not depend on the agent: it must build and run on a machine that
+//! does not have bpf-linker yet, since installing it is its first job.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly rust-src, bpf-linker 0.10.0, Debian
+    /// packages) and mount bpffs and tracefs. Safe to run again.
+    Setup,
+    /// Build the agent (release) and run it in the foreground; extra arguments go to
+    /// `mirror-agent run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, formatting and lints of both crates, then every test (kernel tests included,
+    /// one at a time), with a quick benchmark pass first so its harness cannot rot.
+    Test,
+    /// Benchmarks (needs root). Writes BENCHMARKS.md.
+    Bench {
+        /// Few repetitions: checks that every row is produced, not how fast.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Debian packages the tests and benchmarks run (the real tools the results are checked with).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "tcpdump",
+    "tshark",
+    "iperf3",
+    "nftables",
+    "bpftool",
+    "ethtool",
+    "libcap2-bin",
+];
+
+const BPF_LINKER_VERSION: &str = "0.10.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn setup() -> Result<()> {
+    // Nightly with rust-src: aya-build compiles the eBPF crate with -Z build-std=core.
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "clippy",
+        "rustfmt",
+        "--toolchain",
+        "nightly",
+    ]))?;
+
+    // bpf-linker 0.10.0 uses rustc's own LLVM; newer ones need a system LLVM we do not have.
+    let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !have.contains(BPF_LINKER_VERSION) {
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+
+    if !is_root() {
+        eprintln!("not root: skipping Debian packages and mounts (tests need root anyway)");
+        return Ok(());
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    mount_if_missing("bpf", "/sys/fs/bpf")?;
+    mount_if_missing("tracefs", "/sys/kernel/tracing")?;
+    Ok(())
+}
+
+fn mount_if_missing(fstype: &str, path: &str) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, mnt, ty) = (f.next(), f.next(), f.next());
+        mnt == Some(path) && ty == Some(fstype)
+    });
+    if !mounted {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {path}"))?;
+        run(Command::new("mount").args(["-t", fstype, fstype, path]))?;
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate for its real target: this is where its program code is compiled.
+    run(Command::new("rustup").current_dir(root()).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "mirror-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/ebpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(())
+}
+
+fn bench(quick: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "tests",
+        "--bin",
+        "mirror-bench",
+        "--",
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    } else {
+        cmd.args(["--write", "BENCHMARKS.md"]);
+    }
+    run(&mut cmd)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::Run { args } => setup().and_then(|()| {
+            run(cargo().args(["build", "--release", "-p", "mirror-agent"]))?;
+            run(Command::new(root().join("target/release/mirror-agent"))
+                .arg("run")
+                .args(args))
+        }),
+        Task::Test => setup().and_then(|()| {
+            lint()?;
+            // The end-to-end tests run the agent binary.
+            run(cargo().args(["build", "-p", "mirror-agent"]))?;
+            bench(true)?;
+            // Kernel-state tests one at a time: they create namespaces, links and programs.
+            run(cargo().args([
+                "test",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "--test-threads=1",
+            ]))
+        }),
+        Task::Bench { quick } => setup().and_then(|()| bench(quick)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -42,8 +42,7 @@ pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
         }
         Protocol::Number(n) => n,
     };
-    if rule.protocol.has_ports()
-        && !(rule.source_ports.is_all() && rule.destination_ports.is_all())
+    if rule.protocol.has_ports() && !(rule.source_ports.is_all() && rule.destination_ports.is_all())
     {
         flags |= RULE_MATCH_PORTS;
     }

@@ -191,7 +191,9 @@ fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>, DatapathEr
 pub fn load() -> Result<(Ebpf, Maps), DatapathError> {
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
     for name in [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP] {
-        classifier(&mut ebpf, name)?.load().map_err(prog_err(name))?;
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(prog_err(name))?;
     }
     let maps = Maps::take(&mut ebpf)?;
     Ok((ebpf, maps))
@@ -559,7 +561,11 @@ impl Datapath {
                 "interface not found",
             )));
         };
-        if self.attached.get(ifname).is_some_and(|a| a.ifindex != index) {
+        if self
+            .attached
+            .get(ifname)
+            .is_some_and(|a| a.ifindex != index)
+        {
             // Same name, new interface: the old links died with the old one.
             self.remove_source(ifname)?;
         }
@@ -571,15 +577,16 @@ impl Datapath {
                 .insert(index, cfg, 0)
                 .map_err(map_err("SOURCES"));
         }
-        let stats_slot = self.sources.get_or_alloc(ifname).ok_or_else(|| {
-            DatapathError::Map {
+        let stats_slot = self
+            .sources
+            .get_or_alloc(ifname)
+            .ok_or_else(|| DatapathError::Map {
                 name: "SOURCE_STATS",
                 source: MapError::OutOfBounds {
                     index: MAX_SOURCES,
                     max_entries: MAX_SOURCES,
                 },
-            }
-        })?;
+            })?;
         self.maps.reset_source_stats(stats_slot)?;
         cfg.stats_slot = stats_slot;
         // The map entry goes in first: a program attached before it would just pass packets.

@@ -44,7 +44,10 @@ pub async fn ensure_device(handle: &Handle, port: u16) -> Result<u32, TunnelErro
         let context = format!("{context} {name}");
         move |source| TunnelError::Netlink { context, source }
     };
-    if let Some(index) = link_index(handle, &name).await.map_err(netlink("looking up"))? {
+    if let Some(index) = link_index(handle, &name)
+        .await
+        .map_err(netlink("looking up"))?
+    {
         return Ok(index);
     }
     let msg = LinkMessageBuilder::<LinkVxlan>::new(&name)
