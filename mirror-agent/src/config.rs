@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    /// `auto` (TCX on 6.6+, else clsact), `tcx` or `clsact`.
+    pub tc_attach: Option<crate::datapath::TcAttachMode>,
     /// Rules per direction of one filter (SPEC: 10 by default, configurable).
     pub rule_quota: Option<usize>,
     /// Sources per session (Huawei's default is 10).

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mirror_agent::{
     config::{self, FileConfig, LogFormat},
-    datapath::Datapath,
+    datapath::{Datapath, TcAttachMode},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -43,6 +43,9 @@ struct RunArgs {
     pin_dir: Option<PathBuf>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// How programs attach to interfaces: auto (TCX on 6.6+, else clsact), tcx or clsact.
+    #[arg(long, value_enum)]
+    tc_attach: Option<TcAttachMode>,
 }
 
 /// Settings after merging flags over the file over built-in defaults.
@@ -62,6 +65,7 @@ struct Settings {
     )]
     pin_dir: PathBuf,
     log_format: LogFormat,
+    tc_attach: TcAttachMode,
 }
 
 fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
@@ -90,6 +94,7 @@ fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
             .or_else(|| file.pin_dir.clone())
             .unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
     }
 }
 
@@ -139,7 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("the API and metrics listeners are not part of this build yet; ignoring them");
     }
 
-    let mut datapath = Datapath::new().context("loading the eBPF programs")?;
+    let mut datapath = Datapath::new(settings.tc_attach).context("loading the eBPF programs")?;
     reconcile(&mut datapath, &file).await?;
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;

@@ -7,6 +7,7 @@
 //!      fd00:10::2              fd00:10::1
 //!  wl2 (workload 2)
 //!  w20 198.18.11.2 ─veth─ src1 198.18.11.1
+//!                              fd00:20::1                    fd00:20::2
 //!                          mirvx4789 (created by the agent)
 //! ```
 //!
@@ -25,6 +26,8 @@ pub const WL_ADDR6: &str = "fd00:10::2";
 pub const NODE_SRC_ADDR6: &str = "fd00:10::1";
 pub const NODE_UP_ADDR: &str = "198.18.20.1";
 pub const COLLECTOR_ADDR: &str = "198.18.20.2";
+pub const NODE_UP_ADDR6: &str = "fd00:20::1";
+pub const COLLECTOR_ADDR6: &str = "fd00:20::2";
 
 pub struct Topology {
     pub wl: NetNs,
@@ -34,6 +37,7 @@ pub struct Topology {
     /// Bound to UDP 4789 in the collector so copies are consumed instead of drawing ICMP
     /// port-unreachable errors back at the node.
     _vxlan_sink: UdpSocket,
+    _vxlan_sink6: UdpSocket,
 }
 
 impl Topology {
@@ -65,6 +69,8 @@ impl Topology {
             Some(&format!("{WL2_ADDR}/24")),
             Some(&format!("{NODE_SRC1_ADDR}/24")),
         );
+        node.add_addr("up0", &format!("{NODE_UP_ADDR6}/64"));
+        col.add_addr("col0", &format!("{COLLECTOR_ADDR6}/64"));
         wl.exec(&["ip", "route", "add", "default", "via", NODE_SRC_ADDR]);
         wl2.exec(&["ip", "route", "add", "default", "via", NODE_SRC1_ADDR]);
         col.exec(&["ip", "route", "add", "default", "via", NODE_UP_ADDR]);
@@ -72,12 +78,17 @@ impl Topology {
         let sink = in_netns(&col, || {
             UdpSocket::bind(("0.0.0.0", 4789)).expect("binding the collector's VXLAN sink")
         });
+        let sink6 = in_netns(&col, || {
+            UdpSocket::bind((COLLECTOR_ADDR6, 4789))
+                .expect("binding the collector's IPv6 VXLAN sink")
+        });
         Topology {
             wl,
             wl2,
             node,
             col,
             _vxlan_sink: sink,
+            _vxlan_sink6: sink6,
         }
     }
 }

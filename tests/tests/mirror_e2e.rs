@@ -19,7 +19,10 @@ use mirror_tests::{
     capture::{self, Capture, VxlanCopy},
     netns::in_netns,
     packets::{Summary, summarize},
-    topology::{COLLECTOR_ADDR, NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, config_with_collector},
+    topology::{
+        COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology,
+        config_with_collector,
+    },
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -480,4 +483,133 @@ sources = ["src0", "up0"]
         "each workload packet mirrored once, copies never mirrored"
     );
     capture::remove(&pcap);
+}
+
+/// Older kernels have no TCX: the clsact fallback mirrors the same way, and iproute2 sees
+/// the agent's filters on the qdisc.
+#[test]
+fn clsact_fallback_mirrors_too() {
+    let topo = Topology::new();
+    let agent = Agent::start(
+        &topo.node,
+        &format!(
+            "tc_attach = \"clsact\"\n{}",
+            config_with_collector(
+                r#"
+[[filters]]
+id = "tmf-udp"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+[[filters.egress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+
+[[sessions]]
+id = "tms-udp"
+priority = 1
+virtual_network_id = 5
+packet_length = 64
+enabled = true
+filter_id = "tmf-udp"
+target_id = "tmt-col"
+sources = ["src0"]
+"#,
+            )
+        ),
+    );
+    for dir in ["ingress", "egress"] {
+        let out = topo
+            .node
+            .exec(&["tc", "filter", "show", "dev", "src0", dir]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("mirror_"),
+            "no agent filter on src0 {dir}: {text}"
+        );
+    }
+    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    udp_exchange(&topo, 7000, 10, 300, true);
+    cap.wait_for_frames(20, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = cap.stop();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    capture::remove(&pcap);
+    assert_eq!(copies.len(), 20, "10 ingress + 10 egress copies");
+    assert!(copies.iter().all(|c| c.vni == 5 && c.inner.len() == 64));
+    agent.stop();
+    for dir in ["ingress", "egress"] {
+        let out = topo
+            .node
+            .exec(&["tc", "filter", "show", "dev", "src0", dir]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("mirror_"),
+            "agent filter left on src0 {dir}: {text}"
+        );
+    }
+}
+
+/// An IPv6 target, and whole frames (no PacketLength) cut only where they would not fit the
+/// path MTU once encapsulated: 1500 - 40 (IPv6) - 8 (UDP) - 8 (VXLAN) = 1444 bytes of frame.
+#[test]
+fn ipv6_target_and_path_mtu_cut() {
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &format!(
+            r#"
+[[targets]]
+id = "tmt-col6"
+destination_ip = "{COLLECTOR_ADDR6}"
+
+[[filters]]
+id = "tmf-udp"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+
+[[sessions]]
+id = "tms-v6"
+priority = 1
+virtual_network_id = 600
+enabled = true
+filter_id = "tmf-udp"
+target_id = "tmt-col6"
+sources = ["src0"]
+"#
+        ),
+    );
+    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let originals_cap = Capture::start(&topo.node, "src0", "udp dst port 7000");
+    // Frames of 14 + 20 + 8 + payload bytes: 1442 fits, 1492 does not.
+    udp_exchange(&topo, 7000, 5, 1400, false);
+    udp_exchange(&topo, 7000, 5, 1450, false);
+    cap.wait_for_frames(10, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = cap.stop();
+    let originals = capture::frames(&originals_cap.stop());
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    capture::remove(&pcap);
+    assert_eq!(copies.len(), 10);
+    let mut lens: Vec<usize> = copies.iter().map(|c| c.inner.len()).collect();
+    lens.sort_unstable();
+    assert_eq!(
+        lens,
+        [1442, 1442, 1442, 1442, 1442, 1444, 1444, 1444, 1444, 1444]
+    );
+    for c in &copies {
+        assert_eq!(c.outer_dst, COLLECTOR_ADDR6, "outer IPv6 destination");
+        assert_eq!(c.vni, 600);
+        assert!(
+            originals
+                .iter()
+                .any(|o| o.len() >= c.inner.len() && o[..c.inner.len()] == c.inner[..]),
+            "copy is not a prefix of an original"
+        );
+    }
 }

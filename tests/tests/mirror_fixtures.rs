@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use mirror_agent::{
     config::{FileConfig, Objects},
-    datapath::{self, Datapath, PROG_EGRESS, PROG_ENCAP, PROG_INGRESS},
+    datapath::{self, Datapath, PROG_EGRESS, PROG_ENCAP, PROG_INGRESS, TcAttachMode},
 };
 use mirror_ebpf::{ERR_NO_SESSION, SessionStats, mirror_mark};
 use mirror_tests::{
@@ -629,7 +629,8 @@ fn with_datapath(f: impl FnOnce(&mut Datapath) + Send) {
             .build()
             .expect("tokio runtime");
         rt.block_on(async {
-            let mut dp = Datapath::new().expect("programs load and pass the verifier");
+            let mut dp =
+                Datapath::new(TcAttachMode::Auto).expect("programs load and pass the verifier");
             let report = dp.apply(&objects()).await.expect("apply");
             assert!(
                 report.errors.is_empty(),

@@ -209,6 +209,31 @@ pub fn classifier<'a>(
         .map_err(prog_err(name))
 }
 
+/// How programs are attached to interfaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachMode {
+    /// TCX where the kernel has it (6.6+), clsact otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    /// A clsact qdisc and a direct-action cls_bpf filter over netlink, as before TCX. The
+    /// qdisc is left in place on detach: other software may have filters on it.
+    Clsact,
+}
+
+impl TcAttachMode {
+    fn uses_tcx(self) -> bool {
+        match self {
+            TcAttachMode::Tcx => true,
+            TcAttachMode::Clsact => false,
+            TcAttachMode::Auto => {
+                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+            }
+        }
+    }
+}
+
 /// Attaches with TCX where the kernel has it (6.6+), so we coexist with other TC programs
 /// (Cilium, ...) without owning a qdisc; otherwise through a clsact qdisc over netlink.
 fn attach(
@@ -216,9 +241,9 @@ fn attach(
     name: &'static str,
     ifname: &str,
     attach_type: TcAttachType,
+    mode: TcAttachMode,
 ) -> Result<SchedClassifierLinkId, DatapathError> {
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    let options = if tcx {
+    let options = if mode.uses_tcx() {
         TcAttachOptions::TcxOrder(LinkOrder::default())
     } else {
         if let Err(e) = tc::qdisc_add_clsact(ifname) {
@@ -281,6 +306,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     pub maps: Maps,
     netlink: rtnetlink::Handle,
+    attach_mode: TcAttachMode,
     sessions: Slots,
     filters: Slots,
     rules: Slots,
@@ -291,7 +317,7 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs. Needs a tokio runtime for netlink.
-    pub fn new() -> Result<Datapath, DatapathError> {
+    pub fn new(attach_mode: TcAttachMode) -> Result<Datapath, DatapathError> {
         let (ebpf, maps) = load()?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
@@ -299,6 +325,7 @@ impl Datapath {
             ebpf,
             maps,
             netlink,
+            attach_mode,
             sessions: Slots::new(MAX_SESSIONS),
             filters: Slots::new(MAX_FILTERS),
             rules: Slots::new(MAX_RULE_SLOTS),
@@ -536,6 +563,7 @@ impl Datapath {
             PROG_ENCAP,
             &tunnel::device_name(port),
             TcAttachType::Egress,
+            self.attach_mode,
         )?;
         info!(device = %tunnel::device_name(port), ifindex, "tunnel device ready");
         self.tunnels.insert(port, TunnelDevice { ifindex, link });
@@ -594,7 +622,13 @@ impl Datapath {
             .sources
             .insert(index, cfg, 0)
             .map_err(map_err("SOURCES"))?;
-        let ingress = attach(&mut self.ebpf, PROG_INGRESS, ifname, TcAttachType::Ingress);
+        let ingress = attach(
+            &mut self.ebpf,
+            PROG_INGRESS,
+            ifname,
+            TcAttachType::Ingress,
+            self.attach_mode,
+        );
         let ingress = match ingress {
             Ok(l) => l,
             Err(e) => {
@@ -603,7 +637,13 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let egress = match attach(&mut self.ebpf, PROG_EGRESS, ifname, TcAttachType::Egress) {
+        let egress = match attach(
+            &mut self.ebpf,
+            PROG_EGRESS,
+            ifname,
+            TcAttachType::Egress,
+            self.attach_mode,
+        ) {
             Ok(l) => l,
             Err(e) => {
                 detach(&mut self.ebpf, PROG_INGRESS, ingress);

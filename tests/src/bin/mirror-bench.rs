@@ -11,7 +11,7 @@ use std::{fmt::Write as _, process::ExitCode};
 use aya::programs::{TestRun, TestRunOptions};
 use mirror_agent::{
     config::FileConfig,
-    datapath::{self, Datapath, PROG_INGRESS},
+    datapath::{self, Datapath, PROG_INGRESS, TcAttachMode},
 };
 use mirror_tests::{
     netns::{NetNs, in_netns},
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
             .build()
             .expect("tokio runtime");
         rt.block_on(async {
-            let mut dp = Datapath::new().expect("loading programs");
+            let mut dp = Datapath::new(TcAttachMode::Auto).expect("loading programs");
             let file: FileConfig = toml::from_str(&config()).expect("bench config");
             let report = dp
                 .apply(&file.objects().expect("bench objects"))
