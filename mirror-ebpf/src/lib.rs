@@ -45,7 +45,17 @@ pub const VXLAN_OVERHEAD_IPV6: u32 = 56;
 /// `SourceConfig::sessions` lists session slots; this value ends the list early.
 pub const NO_SESSION: u16 = u16::MAX;
 
-/// Value of the `SOURCES` map, keyed by the interface index (`u32`).
+/// Interfaces with an index below this are looked up in the `SOURCES_DIRECT` array (the
+/// verifier inlines array lookups: a few ns), the rest in the `SOURCES` hash (a hash lookup
+/// costs 20-30 ns, the largest part of the per-packet budget).
+pub const SOURCES_DIRECT_MAX: u32 = 65536;
+
+/// `SourceConfig::flags`: the entry describes an attached source. Array entries of interfaces
+/// that are not sources are all zero.
+pub const SOURCE_ACTIVE: u32 = 1;
+
+/// Value of the `SOURCES_DIRECT` array (index = interface index, below
+/// `SOURCES_DIRECT_MAX`) and of the `SOURCES` hash (key = larger interface indexes).
 ///
 /// Written by the agent when a source is attached or its sessions change; read by the source
 /// programs (`mirror_ingress`, `mirror_egress`) for every packet.
@@ -57,7 +67,17 @@ pub struct SourceConfig {
     pub sessions: [u16; MAX_SESSIONS_PER_SOURCE],
     /// Index into `SOURCE_STATS` (times `DIRECTIONS`), stable while the source exists.
     pub stats_slot: u32,
-    pub _pad: u32,
+    /// `SOURCE_ACTIVE`.
+    pub flags: u32,
+}
+
+impl SourceConfig {
+    /// The value of an interface that is not a source.
+    pub const INACTIVE: SourceConfig = SourceConfig {
+        sessions: [NO_SESSION; MAX_SESSIONS_PER_SOURCE],
+        stats_slot: 0,
+        flags: 0,
+    };
 }
 
 /// `SessionConfig::flags` bits.

@@ -23,8 +23,8 @@ use aya::{
 };
 use mirror_ebpf::{
     DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCES, NO_SESSION, SessionConfig, SessionStats, SourceConfig, SourceStats,
-    VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
+    MAX_SOURCES, SOURCE_ACTIVE, SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig,
+    SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -79,6 +79,7 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
 /// The maps, taken out of the `Ebpf` object so they can be written while programs are
 /// borrowed for attaching.
 pub struct Maps {
+    pub sources_direct: Array<MapData, SourceConfig>,
     pub sources: HashMap<MapData, u32, SourceConfig>,
     pub sessions: Array<MapData, SessionConfig>,
     pub filters: Array<MapData, FilterConfig>,
@@ -97,6 +98,7 @@ impl Maps {
             T::try_from(map).map_err(map_err(name))
         }
         Ok(Maps {
+            sources_direct: take(ebpf, "SOURCES_DIRECT")?,
             sources: take(ebpf, "SOURCES")?,
             sessions: take(ebpf, "SESSIONS")?,
             filters: take(ebpf, "FILTERS")?,
@@ -104,6 +106,33 @@ impl Maps {
             source_stats: take(ebpf, "SOURCE_STATS")?,
             rule_stats: take(ebpf, "RULE_STATS")?,
         })
+    }
+
+    /// Makes `ifindex` a source with this config, in whichever map holds its index.
+    pub fn set_source(&mut self, ifindex: u32, mut cfg: SourceConfig) -> Result<(), DatapathError> {
+        cfg.flags |= SOURCE_ACTIVE;
+        if ifindex < SOURCES_DIRECT_MAX {
+            self.sources_direct
+                .set(ifindex, cfg, 0)
+                .map_err(map_err("SOURCES_DIRECT"))
+        } else {
+            self.sources
+                .insert(ifindex, cfg, 0)
+                .map_err(map_err("SOURCES"))
+        }
+    }
+
+    pub fn clear_source(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        if ifindex < SOURCES_DIRECT_MAX {
+            self.sources_direct
+                .set(ifindex, SourceConfig::INACTIVE, 0)
+                .map_err(map_err("SOURCES_DIRECT"))
+        } else {
+            match self.sources.remove(&ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err("SOURCES")(e)),
+            }
+        }
     }
 
     /// Counters of a session slot, summed over CPUs, per direction.
@@ -468,11 +497,7 @@ impl Datapath {
                 );
                 sessions.truncate(MAX_SESSIONS_PER_SOURCE);
             }
-            let mut cfg = SourceConfig {
-                sessions: [NO_SESSION; MAX_SESSIONS_PER_SOURCE],
-                stats_slot: 0,
-                _pad: 0,
-            };
+            let mut cfg = SourceConfig::INACTIVE;
             for (i, s) in sessions.iter().enumerate() {
                 if let Some(slot) = self.sessions.get(&s.id) {
                     cfg.sessions[i] = slot as u16;
@@ -599,11 +624,7 @@ impl Datapath {
         }
         if let Some(a) = self.attached.get(ifname) {
             cfg.stats_slot = a.stats_slot;
-            return self
-                .maps
-                .sources
-                .insert(index, cfg, 0)
-                .map_err(map_err("SOURCES"));
+            return self.maps.set_source(index, cfg);
         }
         let stats_slot = self
             .sources
@@ -618,10 +639,7 @@ impl Datapath {
         self.maps.reset_source_stats(stats_slot)?;
         cfg.stats_slot = stats_slot;
         // The map entry goes in first: a program attached before it would just pass packets.
-        self.maps
-            .sources
-            .insert(index, cfg, 0)
-            .map_err(map_err("SOURCES"))?;
+        self.maps.set_source(index, cfg)?;
         let ingress = attach(
             &mut self.ebpf,
             PROG_INGRESS,
@@ -632,7 +650,7 @@ impl Datapath {
         let ingress = match ingress {
             Ok(l) => l,
             Err(e) => {
-                let _ = self.maps.sources.remove(&index);
+                let _ = self.maps.clear_source(index);
                 self.sources.release(ifname);
                 return Err(e);
             }
@@ -647,7 +665,7 @@ impl Datapath {
             Ok(l) => l,
             Err(e) => {
                 detach(&mut self.ebpf, PROG_INGRESS, ingress);
-                let _ = self.maps.sources.remove(&index);
+                let _ = self.maps.clear_source(index);
                 self.sources.release(ifname);
                 return Err(e);
             }
@@ -671,10 +689,7 @@ impl Datapath {
         let [ingress, egress] = a.links;
         detach(&mut self.ebpf, PROG_INGRESS, ingress);
         detach(&mut self.ebpf, PROG_EGRESS, egress);
-        match self.maps.sources.remove(&a.ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("SOURCES")(e)),
-        }
+        self.maps.clear_source(a.ifindex)?;
         self.sources.release(ifname);
         info!(source = ifname, "source detached");
         Ok(())

@@ -22,13 +22,16 @@ use mirror_ebpf::{
     ACTION_ACCEPT, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, ERR_NO_SESSION, ERR_TRUNCATE,
     ERR_TUNNEL_KEY, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_RULES_PER_DIRECTION,
     MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, MIRROR_MARK_DIR_SHIFT, MIRROR_MARK_MAGIC,
-    MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED, SESSION_REMOTE_IPV6, SessionConfig,
-    SessionStats, SourceConfig, SourceStats, is_mirror_mark, mirror_mark,
+    MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED, SESSION_REMOTE_IPV6, SOURCE_ACTIVE,
+    SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig, SourceStats, is_mirror_mark,
+    mirror_mark,
 };
 
 use matcher::rule_matches;
 use parse::{Packet, Parsed, parse};
 
+#[map]
+static SOURCES_DIRECT: Array<SourceConfig> = Array::with_max_entries(SOURCES_DIRECT_MAX, 0);
 #[map]
 static SOURCES: HashMap<u32, SourceConfig> = HashMap::with_max_entries(MAX_SOURCES, 0);
 #[map]
@@ -94,8 +97,7 @@ fn wire_segments(ctx: &TcContext) -> u32 {
 fn mirror_source<const DIR: u32>(ctx: &TcContext) {
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the value is copied out before any other map operation.
-    let Some(source) = (unsafe { SOURCES.get(ifindex) }).copied() else {
+    let Some(source) = source_config(ifindex) else {
         return;
     };
     let Some(sstats) = SOURCE_STATS.get_ptr_mut(source.stats_slot * DIRECTIONS as u32 + DIR) else {
@@ -129,6 +131,17 @@ fn mirror_source<const DIR: u32>(ctx: &TcContext) {
     {
         sstats.mirrored += segs as u64;
     }
+}
+
+#[inline(always)]
+fn source_config(ifindex: u32) -> Option<SourceConfig> {
+    let source = if ifindex < SOURCES_DIRECT_MAX {
+        *SOURCES_DIRECT.get(ifindex)?
+    } else {
+        // SAFETY: the value is copied out before any other map operation.
+        *unsafe { SOURCES.get(ifindex) }?
+    };
+    (source.flags & SOURCE_ACTIVE != 0).then_some(source)
 }
 
 /// The first enabled session, in the source's priority order, whose first matching rule of
