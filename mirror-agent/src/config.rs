@@ -65,6 +65,12 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub pin_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    /// Bearer token the TCP API listener requires (also MIRROR_AGENT_API_TOKEN).
+    pub api_token: Option<String>,
+    /// The region this node answers as in Volcengine's envelope.
+    pub region: Option<String>,
+    /// Holds each reconcile pass back (tests and demos: makes Modifying observable).
+    pub reconcile_delay_ms: Option<u64>,
     /// `auto` (TCX on 6.6+, else clsact), `tcx` or `clsact`.
     pub tc_attach: Option<crate::datapath::TcAttachMode>,
     /// Rules per direction of one filter (SPEC: 10 by default, configurable).

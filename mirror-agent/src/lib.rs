@@ -2,6 +2,14 @@
 //! The binary (`mirror-agent`) is a thin command line over this library; the kernel tests in
 //! `tests/` drive the same library code.
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod declared;
+pub mod links;
 pub mod model;
+pub mod reconciler;
+pub mod records;
+pub mod service;
+pub mod store;

@@ -5,16 +5,33 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
 use mirror_agent::{
+    api::server,
+    cli,
     config::{self, FileConfig, LogFormat},
     datapath::{Datapath, TcAttachMode},
+    declared, links,
+    reconciler::Reconciler,
+    service::Service,
+    store::Store,
 };
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "mirror-agent", version, about = "eBPF traffic mirror agent")]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,6 +40,8 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground.
     Run(RunArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 /// Every flag can also be set in the config file (same name, underscores); flags win.
@@ -52,10 +71,6 @@ struct RunArgs {
 #[derive(Debug)]
 struct Settings {
     state_dir: PathBuf,
-    #[expect(
-        dead_code,
-        reason = "the API server arrives with issue 3; the flag is stable now"
-    )]
     api_socket: PathBuf,
     api_listen: Option<String>,
     metrics_listen: Option<String>,
@@ -117,19 +132,31 @@ fn load_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
     }
 }
 
-async fn reconcile(datapath: &mut Datapath, file: &FileConfig) -> anyhow::Result<()> {
-    let objects = file.objects().context("config")?;
-    let report = datapath.apply(&objects).await.context("applying")?;
-    for (id, errors) in &report.errors {
-        for e in errors {
-            warn!(object = %id, "not applied: {e}");
+/// Re-reads the config file into the store and waits for the reconciler to apply it.
+async fn declare(
+    store: &Store,
+    svc: &Service,
+    file: &FileConfig,
+    started: &AtomicU64,
+    passes: &mut tokio::sync::watch::Receiver<u64>,
+) -> anyhow::Result<()> {
+    let changes = {
+        let _guard = svc.write_lock.lock().await;
+        declared::sync(store, file).context("config")?
+    };
+    // The first pass to start after the commit reads it.
+    let wanted = started.load(Ordering::SeqCst) + 1;
+    svc.trigger();
+    while *passes.borrow_and_update() < wanted {
+        passes.changed().await.context("reconciler stopped")?;
+    }
+    let snap = svc.snapshot().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for s in &snap.sessions {
+        for e in &s.errors {
+            warn!(session = %s.id, "not applied: {e}");
         }
     }
-    info!(
-        sessions = objects.sessions.len(),
-        sources = datapath.attached_sources().len(),
-        "datapath ready"
-    );
+    info!(changes, sessions = snap.sessions.len(), "datapath ready");
     Ok(())
 }
 
@@ -138,14 +165,82 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = settings(&args, &file);
     init_logging(settings.log_format);
     info!(?settings, "starting");
-    std::fs::create_dir_all(&settings.state_dir)
-        .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
-    if settings.api_listen.is_some() || settings.metrics_listen.is_some() {
-        warn!("the API and metrics listeners are not part of this build yet; ignoring them");
+    let store = Store::open(&settings.state_dir)
+        .with_context(|| format!("opening the store in {}", settings.state_dir.display()))?;
+    let token = file
+        .api_token
+        .clone()
+        .or_else(|| std::env::var("MIRROR_AGENT_API_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if settings.metrics_listen.is_some() {
+        warn!("the metrics listener is not part of this build yet; ignoring --metrics-listen");
     }
 
-    let mut datapath = Datapath::new(settings.tc_attach).context("loading the eBPF programs")?;
-    reconcile(&mut datapath, &file).await?;
+    let datapath = Datapath::new(settings.tc_attach).context("loading the eBPF programs")?;
+    let (connection, netlink, _) = rtnetlink::new_connection().context("rtnetlink")?;
+    tokio::spawn(connection);
+    let link_cache = Arc::new(RwLock::new(
+        links::dump(&netlink).await.context("listing interfaces")?,
+    ));
+    let link_events = match links::watch() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            warn!(
+                "cannot follow interface changes ({e}); glob sources are resolved at changes only"
+            );
+            None
+        }
+    };
+    let wake = Arc::new(Notify::new());
+    let svc = Arc::new(Service::new(
+        store.clone(),
+        file.rule_quota(),
+        file.source_quota.unwrap_or(config::DEFAULT_SOURCE_QUOTA),
+        file.aliases.clone(),
+        file.region.clone().unwrap_or_else(|| "local".to_string()),
+        Arc::clone(&link_cache),
+        Arc::clone(&wake),
+    ));
+    let (passes_tx, mut passes) = tokio::sync::watch::channel(0u64);
+    let started = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconciler = Reconciler {
+        svc: Arc::clone(&svc),
+        datapath,
+        wake,
+        link_events,
+        netlink,
+        links: link_cache,
+        delay: Duration::from_millis(file.reconcile_delay_ms.unwrap_or(0)),
+        started: Arc::clone(&started),
+        passes: passes_tx,
+        stop: stop_rx,
+    };
+    let reconciler = tokio::spawn(reconciler.run());
+
+    let unix = server::bind_unix(&settings.api_socket)?;
+    tokio::spawn({
+        let app = server::router(Arc::clone(&svc), None);
+        async move {
+            if let Err(e) = axum::serve(unix, app).await {
+                error!("API socket server stopped: {e}");
+            }
+        }
+    });
+    if let Some(addr) = &settings.api_listen {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("api_listen {addr:?} is not ADDR:PORT"))?;
+        let tcp = server::bind_tcp(addr, token.as_deref()).await?;
+        let app = server::router(Arc::clone(&svc), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, app).await {
+                error!("API TCP server stopped: {e}");
+            }
+        });
+    }
+
+    declare(&store, &svc, &file, &started, &mut passes).await?;
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -156,7 +251,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading the config");
                 // A bad edit keeps the running configuration rather than tearing it down.
                 match load_file(args.config.as_ref()) {
-                    Ok(file) => if let Err(e) = reconcile(&mut datapath, &file).await {
+                    Ok(file) => if let Err(e) = declare(&store, &svc, &file, &started, &mut passes).await {
                         error!("reload failed, keeping the previous configuration: {e:#}");
                     },
                     Err(e) => error!("reload failed, keeping the previous configuration: {e:#}"),
@@ -167,12 +262,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     info!("stopping: detaching programs and removing tunnel devices");
+    let _ = stop_tx.send(true);
+    let mut datapath = reconciler.await.context("reconciler task")?;
     datapath.shutdown().await.context("shutting down")?;
+    let _ = std::fs::remove_file(&settings.api_socket);
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client builds its own small runtime; only the daemon needs the multi-threaded one.
+    let args = match cli.command {
+        Command::Client(c) => return cli::run(&cli.client, c),
+        Command::Run(args) => args,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -180,9 +283,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
-    };
+    let result = runtime.block_on(run(args));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

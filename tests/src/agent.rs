@@ -35,6 +35,7 @@ pub struct Agent {
     lines: mpsc::Receiver<String>,
     pub state_dir: PathBuf,
     pub config: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Agent {
@@ -52,6 +53,9 @@ impl Agent {
             .arg(&config_path)
             .arg("--state-dir")
             .arg(&state_dir)
+            // Each agent its own socket: tests run agents in several namespaces of one host.
+            .arg("--api-socket")
+            .arg(dir.join("api.sock"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -75,6 +79,7 @@ impl Agent {
             log,
             lines,
             state_dir,
+            socket: dir.join("api.sock"),
             config: config_path,
         };
         agent.wait_for_log("datapath ready", Duration::from_secs(30));

@@ -1,0 +1,195 @@
+//! HTTP transport: one handler for both styles, on a Unix socket (mode 0600) and optionally
+//! on TCP, where a bearer token is required unless the address is loopback.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use tracing::{info, warn};
+
+use super::{ApiError, render, rest, rpc::Params};
+use crate::service::Service;
+
+#[derive(Clone)]
+struct Ctx {
+    svc: Arc<Service>,
+    /// Required as `Authorization: Bearer …` when set.
+    token: Option<Arc<String>>,
+}
+
+pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
+    Router::new().fallback(handle).with_state(Ctx {
+        svc,
+        token: token.map(Arc::new),
+    })
+}
+
+fn respond(status: u16, content_type: &'static str, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn handle(
+    State(ctx): State<Ctx>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(token) = &ctx.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            let err = ApiError::new(
+                401,
+                "Unauthorized",
+                "A valid bearer token is required on this listener.",
+            );
+            let r = render::render_err(
+                &render::Envelope::Alibaba { xml: false },
+                "",
+                &super::request_id(),
+                &ctx.svc.region,
+                &err,
+            );
+            return respond(r.status, r.content_type, r.body);
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let path = uri.path();
+    if path.starts_with("/v3/") {
+        let (status, body) = rest::handle(&ctx.svc, &method, path, uri.query(), &body).await;
+        return respond(status, "application/json", body);
+    }
+    if path != "/" && !path.is_empty() {
+        let err = ApiError::new(404, "NotFound", format!("No API at {path}."));
+        let r = render::render_err(
+            &render::Envelope::Alibaba { xml: false },
+            "",
+            &super::request_id(),
+            &ctx.svc.region,
+            &err,
+        );
+        return respond(r.status, r.content_type, r.body);
+    }
+    if method != Method::GET && method != Method::POST {
+        let err = ApiError::new(405, "MethodNotAllowed", "Use GET or POST.");
+        let r = render::render_err(
+            &render::Envelope::Alibaba { xml: false },
+            "",
+            &super::request_id(),
+            &ctx.svc.region,
+            &err,
+        );
+        return respond(r.status, r.content_type, r.body);
+    }
+    let params = match Params::parse(uri.query(), content_type, &body) {
+        Ok(p) => p,
+        Err(e) => {
+            let r = render::render_err(
+                &render::Envelope::Alibaba { xml: false },
+                "",
+                &super::request_id(),
+                &ctx.svc.region,
+                &e,
+            );
+            return respond(r.status, r.content_type, r.body);
+        }
+    };
+    let env = render::envelope(&params);
+    let action = params.get("Action").unwrap_or_default().to_string();
+    let rendered = if action.is_empty() {
+        render::render_err(
+            &env,
+            "",
+            &super::request_id(),
+            &ctx.svc.region,
+            &ApiError::missing("Action"),
+        )
+    } else {
+        match super::call(&ctx.svc, &action, &params).await {
+            Ok(a) => render::render_ok(&env, &action, &a.request_id, &ctx.svc.region, &a.body),
+            Err((rid, e)) => {
+                let e = match env {
+                    render::Envelope::Volcengine { .. } => super::volcengine_error(e),
+                    _ => e,
+                };
+                if e.status >= 500 {
+                    warn!(action, "internal error: {e}");
+                }
+                render::render_err(&env, &action, &rid, &ctx.svc.region, &e)
+            }
+        }
+    };
+    respond(rendered.status, rendered.content_type, rendered.body)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("API socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("API listener {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--api-listen {0} is not loopback: set api_token (or MIRROR_AGENT_API_TOKEN) first")]
+    TokenRequired(SocketAddr),
+}
+
+/// Binds the socket with mode 0600 from the start (the umask covers the window between bind
+/// and chmod), replacing a stale socket of a previous run.
+pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    info!(socket = %path.display(), "API listening");
+    Ok(listener)
+}
+
+pub async fn bind_tcp(
+    addr: SocketAddr,
+    token: Option<&str>,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::TokenRequired(addr));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Tcp { addr, source })?;
+    info!(%addr, token = token.is_some(), "API listening on TCP");
+    Ok(listener)
+}

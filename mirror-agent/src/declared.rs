@@ -1,0 +1,206 @@
+//! Objects declared in the config file, kept in the store next to the API's. At start and on
+//! every reload the file's objects are written in (`Origin::Config`), changed ones are marked
+//! for re-apply, and config objects the file no longer declares are removed. The API can
+//! read and change them; the file wins again at the next reload.
+
+use crate::{
+    config::{ConfigError, FileConfig},
+    model::{self, DEFAULT_VXLAN_PORT, RuleSpec},
+    records::{
+        FilterRecord, Origin, RuleRecord, SessionRecord, SessionState, TargetRecord, now_rfc3339,
+    },
+    store::{Batch, Kind, Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} {id}: {source}")]
+    Invalid {
+        what: &'static str,
+        id: String,
+        source: model::InvalidParam,
+    },
+}
+
+/// Writes the file's objects into the store in one transaction. Validation is the config
+/// module's (`FileConfig::objects`), so a bad file changes nothing.
+pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
+    // Validates everything (ranges, references, quotas) before anything is written.
+    file.objects()?;
+    let snap = store.snapshot()?;
+    let now = now_rfc3339();
+    let mut batch = Batch::default();
+    let mut changes = 0;
+
+    for t in &file.targets {
+        let rec = TargetRecord {
+            id: t.id.clone(),
+            name: String::new(),
+            description: String::new(),
+            instance_type: "NetworkInterface".into(),
+            instance_id: None,
+            destination_ip: Some(t.destination_ip.to_string()),
+            destination_port: t.destination_port.unwrap_or(DEFAULT_VXLAN_PORT),
+            tags: Vec::new(),
+            origin: Origin::Config,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+        };
+        match snap.target(&t.id) {
+            Some(old) if same_target(old, &rec) => {}
+            old => {
+                let mut rec = rec;
+                if let Some(old) = old {
+                    rec.created_at = old.created_at.clone();
+                }
+                batch.put_target(&rec)?;
+                changes += 1;
+            }
+        }
+    }
+
+    for f in &file.filters {
+        let mut rules = Vec::new();
+        for (direction, list) in [("ingress", &f.ingress_rules), ("egress", &f.egress_rules)] {
+            for (i, r) in list.iter().enumerate() {
+                let id =
+                    r.id.clone()
+                        .unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
+                let rule = RuleRecord::from_spec(&RuleSpec {
+                    id: &id,
+                    direction,
+                    priority: r.priority,
+                    action: &r.action,
+                    protocol: &r.protocol,
+                    ip_version: r.ip_version.as_deref(),
+                    source_cidr: r.source_cidr_block.as_deref(),
+                    destination_cidr: r.destination_cidr_block.as_deref(),
+                    source_ports: r.source_port_range.as_deref(),
+                    destination_ports: r.destination_port_range.as_deref(),
+                })
+                .map_err(|source| DeclareError::Invalid {
+                    what: "filter rule",
+                    id: id.clone(),
+                    source,
+                })?;
+                rules.push(rule);
+            }
+        }
+        let old = snap.filter(&f.id);
+        if old.is_some_and(|o| o.rules == rules && o.origin == Origin::Config) {
+            continue;
+        }
+        let rec = FilterRecord {
+            id: f.id.clone(),
+            name: old.map(|o| o.name.clone()).unwrap_or_default(),
+            description: old.map(|o| o.description.clone()).unwrap_or_default(),
+            tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+            rules,
+            origin: Origin::Config,
+            created_at: old.map_or_else(|| now.clone(), |o| o.created_at.clone()),
+            updated_at: now.clone(),
+        };
+        batch.put_filter(&rec)?;
+        changes += 1;
+        // Sessions of a changed filter are re-applied.
+        for s in snap.sessions.iter().filter(|s| s.filter_id == f.id) {
+            if s.state == SessionState::Deleting {
+                continue;
+            }
+            let mut s = s.clone();
+            s.generation += 1;
+            if s.state == SessionState::Created {
+                s.state = SessionState::Modifying;
+            }
+            batch.put_session(&s)?;
+        }
+    }
+
+    for s in &file.sessions {
+        let old = snap.session(&s.id);
+        let rec = SessionRecord {
+            id: s.id.clone(),
+            name: old.map(|o| o.name.clone()).unwrap_or_default(),
+            description: old.map(|o| o.description.clone()).unwrap_or_default(),
+            priority: s.priority as u16,
+            vni: s.virtual_network_id as u32,
+            packet_length: s.packet_length.map(|l| l as u32),
+            enabled: s.enabled,
+            filter_id: s.filter_id.clone(),
+            target_id: s.target_id.clone(),
+            sources: s.sources.clone(),
+            state: SessionState::Creating,
+            generation: 1,
+            errors: Vec::new(),
+            tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+            origin: Origin::Config,
+            created_at: old.map_or_else(|| now.clone(), |o| o.created_at.clone()),
+            updated_at: now.clone(),
+        };
+        match old {
+            Some(o) if same_session(o, &rec) && o.state != SessionState::Deleting => {}
+            Some(o) => {
+                let mut rec = rec;
+                rec.generation = o.generation + 1;
+                rec.state = if o.state == SessionState::Creating {
+                    SessionState::Creating
+                } else {
+                    SessionState::Modifying
+                };
+                batch.put_session(&rec)?;
+                changes += 1;
+            }
+            None => {
+                batch.put_session(&rec)?;
+                changes += 1;
+            }
+        }
+    }
+
+    // Config objects the file no longer declares.
+    for s in snap.sessions.iter().filter(|s| s.origin == Origin::Config) {
+        if !file.sessions.iter().any(|d| d.id == s.id) && s.state != SessionState::Deleting {
+            let mut s = s.clone();
+            s.generation += 1;
+            s.state = SessionState::Deleting;
+            batch.put_session(&s)?;
+            changes += 1;
+        }
+    }
+    for f in snap.filters.iter().filter(|f| f.origin == Origin::Config) {
+        if !file.filters.iter().any(|d| d.id == f.id) {
+            batch.delete(Kind::Filter, &f.id);
+            changes += 1;
+        }
+    }
+    for t in snap.targets.iter().filter(|t| t.origin == Origin::Config) {
+        if !file.targets.iter().any(|d| d.id == t.id) {
+            batch.delete(Kind::Target, &t.id);
+            changes += 1;
+        }
+    }
+    store.commit(batch)?;
+    Ok(changes)
+}
+
+fn same_target(a: &TargetRecord, b: &TargetRecord) -> bool {
+    a.destination_ip == b.destination_ip
+        && a.destination_port == b.destination_port
+        && a.instance_id == b.instance_id
+        && a.origin == b.origin
+}
+
+fn same_session(a: &SessionRecord, b: &SessionRecord) -> bool {
+    a.priority == b.priority
+        && a.vni == b.vni
+        && a.packet_length == b.packet_length
+        && a.enabled == b.enabled
+        && a.filter_id == b.filter_id
+        && a.target_id == b.target_id
+        && a.sources == b.sources
+        && a.origin == b.origin
+}

@@ -1,0 +1,230 @@
+//! Drives the data path toward the store: on every change (API, config reload, interface
+//! appearing or disappearing) it reads one snapshot, resolves sources to interfaces, applies
+//! it, and settles session states (Creating/Modifying → Created, Deleting → gone), recording
+//! what could not be applied on each session.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Objects,
+    datapath::{ApplyReport, Datapath},
+    links::{self, Link},
+    model::{Filter, Session, Target},
+    records::{SessionState, now_rfc3339},
+    service::Service,
+    store::{Batch, Kind, Snapshot},
+};
+
+/// Snapshot → the data path's objects, and the per-session problems found on the way.
+pub fn desired(
+    snap: &Snapshot,
+    aliases: &BTreeMap<String, String>,
+    links_now: &[Link],
+) -> (Objects, BTreeMap<String, Vec<String>>) {
+    let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut objects = Objects::default();
+    for t in &snap.targets {
+        let ip = match (&t.destination_ip, &t.instance_id) {
+            (Some(ip), _) => ip.parse::<IpAddr>().ok(),
+            (None, Some(iface)) => links::resolve(iface, aliases, links_now)
+                .and_then(|name| links::interface_address(&name)),
+            (None, None) => None,
+        };
+        match ip {
+            Some(destination_ip) => objects.targets.push(Target {
+                id: t.id.clone(),
+                destination_ip,
+                destination_port: t.destination_port,
+            }),
+            None => {
+                for s in snap.sessions.iter().filter(|s| s.target_id == t.id) {
+                    problems.entry(s.id.clone()).or_default().push(format!(
+                        "target {} has no usable address (interface {:?} missing or without address)",
+                        t.id, t.instance_id
+                    ));
+                }
+            }
+        }
+    }
+    for f in &snap.filters {
+        let mut rules = Vec::new();
+        for r in &f.rules {
+            match r.to_model() {
+                Ok(rule) => rules.push(rule),
+                // Stored rules were validated; a failure here means a bug, not bad input.
+                Err(e) => warn!(filter = %f.id, rule = %r.id, "stored rule no longer valid: {e}"),
+            }
+        }
+        objects.filters.push(Filter {
+            id: f.id.clone(),
+            rules,
+        });
+    }
+    for s in &snap.sessions {
+        if s.state == SessionState::Deleting {
+            continue;
+        }
+        let mut sources = Vec::new();
+        for spec in &s.sources {
+            let names = links::expand(spec, aliases, links_now);
+            if names.is_empty() && !links::is_glob(spec) {
+                problems
+                    .entry(s.id.clone())
+                    .or_default()
+                    .push(format!("source {spec}: interface not found"));
+            }
+            for n in names {
+                if !sources.contains(&n) {
+                    sources.push(n);
+                }
+            }
+        }
+        objects.sessions.push(Session {
+            id: s.id.clone(),
+            priority: s.priority,
+            vni: s.vni,
+            packet_length: s.packet_length,
+            enabled: s.enabled,
+            filter_id: s.filter_id.clone(),
+            target_id: s.target_id.clone(),
+            sources,
+        });
+    }
+    (objects, problems)
+}
+
+pub struct Reconciler {
+    pub svc: Arc<Service>,
+    pub datapath: Datapath,
+    pub wake: Arc<Notify>,
+    pub link_events: Option<mpsc::UnboundedReceiver<()>>,
+    pub netlink: rtnetlink::Handle,
+    pub links: Arc<RwLock<Vec<Link>>>,
+    /// Holds every pass back by this long (a test and demo aid: makes Modifying observable).
+    pub delay: Duration,
+    /// Numbers passes as they start (before their snapshot).
+    pub started: Arc<std::sync::atomic::AtomicU64>,
+    /// The number of the last completed pass: a change committed when `started` was N is
+    /// applied once this reaches N + 1.
+    pub passes: tokio::sync::watch::Sender<u64>,
+    /// Set to true to stop; `run` then hands the data path back.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Reconciler {
+    async fn refresh_links(&self) {
+        match links::dump(&self.netlink).await {
+            Ok(l) => {
+                if let Ok(mut cache) = self.links.write() {
+                    *cache = l;
+                }
+            }
+            Err(e) => warn!("listing interfaces: {e}"),
+        }
+    }
+
+    /// One pass: snapshot, apply, settle.
+    pub async fn pass(&mut self) -> Result<ApplyReport, String> {
+        let started = Instant::now();
+        self.refresh_links().await;
+        let snap = self.svc.snapshot().map_err(|e| e.to_string())?;
+        let links_now = self.links.read().map(|l| l.clone()).unwrap_or_default();
+        let (objects, mut problems) = desired(&snap, &self.svc.aliases, &links_now);
+        let report = self
+            .datapath
+            .apply(&objects)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (id, errs) in &report.errors {
+            problems
+                .entry(id.clone())
+                .or_default()
+                .extend(errs.iter().cloned());
+        }
+        self.settle(&snap, &problems).await?;
+        debug!(elapsed = ?started.elapsed(), "reconciled");
+        Ok(report)
+    }
+
+    /// Marks what this pass applied: only sessions whose generation is still the one the
+    /// pass read (a change that arrived meanwhile waits for the next pass).
+    async fn settle(
+        &self,
+        applied: &Snapshot,
+        problems: &BTreeMap<String, Vec<String>>,
+    ) -> Result<(), String> {
+        let _guard = self.svc.write_lock.lock().await;
+        let now = self.svc.snapshot().map_err(|e| e.to_string())?;
+        let mut batch = Batch::default();
+        for s in &now.sessions {
+            let Some(was) = applied.session(&s.id) else {
+                continue;
+            };
+            if was.generation != s.generation {
+                continue;
+            }
+            if s.state == SessionState::Deleting {
+                batch.delete(Kind::Session, &s.id);
+                info!(session = %s.id, "deleted");
+                continue;
+            }
+            let errors = problems.get(&s.id).cloned().unwrap_or_default();
+            if s.state != SessionState::Created || s.errors != errors {
+                let mut s = s.clone();
+                if s.state != SessionState::Created {
+                    info!(session = %s.id, from = s.state.as_str(), "created");
+                }
+                s.state = SessionState::Created;
+                s.errors = errors;
+                s.updated_at = now_rfc3339();
+                batch.put_session(&s).map_err(|e| e.to_string())?;
+            }
+        }
+        self.svc.store.commit(batch).map_err(|e| e.to_string())
+    }
+
+    pub async fn run(mut self) -> Datapath {
+        loop {
+            if *self.stop.borrow() {
+                return self.datapath;
+            }
+            let n = self
+                .started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            match self.pass().await {
+                Ok(_) => {}
+                Err(e) => warn!("reconcile failed: {e}"),
+            }
+            self.passes.send_replace(n);
+            let link_event = async {
+                match self.link_events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.stop.changed() => continue,
+                _ = self.wake.notified() => {}
+                ev = link_event => {
+                    if ev.is_none() {
+                        self.link_events = None;
+                    }
+                }
+            }
+            // Coalesce a burst (a pod's veth pair appears as several events) into one pass.
+            tokio::time::sleep(Duration::from_millis(20).max(self.delay)).await;
+            if let Some(rx) = self.link_events.as_mut() {
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}

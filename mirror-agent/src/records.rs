@@ -1,0 +1,387 @@
+//! The objects as the store keeps them and the API shows them. Values are kept in their
+//! canonical text forms (validated before they are stored), so the API answers with what the
+//! operator gave and the reconciler derives the data path's form from them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model::{self, FilterRule, InvalidParam, RuleSpec};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// Where an object came from: the config file re-declares its objects at every start and
+/// reload; API objects live until deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    #[default]
+    Api,
+    Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRecord {
+    pub id: String,
+    /// "ingress" or "egress".
+    pub direction: String,
+    pub priority: u16,
+    /// "accept" or "drop".
+    pub action: String,
+    /// "ALL", "TCP", "UDP", "ICMP", "ICMPv6" or a number.
+    pub protocol: String,
+    /// "IPv4" or "IPv6".
+    pub ip_version: String,
+    pub source_cidr: String,
+    pub destination_cidr: String,
+    pub source_ports: String,
+    pub destination_ports: String,
+}
+
+impl RuleRecord {
+    /// Validates through the model and keeps the canonical spellings.
+    pub fn from_spec(spec: &RuleSpec<'_>) -> Result<RuleRecord, InvalidParam> {
+        let rule = FilterRule::from_spec(spec)?;
+        Ok(RuleRecord::from_model(&rule))
+    }
+
+    pub fn from_model(rule: &FilterRule) -> RuleRecord {
+        RuleRecord {
+            id: rule.id.clone(),
+            direction: rule.direction.as_str().to_string(),
+            priority: rule.priority,
+            action: match rule.action {
+                model::Action::Accept => "accept",
+                model::Action::Reject => "drop",
+            }
+            .to_string(),
+            protocol: match rule.protocol {
+                model::Protocol::All => "ALL".to_string(),
+                model::Protocol::Number(model::PROTO_TCP) => "TCP".to_string(),
+                model::Protocol::Number(model::PROTO_UDP) => "UDP".to_string(),
+                model::Protocol::Number(model::PROTO_ICMP) => "ICMP".to_string(),
+                model::Protocol::Number(model::PROTO_ICMPV6) => "ICMPv6".to_string(),
+                model::Protocol::Number(n) => n.to_string(),
+            },
+            ip_version: match rule.ip_version {
+                model::IpVersion::V4 => "IPv4",
+                model::IpVersion::V6 => "IPv6",
+            }
+            .to_string(),
+            source_cidr: rule.source_cidr.to_string(),
+            destination_cidr: rule.destination_cidr.to_string(),
+            source_ports: rule.source_ports.to_string(),
+            destination_ports: rule.destination_ports.to_string(),
+        }
+    }
+
+    pub fn spec(&self) -> RuleSpec<'_> {
+        RuleSpec {
+            id: &self.id,
+            direction: &self.direction,
+            priority: i64::from(self.priority),
+            action: &self.action,
+            protocol: &self.protocol,
+            ip_version: Some(&self.ip_version),
+            source_cidr: Some(&self.source_cidr),
+            destination_cidr: Some(&self.destination_cidr),
+            source_ports: Some(&self.source_ports),
+            destination_ports: Some(&self.destination_ports),
+        }
+    }
+
+    pub fn to_model(&self) -> Result<FilterRule, InvalidParam> {
+        FilterRule::from_spec(&self.spec())
+    }
+
+    pub fn alibaba(&self, filter_id: &str) -> Value {
+        json!({
+            "TrafficMirrorFilterRuleId": self.id,
+            "TrafficMirrorFilterId": filter_id,
+            "TrafficDirection": self.direction,
+            "Priority": self.priority,
+            "Action": self.action,
+            "Protocol": self.protocol,
+            "IpVersion": self.ip_version,
+            "SourceCidrBlock": self.source_cidr,
+            "DestinationCidrBlock": self.destination_cidr,
+            "SourcePortRange": self.source_ports,
+            "DestinationPortRange": self.destination_ports,
+            "TrafficMirrorFilterRuleStatus": "Created",
+        })
+    }
+
+    pub fn huawei(&self, filter_id: &str, project_id: &str) -> Value {
+        let (ethertype, protocol) = (self.ip_version.clone(), self.protocol.to_lowercase());
+        json!({
+            "id": self.id,
+            "project_id": project_id,
+            "traffic_mirror_filter_id": filter_id,
+            "direction": self.direction,
+            "priority": self.priority,
+            "action": if self.action == "accept" { "accept" } else { "reject" },
+            "protocol": if protocol == "all" { "all".to_string() } else { protocol },
+            "ethertype": ethertype,
+            "source_cidr_block": self.source_cidr,
+            "destination_cidr_block": self.destination_cidr,
+            "source_port_range": huawei_ports(&self.source_ports),
+            "destination_port_range": huawei_ports(&self.destination_ports),
+        })
+    }
+}
+
+/// Huawei writes port ranges `80-200` and all ports as an empty string... we keep "1-65535".
+fn huawei_ports(p: &str) -> String {
+    if p == "-1/-1" {
+        "1-65535".to_string()
+    } else {
+        p.replace('/', "-")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<Tag>,
+    pub rules: Vec<RuleRecord>,
+    pub origin: Origin,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl FilterRecord {
+    pub fn rules_in(&self, direction: &str) -> Vec<&RuleRecord> {
+        let mut rules: Vec<&RuleRecord> = self
+            .rules
+            .iter()
+            .filter(|r| r.direction == direction)
+            .collect();
+        rules.sort_by_key(|r| r.priority);
+        rules
+    }
+
+    pub fn alibaba(&self) -> Value {
+        let rules = |dir: &str| -> Vec<Value> {
+            self.rules_in(dir)
+                .iter()
+                .map(|r| r.alibaba(&self.id))
+                .collect()
+        };
+        json!({
+            "TrafficMirrorFilterId": self.id,
+            "TrafficMirrorFilterName": self.name,
+            "TrafficMirrorFilterDescription": self.description,
+            "TrafficMirrorFilterStatus": "Created",
+            "IngressRules": rules("ingress"),
+            "EgressRules": rules("egress"),
+            "Tags": tags_json(&self.tags),
+            "CreationTime": self.created_at,
+        })
+    }
+
+    pub fn huawei(&self, project_id: &str) -> Value {
+        let rules = |dir: &str| -> Vec<Value> {
+            self.rules_in(dir)
+                .iter()
+                .map(|r| r.huawei(&self.id, project_id))
+                .collect()
+        };
+        json!({
+            "id": self.id,
+            "project_id": project_id,
+            "name": self.name,
+            "description": self.description,
+            "ingress_rules": rules("ingress"),
+            "egress_rules": rules("egress"),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// "NetworkInterface" or "SLB".
+    pub instance_type: String,
+    /// A local interface (name or alias) whose address is the VTEP, instead of an address.
+    pub instance_id: Option<String>,
+    pub destination_ip: Option<String>,
+    pub destination_port: u16,
+    pub tags: Vec<Tag>,
+    pub origin: Origin,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl TargetRecord {
+    pub fn alibaba(&self) -> Value {
+        json!({
+            "TrafficMirrorTargetId": self.id,
+            "TrafficMirrorTargetName": self.name,
+            "Description": self.description,
+            "InstanceType": self.instance_type,
+            "InstanceId": self.instance_id,
+            "DestinationIp": self.destination_ip,
+            "DestinationPort": self.destination_port,
+            "Status": "Available",
+            "Tags": tags_json(&self.tags),
+            "CreationTime": self.created_at,
+        })
+    }
+
+    /// Huawei's target type spelling.
+    pub fn huawei_type(&self) -> &'static str {
+        if self.instance_type == "SLB" {
+            "elb"
+        } else {
+            "eni"
+        }
+    }
+}
+
+/// Session states of SPEC section 2 (and the seeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionState {
+    Creating,
+    Created,
+    Modifying,
+    Deleting,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Creating => "Creating",
+            SessionState::Created => "Created",
+            SessionState::Modifying => "Modifying",
+            SessionState::Deleting => "Deleting",
+        }
+    }
+
+    pub fn is_settled(self) -> bool {
+        self == SessionState::Created
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub priority: u16,
+    pub vni: u32,
+    pub packet_length: Option<u32>,
+    pub enabled: bool,
+    pub filter_id: String,
+    pub target_id: String,
+    /// As given: interface names, `eni-…` aliases, or globs.
+    pub sources: Vec<String>,
+    pub state: SessionState,
+    /// Bumped by every change; the reconciler settles the state once it applied this one.
+    pub generation: u64,
+    /// What could not be applied at the last reconcile (e.g. a missing interface).
+    pub errors: Vec<String>,
+    pub tags: Vec<Tag>,
+    pub origin: Origin,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl SessionRecord {
+    pub fn alibaba(&self, target_type: &str) -> Value {
+        let mut v = json!({
+            "TrafficMirrorSessionId": self.id,
+            "TrafficMirrorSessionName": self.name,
+            "TrafficMirrorSessionDescription": self.description,
+            "Priority": self.priority,
+            "VirtualNetworkId": self.vni,
+            "Enabled": self.enabled,
+            "TrafficMirrorFilterId": self.filter_id,
+            "TrafficMirrorTargetId": self.target_id,
+            "TrafficMirrorTargetType": target_type,
+            "TrafficMirrorSourceIds": self.sources,
+            "TrafficMirrorSessionStatus": self.state.as_str(),
+            "TrafficMirrorSessionBusinessStatus": if self.errors.is_empty() { "Normal" } else { "FailedToApply" },
+            "Tags": tags_json(&self.tags),
+            "CreationTime": self.created_at,
+            "UpdateTime": self.updated_at,
+        });
+        if let (Some(obj), Some(len)) = (v.as_object_mut(), self.packet_length) {
+            obj.insert("PacketLength".into(), json!(len));
+        }
+        if let (Some(obj), false) = (v.as_object_mut(), self.errors.is_empty()) {
+            obj.insert("TrafficMirrorSessionErrors".into(), json!(self.errors));
+        }
+        v
+    }
+
+    pub fn huawei(&self, project_id: &str, target_type: &str) -> Value {
+        json!({
+            "id": self.id,
+            "project_id": project_id,
+            "name": self.name,
+            "description": self.description,
+            "traffic_mirror_filter_id": self.filter_id,
+            "traffic_mirror_sources": self.sources,
+            "traffic_mirror_target_id": self.target_id,
+            "traffic_mirror_target_type": target_type,
+            "virtual_network_id": self.vni,
+            "packet_length": self.packet_length,
+            "priority": self.priority,
+            "enabled": self.enabled,
+            "type": "eni",
+            "status": self.state.as_str(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+pub fn tags_json(tags: &[Tag]) -> Value {
+    Value::Array(
+        tags.iter()
+            .map(|t| json!({"Key": t.key, "Value": t.value}))
+            .collect(),
+    )
+}
+
+/// A ClientToken's first answer, replayed for the same token and parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub fingerprint: String,
+    pub request_id: String,
+    pub status: u16,
+    pub body: Value,
+    /// The session whose change this request started, and the generation it set: while the
+    /// session has not settled that generation, the request is still in progress.
+    pub session: Option<(String, u64)>,
+    pub created_unix: i64,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A new id with the seeds' prefix, e.g. `tms-` + 20 lowercase alphanumerics.
+pub fn new_id(prefix: &str) -> String {
+    let raw = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &raw[..20])
+}

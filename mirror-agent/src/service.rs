@@ -1,0 +1,75 @@
+//! The API's view of the agent: the store, the write lock that makes each change atomic, the
+//! quotas, the interface names it can resolve, and the reconciler it wakes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+use tokio::sync::{Mutex, Notify};
+
+use crate::{
+    api::ApiError,
+    links::{self, Link},
+    store::{Snapshot, Store},
+};
+
+pub struct Service {
+    pub store: Store,
+    /// Held by every mutating request from its checks to its commit.
+    pub write_lock: Mutex<()>,
+    pub rule_quota: usize,
+    pub source_quota: usize,
+    /// `eni-…` alias → interface name or MAC address.
+    pub aliases: BTreeMap<String, String>,
+    /// The region this node answers as (Volcengine's ResponseMetadata.Region).
+    pub region: String,
+    /// The node's interfaces as last seen on rtnetlink.
+    pub links: Arc<RwLock<Vec<Link>>>,
+    reconcile: Arc<Notify>,
+}
+
+impl Service {
+    pub fn new(
+        store: Store,
+        rule_quota: usize,
+        source_quota: usize,
+        aliases: BTreeMap<String, String>,
+        region: String,
+        links: Arc<RwLock<Vec<Link>>>,
+        reconcile: Arc<Notify>,
+    ) -> Service {
+        Service {
+            store,
+            write_lock: Mutex::new(()),
+            rule_quota,
+            source_quota,
+            aliases,
+            region,
+            links,
+            reconcile,
+        }
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        self.store
+            .snapshot()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Wakes the reconciler; it coalesces bursts of changes into one pass.
+    pub fn trigger(&self) {
+        self.reconcile.notify_one();
+    }
+
+    pub fn is_glob(&self, s: &str) -> bool {
+        links::is_glob(s)
+    }
+
+    /// The interface a source or target names (interface name, or alias of a name or MAC), if
+    /// it exists now.
+    pub fn resolve_interface(&self, name: &str) -> Option<String> {
+        let links = self.links.read().map(|l| l.clone()).unwrap_or_default();
+        links::resolve(name, &self.aliases, &links)
+    }
+}
