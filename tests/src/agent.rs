@@ -36,6 +36,15 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// Keep the directory (state, config, socket) when dropped: a restart reuses it.
+    keep_dir: bool,
+}
+
+/// What the CLI printed and how it exited.
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Agent {
@@ -43,6 +52,13 @@ impl Agent {
     /// returns once the agent reports the data path ready.
     pub fn start(ns: &NetNs, config: &str) -> Agent {
         let dir = std::env::temp_dir().join(crate::netns::unique("agt"));
+        Agent::start_in(ns, config, &dir)
+    }
+
+    /// Starts an agent whose state, config and socket live in `dir` (a restart passes the
+    /// directory of the agent it replaces).
+    pub fn start_in(ns: &NetNs, config: &str, dir: &std::path::Path) -> Agent {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).expect("writing the agent config");
@@ -81,6 +97,7 @@ impl Agent {
             state_dir,
             socket: dir.join("api.sock"),
             config: config_path,
+            keep_dir: false,
         };
         agent.wait_for_log("datapath ready", Duration::from_secs(30));
         agent
@@ -139,6 +156,76 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
     }
 
+    /// The directory holding state, config and socket.
+    pub fn dir(&self) -> PathBuf {
+        self.config
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// `kill -9`: no cleanup of any kind; the directory is kept for a restart.
+    pub fn kill9(mut self) -> PathBuf {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        self.keep_dir = true;
+        self.dir()
+    }
+
+    /// Runs the CLI against this agent's socket: `mirror-agent --socket … <args>`.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let out = std::process::Command::new(agent_binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running the mirror-agent CLI");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// An RPC action through the CLI's generic `call`; panics with the output unless it
+    /// succeeded, and returns the JSON answer.
+    pub fn call(&self, action: &str, params: &[(&str, &str)]) -> serde_json::Value {
+        let kv: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec!["-o", "json", "call", action];
+        args.extend(kv.iter().map(String::as_str));
+        let out = self.cli(&args);
+        assert_eq!(
+            out.code,
+            0,
+            "{action} failed: {}\n{}\nagent log:\n{}",
+            out.stdout,
+            out.stderr,
+            self.log_text()
+        );
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{action}: answer is not JSON ({e}): {}", out.stdout))
+    }
+
+    /// Polls ListTrafficMirrorSessions until every session is Created (or `timeout`).
+    pub fn wait_settled(&self, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let list = self.call("ListTrafficMirrorSessions", &[("MaxResults", "100")]);
+            let settled = list["TrafficMirrorSessions"].as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|s| s["TrafficMirrorSessionStatus"] == "Created")
+            });
+            if settled {
+                return list;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sessions did not settle within {timeout:?}: {list}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM and wait: the agent detaches everything it attached.
     pub fn stop(mut self) -> String {
         self.stop_inner();
@@ -164,7 +251,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop_inner();
-        if let Some(dir) = self.config.parent() {
+        if !self.keep_dir
+            && let Some(dir) = self.config.parent()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

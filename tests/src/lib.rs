@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod capture;
+pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod topology;
+pub mod traffic;

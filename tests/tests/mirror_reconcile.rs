@@ -5,16 +5,7 @@
 //! Kernel requirements: as mirror_e2e.rs (root, netns, veth, VXLAN), and TCX (6.6+), whose
 //! BPF_PROG_QUERY tells which programs are attached to an interface.
 
-use std::{
-    collections::BTreeSet,
-    net::UdpSocket,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::UdpSocket, thread, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use mirror_tests::{
@@ -23,6 +14,7 @@ use mirror_tests::{
     netns::{NetNs, in_netns},
     packets::summarize,
     topology::{NODE_SRC_ADDR, NODE_SRC1_ADDR, Topology, config_with_collector},
+    traffic::Stream,
 };
 
 /// The TCX programs attached to `dev` (attach point, name, id), asked from the kernel
@@ -46,53 +38,6 @@ fn attached(ns: &NetNs, dev: &str) -> BTreeSet<(String, String, u32)> {
         }
         progs
     })
-}
-
-/// Sends numbered UDP datagrams from `ns` to `dst:port` every 2 ms until stopped.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<u32>>,
-}
-
-impl Stream {
-    fn start(ns: &NetNs, dst: &'static str, port: u16) -> Stream {
-        let sock = in_netns(ns, || {
-            UdpSocket::bind(("0.0.0.0", 0)).expect("stream socket")
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = thread::spawn(move || {
-            let mut seq = 0u32;
-            while !flag.load(Ordering::Relaxed) {
-                let mut payload = seq.to_be_bytes().to_vec();
-                payload.resize(64, 0xab);
-                sock.send_to(&payload, (dst, port)).expect("stream send");
-                seq += 1;
-                thread::sleep(Duration::from_millis(2));
-            }
-            seq
-        });
-        Stream {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> u32 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map_or(0, |h| h.join().expect("stream thread"))
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 fn config(s1_vni: u32, s1_sources: &str, with_s2: bool) -> String {
