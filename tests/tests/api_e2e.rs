@@ -365,3 +365,180 @@ fn glob_sources_follow_interfaces_as_they_come_and_go() {
     send(&other, 32, 10);
     assert_eq!(count_copies(cap, 32), 0, "veth9 does not match lxc*");
 }
+
+/// The socket is the operator's only door by default: mode 0600. A TCP listener off
+/// loopback refuses to start without a token, and with one, requires it.
+#[test]
+fn api_socket_is_0600_and_tcp_requires_the_token() {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::fs::PermissionsExt as _,
+    };
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, "");
+    let mode = std::fs::metadata(&agent.socket)
+        .expect("socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "API socket mode");
+    drop(agent);
+
+    // Not loopback and no token: the agent refuses to expose the API.
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("tok"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, format!("api_listen = \"{NODE_SRC_ADDR}:18080\"\n")).expect("config");
+    let out = topo
+        .node
+        .command(mirror_tests::agent::agent_binary().to_str().expect("path"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--api-socket")
+        .arg(dir.join("api.sock"))
+        .output()
+        .expect("running the agent");
+    assert!(
+        !out.status.success(),
+        "agent exposed the API without a token"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api_token"),
+        "the refusal names the fix: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let agent = Agent::start(
+        &topo.node,
+        &format!("api_listen = \"{NODE_SRC_ADDR}:18080\"\napi_token = \"s3cret\"\n"),
+    );
+    let get = |auth: Option<&str>| -> String {
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        in_netns(&topo.wl, || {
+            let mut s = std::net::TcpStream::connect((NODE_SRC_ADDR, 18080)).expect("connect");
+            write!(
+                s,
+                "GET /?Action=ListTrafficMirrorSessions HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .expect("request");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("response");
+            out
+        })
+    };
+    assert!(
+        get(None).starts_with("HTTP/1.1 401"),
+        "no token: {}",
+        get(None)
+    );
+    assert!(get(Some("wrong")).starts_with("HTTP/1.1 401"));
+    let ok = get(Some("s3cret"));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    drop(agent);
+}
+
+/// The friendly subcommands: tables for people, JSON for scripts, non-zero exit with the
+/// error code on API errors.
+#[test]
+fn cli_subcommands_print_tables_json_and_errors() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, "");
+    let out = agent.cli(&[
+        "target",
+        "create",
+        "--destination-ip",
+        COLLECTOR_ADDR,
+        "--name",
+        "col",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let target = out.stdout.trim().to_string();
+    assert!(target.starts_with("tmt-"), "target id printed: {target}");
+    let out = agent.cli(&[
+        "filter",
+        "create",
+        "--name",
+        "web",
+        "--ingress",
+        "priority=1,action=accept,protocol=TCP,dst-ports=80/443",
+        "--egress",
+        "priority=1,action=drop,protocol=UDP",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let filter = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        filter.starts_with("tmf-"),
+        "filter id printed: {}",
+        out.stdout
+    );
+    let out = agent.cli(&[
+        "session",
+        "create",
+        "--priority",
+        "5",
+        "--filter",
+        &filter,
+        "--target",
+        &target,
+        "--vni",
+        "55",
+        "--packet-length",
+        "128",
+        "--enabled",
+        "--source",
+        "src0",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let session = out.stdout.trim().to_string();
+    agent.wait_settled(SETTLE);
+
+    let table = agent.cli(&["session", "list"]);
+    assert_eq!(table.code, 0);
+    assert!(
+        table.stdout.contains(&session) && table.stdout.contains("Created"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("PRIORITY"),
+        "header row"
+    );
+    let json = agent.cli(&["-o", "json", "session", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON output");
+    assert_eq!(
+        v["TrafficMirrorSessions"][0]["TrafficMirrorSessionId"],
+        session.as_str()
+    );
+    let filters = agent.cli(&["filter", "list"]);
+    assert!(filters.stdout.contains("80/443"), "{}", filters.stdout);
+
+    let err = agent.cli(&["session", "delete", "tms-doesnotexist"]);
+    assert_eq!(err.code, 1, "API errors exit 1");
+    assert!(
+        err.stderr.contains("ResourceNotFound.TrafficMirrorSession"),
+        "{}",
+        err.stderr
+    );
+    let err = agent.cli(&["session", "update", &session, "--priority", "40000"]);
+    assert_eq!(err.code, 1);
+    assert!(
+        err.stderr.contains("InvalidPriority.Malformed"),
+        "{}",
+        err.stderr
+    );
+}
