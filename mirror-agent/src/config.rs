@@ -69,6 +69,14 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     /// The region this node answers as in Volcengine's envelope.
     pub region: Option<String>,
+    /// Flow-log files: "jsonl" (default) or "aws" (AWS space-separated text).
+    pub flow_log_format: Option<String>,
+    /// IPFIX collector (RFC 7011 over UDP) that receives every flow log's records.
+    pub ipfix_collector: Option<std::net::SocketAddr>,
+    /// How often the kernel flow table is drained, in ms (default 1000).
+    pub flow_drain_ms: Option<u64>,
+    /// Entries of each of the two kernel flow tables (default 1048576).
+    pub flow_table_size: Option<u32>,
     /// Holds each reconcile pass back (tests and demos: makes Modifying observable).
     pub reconcile_delay_ms: Option<u64>,
     /// `auto` (TCX on 6.6+, else clsact), `tcx` or `clsact`.
@@ -293,6 +301,8 @@ pub struct Objects {
     pub targets: Vec<Target>,
     pub filters: Vec<Filter>,
     pub sessions: Vec<Session>,
+    /// Interfaces covered by an active flow log.
+    pub flow_interfaces: Vec<String>,
 }
 
 #[cfg(test)]

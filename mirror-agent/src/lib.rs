@@ -3,10 +3,12 @@
 //! `tests/` drive the same library code.
 
 pub mod api;
+pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod declared;
+pub mod flowlog;
 pub mod links;
 pub mod model;
 pub mod reconciler;

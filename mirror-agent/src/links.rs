@@ -132,15 +132,14 @@ pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<()>> {
     Ok(rx)
 }
 
-/// The first address of an interface, IPv4 preferred (a target given as a local interface).
-pub fn interface_address(name: &str) -> Option<IpAddr> {
+/// Every address of an interface (link-local IPv6 excluded: never a VTEP or a subnet member).
+pub fn interface_addresses(name: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below.
     if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return None;
+        return out;
     }
-    let mut v4 = None;
-    let mut v6 = None;
     let mut cur = ifap;
     while !cur.is_null() {
         // SAFETY: cur points into the list getifaddrs returned.
@@ -156,25 +155,33 @@ pub fn interface_address(name: &str) -> Option<IpAddr> {
         }
         // SAFETY: the family tells which sockaddr this is.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family == libc::AF_INET && v4.is_none() {
+        if family == libc::AF_INET {
             // SAFETY: AF_INET addresses are sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            v4 = Some(IpAddr::from(
+            out.push(IpAddr::from(
                 u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
             ));
-        } else if family == libc::AF_INET6 && v6.is_none() {
+        } else if family == libc::AF_INET6 {
             // SAFETY: AF_INET6 addresses are sockaddr_in6.
             let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
             let addr = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            // Link-local addresses cannot be a VTEP's routed address.
             if (addr.segments()[0] & 0xffc0) != 0xfe80 {
-                v6 = Some(IpAddr::V6(addr));
+                out.push(IpAddr::V6(addr));
             }
         }
     }
     // SAFETY: freeing the list getifaddrs allocated.
     unsafe { libc::freeifaddrs(ifap) };
-    v4.or(v6)
+    out
+}
+
+/// The first address of an interface, IPv4 preferred (a target given as a local interface).
+pub fn interface_address(name: &str) -> Option<IpAddr> {
+    let all = interface_addresses(name);
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
 }
 
 #[cfg(test)]

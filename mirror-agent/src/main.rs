@@ -15,10 +15,10 @@ use std::{
 
 use mirror_agent::{
     api::server,
-    cli,
+    btf, cli,
     config::{self, FileConfig, LogFormat},
     datapath::{Datapath, TcAttachMode},
-    declared, links,
+    declared, flowlog, links,
     reconciler::Reconciler,
     service::Service,
     store::Store,
@@ -160,6 +160,26 @@ async fn declare(
     Ok(())
 }
 
+/// `sk_buff`/`net_device` field offsets and drop-reason names from the kernel's BTF.
+fn drop_layout() -> anyhow::Result<(
+    mirror_ebpf::SkbLayout,
+    std::collections::BTreeMap<u64, String>,
+)> {
+    let btf = btf::Btf::from_file(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let layout = mirror_ebpf::SkbLayout {
+        valid: 1,
+        head: btf.member_offset("sk_buff", "head")?,
+        network_header: btf.member_offset("sk_buff", "network_header")?,
+        transport_header: btf.member_offset("sk_buff", "transport_header")?,
+        dev: btf.member_offset("sk_buff", "dev")?,
+        skb_iif: btf.member_offset("sk_buff", "skb_iif")?,
+        dev_ifindex: btf.member_offset("net_device", "ifindex")?,
+        _pad: 0,
+    };
+    let reasons = btf.enum_values("skb_drop_reason").unwrap_or_default();
+    Ok((layout, reasons))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = load_file(args.config.as_ref())?;
     let settings = settings(&args, &file);
@@ -176,7 +196,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("the metrics listener is not part of this build yet; ignoring --metrics-listen");
     }
 
-    let datapath = Datapath::new(settings.tc_attach).context("loading the eBPF programs")?;
+    let (mut datapath, flow_tables) = Datapath::new(
+        settings.tc_attach,
+        file.flow_table_size
+            .unwrap_or(mirror_ebpf::DEFAULT_FLOW_TABLE_SIZE),
+    )
+    .context("loading the eBPF programs")?;
+    // Dropped packets become REJECT flows; without BTF the rest of flow logging still works.
+    let drop_reasons = match drop_layout() {
+        Ok((layout, reasons)) => {
+            if let Err(e) = datapath.enable_drop_accounting(layout) {
+                warn!("drop accounting unavailable: {e}");
+            }
+            reasons
+        }
+        Err(e) => {
+            warn!("drop accounting unavailable (kernel BTF): {e}");
+            Default::default()
+        }
+    };
     let (connection, netlink, _) = rtnetlink::new_connection().context("rtnetlink")?;
     tokio::spawn(connection);
     let link_cache = Arc::new(RwLock::new(
@@ -201,6 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&link_cache),
         Arc::clone(&wake),
     ));
+    let plan = Arc::new(RwLock::new(flowlog::runner::Plan::default()));
     let (passes_tx, mut passes) = tokio::sync::watch::channel(0u64);
     let started = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -214,9 +253,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         delay: Duration::from_millis(file.reconcile_delay_ms.unwrap_or(0)),
         started: Arc::clone(&started),
         passes: passes_tx,
-        stop: stop_rx,
+        plan: Arc::clone(&plan),
+        stop: stop_rx.clone(),
     };
     let reconciler = tokio::spawn(reconciler.run());
+    let (ticks_tx, _ticks) = tokio::sync::watch::channel(0u64);
+    let runner = flowlog::runner::Runner {
+        tables: flow_tables,
+        plan,
+        status: Arc::clone(&svc.flow_log_status),
+        state_dir: settings.state_dir.clone(),
+        format: match file.flow_log_format.as_deref() {
+            Some("aws") => flowlog::files::FileFormat::AwsText,
+            _ => flowlog::files::FileFormat::JsonLines,
+        },
+        ipfix: file.ipfix_collector,
+        drop_reasons,
+        tick: Duration::from_millis(file.flow_drain_ms.unwrap_or(1000).max(100)),
+        stop: stop_rx,
+        ticks: ticks_tx,
+    };
+    let runner = tokio::spawn(runner.run());
 
     let unix = server::bind_unix(&settings.api_socket)?;
     tokio::spawn({
@@ -263,6 +320,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopping: detaching programs and removing tunnel devices");
     let _ = stop_tx.send(true);
+    let _ = runner.await;
     let mut datapath = reconciler.await.context("reconciler task")?;
     datapath.shutdown().await.context("shutting down")?;
     let _ = std::fs::remove_file(&settings.api_socket);

@@ -16,9 +16,13 @@ use tracing::{debug, info, warn};
 use crate::{
     config::Objects,
     datapath::{ApplyReport, Datapath},
+    flowlog::{
+        aggregate::TrafficType,
+        runner::{Plan, PlannedLog},
+    },
     links::{self, Link},
     model::{Filter, Session, Target},
-    records::{SessionState, now_rfc3339},
+    records::{FlowLogState, SessionState, now_rfc3339},
     service::Service,
     store::{Batch, Kind, Snapshot},
 };
@@ -68,6 +72,23 @@ pub fn desired(
             rules,
         });
     }
+    for f in &snap.flow_logs {
+        if f.state == FlowLogState::Deleting || !f.wanted_active {
+            continue;
+        }
+        let names = crate::api::flowlogs::interfaces(f, aliases, links_now);
+        if names.is_empty() && f.resource_type == "eni" {
+            problems
+                .entry(f.id.clone())
+                .or_default()
+                .push(format!("resource {}: interface not found", f.resource_id));
+        }
+        for n in names {
+            if !objects.flow_interfaces.contains(&n) {
+                objects.flow_interfaces.push(n);
+            }
+        }
+    }
     for s in &snap.sessions {
         if s.state == SessionState::Deleting {
             continue;
@@ -115,6 +136,8 @@ pub struct Reconciler {
     /// The number of the last completed pass: a change committed when `started` was N is
     /// applied once this reaches N + 1.
     pub passes: tokio::sync::watch::Sender<u64>,
+    /// The flow logs the flow-log runner collects, updated after each pass.
+    pub plan: Arc<RwLock<Plan>>,
     /// Set to true to stop; `run` then hands the data path back.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -149,9 +172,43 @@ impl Reconciler {
                 .or_default()
                 .extend(errs.iter().cloned());
         }
+        self.publish_plan(&snap, &links_now);
         self.settle(&snap, &problems).await?;
         debug!(elapsed = ?started.elapsed(), "reconciled");
         Ok(report)
+    }
+
+    fn publish_plan(&self, snap: &Snapshot, links_now: &[Link]) {
+        let mut plan = Plan {
+            logs: Vec::new(),
+            slots: self.datapath.flow_log_slots(),
+        };
+        for f in &snap.flow_logs {
+            if f.state == FlowLogState::Deleting || !f.wanted_active {
+                continue;
+            }
+            let names = crate::api::flowlogs::interfaces(f, &self.svc.aliases, links_now);
+            let interfaces = names
+                .into_iter()
+                .filter_map(|n| {
+                    links_now
+                        .iter()
+                        .find(|l| l.name == n)
+                        .map(|l| (l.index, l.name.clone()))
+                })
+                .collect();
+            plan.logs.push(PlannedLog {
+                id: f.id.clone(),
+                traffic: TrafficType::parse(&f.traffic_type),
+                interval: Duration::from_secs(f.interval_secs()),
+                project: f.log_project.clone(),
+                topic: f.log_topic.clone(),
+                interfaces,
+            });
+        }
+        if let Ok(mut p) = self.plan.write() {
+            *p = plan;
+        }
     }
 
     /// Marks what this pass applied: only sessions whose generation is still the one the
@@ -186,6 +243,32 @@ impl Reconciler {
                 s.errors = errors;
                 s.updated_at = now_rfc3339();
                 batch.put_session(&s).map_err(|e| e.to_string())?;
+            }
+        }
+        for f in &now.flow_logs {
+            let Some(was) = applied.flow_log(&f.id) else {
+                continue;
+            };
+            if was.generation != f.generation {
+                continue;
+            }
+            if f.state == FlowLogState::Deleting {
+                batch.delete(Kind::FlowLog, &f.id);
+                info!(flow_log = %f.id, "deleted");
+                continue;
+            }
+            let state = if f.wanted_active {
+                FlowLogState::Active
+            } else {
+                FlowLogState::Inactive
+            };
+            let errors = problems.get(&f.id).cloned().unwrap_or_default();
+            if f.state != state || f.errors != errors {
+                let mut f = f.clone();
+                f.state = state;
+                f.errors = errors;
+                f.updated_at = now_rfc3339();
+                batch.put_flow_log(&f).map_err(|e| e.to_string())?;
             }
         }
         self.svc.store.commit(batch).map_err(|e| e.to_string())

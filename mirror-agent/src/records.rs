@@ -385,3 +385,78 @@ pub fn new_id(prefix: &str) -> String {
     let raw = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &raw[..20])
 }
+
+/// Flow-log states (seed 004): Creating → Active/Inactive; Deleting → gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlowLogState {
+    Creating,
+    Active,
+    Inactive,
+    Deleting,
+}
+
+impl FlowLogState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowLogState::Creating => "Creating",
+            FlowLogState::Active => "Active",
+            FlowLogState::Inactive => "Inactive",
+            FlowLogState::Deleting => "Deleting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowLogRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// "eni" (an interface), "subnet" (interfaces with an address in a CIDR), "vpc" (all
+    /// non-loopback interfaces).
+    pub resource_type: String,
+    pub resource_id: String,
+    /// "All", "Allow" or "Drop".
+    pub traffic_type: String,
+    pub log_project: String,
+    pub log_topic: String,
+    /// Minutes: 1, 5 or 10.
+    pub aggregation_interval: u32,
+    /// Seconds instead of minutes (tests and demos).
+    pub interval_seconds: Option<u32>,
+    pub state: FlowLogState,
+    /// Whether the operator wants it collecting (ActiveFlowLog / DeactiveFlowLog).
+    pub wanted_active: bool,
+    pub generation: u64,
+    /// Problems of the last reconcile or sink write (missing interface, disk full, ...).
+    pub errors: Vec<String>,
+    pub tags: Vec<Tag>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl FlowLogRecord {
+    pub fn interval_secs(&self) -> u64 {
+        self.interval_seconds
+            .map_or(u64::from(self.aggregation_interval) * 60, u64::from)
+    }
+
+    pub fn volcengine(&self) -> Value {
+        json!({
+            "FlowLogId": self.id,
+            "FlowLogName": self.name,
+            "Description": self.description,
+            "ResourceType": self.resource_type,
+            "ResourceId": self.resource_id,
+            "TrafficType": self.traffic_type,
+            "LogProjectName": self.log_project,
+            "LogTopicName": self.log_topic,
+            "AggregationInterval": self.aggregation_interval,
+            "Status": self.state.as_str(),
+            "BusinessStatus": if self.errors.is_empty() { "Normal" } else { "Error" },
+            "Errors": self.errors,
+            "Tags": tags_json(&self.tags),
+            "CreatedAt": self.created_at,
+            "UpdatedAt": self.updated_at,
+        })
+    }
+}

@@ -26,6 +26,8 @@ pub struct Service {
     pub region: String,
     /// The node's interfaces as last seen on rtnetlink.
     pub links: Arc<RwLock<Vec<Link>>>,
+    /// Sink errors of flow logs (written by the flow-log runner), by flow log id.
+    pub flow_log_status: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
     reconcile: Arc<Notify>,
 }
 
@@ -47,6 +49,7 @@ impl Service {
             aliases,
             region,
             links,
+            flow_log_status: Arc::new(RwLock::new(BTreeMap::new())),
             reconcile,
         }
     }

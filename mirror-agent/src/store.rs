@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
-use crate::records::{FilterRecord, SessionRecord, TargetRecord, TokenRecord};
+use crate::records::{FilterRecord, FlowLogRecord, SessionRecord, TargetRecord, TokenRecord};
 
 /// Objects by `kind/id`, JSON values.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -58,6 +58,7 @@ pub enum Kind {
     Filter,
     Target,
     Session,
+    FlowLog,
 }
 
 impl Kind {
@@ -66,6 +67,7 @@ impl Kind {
             Kind::Filter => "filter/",
             Kind::Target => "target/",
             Kind::Session => "session/",
+            Kind::FlowLog => "flowlog/",
         }
     }
 }
@@ -76,6 +78,7 @@ pub struct Snapshot {
     pub filters: Vec<FilterRecord>,
     pub targets: Vec<TargetRecord>,
     pub sessions: Vec<SessionRecord>,
+    pub flow_logs: Vec<FlowLogRecord>,
 }
 
 impl Snapshot {
@@ -87,6 +90,9 @@ impl Snapshot {
     }
     pub fn session(&self, id: &str) -> Option<&SessionRecord> {
         self.sessions.iter().find(|s| s.id == id)
+    }
+    pub fn flow_log(&self, id: &str) -> Option<&FlowLogRecord> {
+        self.flow_logs.iter().find(|f| f.id == id)
     }
 }
 
@@ -107,6 +113,9 @@ impl Batch {
     }
     pub fn put_session(&mut self, s: &SessionRecord) -> Result<(), StoreError> {
         self.put(Kind::Session, &s.id, s)
+    }
+    pub fn put_flow_log(&mut self, f: &FlowLogRecord) -> Result<(), StoreError> {
+        self.put(Kind::FlowLog, &f.id, f)
     }
     fn put<T: Serialize>(&mut self, kind: Kind, id: &str, v: &T) -> Result<(), StoreError> {
         self.puts
@@ -168,6 +177,8 @@ impl Store {
                 snap.targets.push(decode(key, bytes)?);
             } else if key.starts_with(Kind::Session.prefix()) {
                 snap.sessions.push(decode(key, bytes)?);
+            } else if key.starts_with(Kind::FlowLog.prefix()) {
+                snap.flow_logs.push(decode(key, bytes)?);
             }
         }
         Ok(snap)

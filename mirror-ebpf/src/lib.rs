@@ -19,6 +19,8 @@ pub const MAX_SOURCES: u32 = 4096;
 pub const MAX_SESSIONS: u32 = 4096;
 pub const MAX_FILTERS: u32 = 4096;
 pub const MAX_RULE_SLOTS: u32 = 65536;
+/// Default capacity of each of the two flow tables (set per agent with `flow_table_size`).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// A source interface can belong to this many sessions (AWS allows 3 per ENI; we allow more).
 pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
 /// Upper bound of the rules per direction of one filter. The configurable quota (default 10)
@@ -53,6 +55,9 @@ pub const SOURCES_DIRECT_MAX: u32 = 65536;
 /// `SourceConfig::flags`: the entry describes an attached source. Array entries of interfaces
 /// that are not sources are all zero.
 pub const SOURCE_ACTIVE: u32 = 1;
+/// `SourceConfig::flags`: a flow log covers this interface: the source programs count every
+/// IP packet into the flow table, and the drop tracepoint counts its dropped packets.
+pub const SOURCE_FLOW_LOG: u32 = 2;
 
 /// Value of the `SOURCES_DIRECT` array (index = interface index, below
 /// `SOURCES_DIRECT_MAX`) and of the `SOURCES` hash (key = larger interface indexes).
@@ -67,7 +72,7 @@ pub struct SourceConfig {
     pub sessions: [u16; MAX_SESSIONS_PER_SOURCE],
     /// Index into `SOURCE_STATS` (times `DIRECTIONS`), stable while the source exists.
     pub stats_slot: u32,
-    /// `SOURCE_ACTIVE`.
+    /// `SOURCE_ACTIVE`, `SOURCE_FLOW_LOG`.
     pub flags: u32,
 }
 
@@ -228,6 +233,80 @@ pub struct SourceStats {
     pub mirror_traffic: u64,
 }
 
+/// `FlowKey::action` values.
+pub const FLOW_ACCEPT: u8 = 0;
+pub const FLOW_REJECT: u8 = 1;
+
+/// Key of the flow tables `FLOWS_0` / `FLOWS_1`: one flow per interface, direction and
+/// action. Addresses are network-order words as in the packet; ports host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    /// `DIR_INGRESS` / `DIR_EGRESS`.
+    pub direction: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub protocol: u8,
+    /// `FLOW_ACCEPT` (seen by the source programs) or `FLOW_REJECT` (dropped, seen by the
+    /// `skb:kfree_skb` tracepoint).
+    pub action: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Value of the flow tables. Counters are added atomically (a flow's packets arrive on
+/// several CPUs); the agent reads an idle table only (see `FLOW_CTL`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Wire packets (GSO super-packets count their segments).
+    pub packets: u64,
+    /// IP bytes on the wire (IP header and payload, as the IP total length counts them).
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and last packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// OR of the TCP flags seen (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32).
+    pub tcp_flags: u32,
+    /// The kernel's `enum skb_drop_reason` of the last drop (REJECT flows).
+    pub drop_reason: u32,
+}
+
+/// Index 0 of the `FLOW_CTL` array: which of `FLOWS_0`/`FLOWS_1` the programs write. The
+/// agent flips it, waits for programs that read the old value to finish, then drains and
+/// empties the idle table, so no update is lost or counted twice.
+pub const FLOW_CTL_ACTIVE: u32 = 0;
+
+/// Per-CPU value of `FLOW_STATS`, indexed by `stats slot * DIRECTIONS + direction` of the
+/// source (like `SOURCE_STATS`): what the flow table could not hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets not accounted because the active flow table was full (SKIPDATA).
+    pub skipped_packets: u64,
+    /// Flows that could not be created.
+    pub skipped_flows: u64,
+}
+
+/// Offsets into `struct sk_buff` and `struct net_device` for the drop tracepoint, read by
+/// the agent from the kernel's BTF (the programs cannot use CO-RE here). `valid` = 0 turns
+/// drop accounting off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbLayout {
+    pub valid: u32,
+    pub head: u32,
+    pub network_header: u32,
+    pub transport_header: u32,
+    pub dev: u32,
+    pub skb_iif: u32,
+    pub dev_ifindex: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -238,6 +317,10 @@ mod user {
     unsafe impl aya::Pod for FilterConfig {}
     unsafe impl aya::Pod for SessionStats {}
     unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for SkbLayout {}
 }
 
 // No implicit padding: each size is the sum of the fields' sizes.
@@ -251,6 +334,10 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<SessionStats>() == 8 * (5 + ERR_REASONS));
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 8 * 6);
 const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
+const _: () = assert!(core::mem::size_of::<SkbLayout>() == 32);
 
 /// The mark a mirror copy carries from the source program to the encapsulation program.
 #[inline(always)]

@@ -53,6 +53,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "libcap2-bin",
+    "nfdump",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.0";

@@ -65,7 +65,15 @@ pub const READING: &[&str] = &[
 ];
 
 pub fn is_known(action: &str) -> bool {
-    MUTATING.contains(&action) || READING.contains(&action)
+    is_mutating(action) || is_reading(action)
+}
+
+pub fn is_mutating(action: &str) -> bool {
+    MUTATING.contains(&action) || super::flowlogs::MUTATING.contains(&action)
+}
+
+pub fn is_reading(action: &str) -> bool {
+    READING.contains(&action) || super::flowlogs::READING.contains(&action)
 }
 
 /// Runs a mutating action under the service's write lock. With `dry_run`, everything is
@@ -92,6 +100,9 @@ pub async fn mutate(
         "DeleteTrafficMirrorSession" => delete_session(&snap, p, &mut batch)?,
         "AddSourcesToTrafficMirrorSession" => add_sources(svc, &snap, p, &mut batch)?,
         "RemoveSourcesFromTrafficMirrorSession" => remove_sources(&snap, p, &mut batch)?,
+        other if super::flowlogs::MUTATING.contains(&other) => {
+            super::flowlogs::mutate(svc, &snap, other, p, &mut batch)?
+        }
         other => return Err(unknown_action(other)),
     };
     if dry_run {
@@ -109,6 +120,7 @@ pub fn read(svc: &Service, action: &str, p: &Params) -> Result<Value, ApiError> 
         "ListTrafficMirrorFilters" => list_filters(&snap, p),
         "ListTrafficMirrorTargets" => list_targets(&snap, p),
         "ListTrafficMirrorSessions" => list_sessions(&snap, p),
+        "DescribeFlowLogs" => super::flowlogs::describe(svc, &snap, p),
         other => Err(unknown_action(other)),
     }
 }

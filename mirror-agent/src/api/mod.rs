@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod error;
+pub mod flowlogs;
 pub mod render;
 pub mod rest;
 pub mod rpc;
@@ -51,7 +52,7 @@ async fn call_inner(
     if !actions::is_known(action) {
         return Err(actions::unknown_action(action));
     }
-    if actions::READING.contains(&action) {
+    if actions::is_reading(action) {
         return Ok(Answer {
             request_id: request_id.to_string(),
             body: actions::read(svc, action, p)?,

@@ -4,6 +4,7 @@
 //! and sessions, filters and targets are map writes. See docs/architecture.md.
 
 pub mod encode;
+pub mod flowtable;
 mod slots;
 pub mod tunnel;
 
@@ -16,15 +17,15 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
     util::KernelVersion,
 };
 use mirror_ebpf::{
     DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCES, SOURCE_ACTIVE, SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig,
-    SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
+    MAX_SOURCES, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig, SessionStats,
+    SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -33,6 +34,7 @@ use crate::{
     config::Objects,
     model::{Direction, Session, Target},
 };
+pub use flowtable::FlowTables;
 pub use slots::Slots;
 
 /// The compiled programs, built by build.rs with aya-build.
@@ -41,6 +43,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
 pub const PROG_ENCAP: &str = "mirror_encap";
+pub const PROG_FLOW_DROP: &str = "flow_drop";
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
@@ -86,6 +89,7 @@ pub struct Maps {
     pub session_stats: PerCpuArray<MapData, SessionStats>,
     pub source_stats: PerCpuArray<MapData, SourceStats>,
     pub rule_stats: PerCpuArray<MapData, u64>,
+    pub skb_layout: Array<MapData, SkbLayout>,
 }
 
 impl Maps {
@@ -105,6 +109,7 @@ impl Maps {
             session_stats: take(ebpf, "SESSION_STATS")?,
             source_stats: take(ebpf, "SOURCE_STATS")?,
             rule_stats: take(ebpf, "RULE_STATS")?,
+            skb_layout: take(ebpf, "SKB_LAYOUT")?,
         })
     }
 
@@ -216,16 +221,36 @@ fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>, DatapathEr
     PerCpuValues::try_from(vec![T::default(); cpus]).map_err(DatapathError::Cpus)
 }
 
-/// Loads the object and the three programs into the kernel (not attached).
-pub fn load() -> Result<(Ebpf, Maps), DatapathError> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Loads the object and the three TC programs into the kernel (not attached); each flow
+/// table gets `flow_table_size` entries.
+pub fn load(flow_table_size: u32) -> Result<(Ebpf, Maps, FlowTables), DatapathError> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries("FLOWS_0", flow_table_size)
+        .map_max_entries("FLOWS_1", flow_table_size)
+        .load(EBPF_OBJECT)?;
     for name in [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP] {
         classifier(&mut ebpf, name)?
             .load()
             .map_err(prog_err(name))?;
     }
     let maps = Maps::take(&mut ebpf)?;
-    Ok((ebpf, maps))
+    let flows = FlowTables::new(
+        [
+            take_map(&mut ebpf, "FLOWS_0")?,
+            take_map(&mut ebpf, "FLOWS_1")?,
+        ],
+        take_map(&mut ebpf, "FLOW_CTL")?,
+        take_map(&mut ebpf, "FLOW_STATS")?,
+    );
+    Ok((ebpf, maps, flows))
 }
 
 pub fn classifier<'a>(
@@ -308,6 +333,7 @@ pub fn ifindex(name: &str) -> Option<u32> {
 struct AttachedSource {
     ifindex: u32,
     stats_slot: u32,
+    flow_log: bool,
     links: [SchedClassifierLinkId; DIRECTIONS],
 }
 
@@ -342,15 +368,20 @@ pub struct Datapath {
     sources: Slots,
     attached: BTreeMap<String, AttachedSource>,
     tunnels: BTreeMap<u16, TunnelDevice>,
+    drop_link: Option<aya::programs::raw_trace_point::RawTracePointLinkId>,
 }
 
 impl Datapath {
-    /// Loads the programs. Needs a tokio runtime for netlink.
-    pub fn new(attach_mode: TcAttachMode) -> Result<Datapath, DatapathError> {
-        let (ebpf, maps) = load()?;
+    /// Loads the programs. Needs a tokio runtime for netlink. The flow tables go to whoever
+    /// drains them (the flow-log runner).
+    pub fn new(
+        attach_mode: TcAttachMode,
+        flow_table_size: u32,
+    ) -> Result<(Datapath, FlowTables), DatapathError> {
+        let (ebpf, maps, flows) = load(flow_table_size)?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        Ok(Datapath {
+        let datapath = Datapath {
             ebpf,
             maps,
             netlink,
@@ -361,7 +392,41 @@ impl Datapath {
             sources: Slots::new(MAX_SOURCES),
             attached: BTreeMap::new(),
             tunnels: BTreeMap::new(),
-        })
+            drop_link: None,
+        };
+        Ok((datapath, flows))
+    }
+
+    /// Counts the node's dropped packets into the flow tables (REJECT flows) from the
+    /// `skb:kfree_skb` raw tracepoint, with the `sk_buff` layout read from the kernel's BTF.
+    pub fn enable_drop_accounting(&mut self, layout: SkbLayout) -> Result<(), DatapathError> {
+        self.maps
+            .skb_layout
+            .set(0, layout, 0)
+            .map_err(map_err("SKB_LAYOUT"))?;
+        if self.drop_link.is_some() {
+            return Ok(());
+        }
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(PROG_FLOW_DROP)
+            .ok_or(DatapathError::MissingProgram(PROG_FLOW_DROP))?
+            .try_into()
+            .map_err(prog_err(PROG_FLOW_DROP))?;
+        prog.load().map_err(prog_err(PROG_FLOW_DROP))?;
+        let link = prog.attach("kfree_skb").map_err(prog_err(PROG_FLOW_DROP))?;
+        self.drop_link = Some(link);
+        info!("drop accounting attached to skb:kfree_skb");
+        Ok(())
+    }
+
+    /// Source stats slots of the interfaces with a flow log, by interface index.
+    pub fn flow_log_slots(&self) -> Vec<(u32, u32)> {
+        self.attached
+            .values()
+            .filter(|a| a.flow_log)
+            .map(|a| (a.ifindex, a.stats_slot))
+            .collect()
     }
 
     pub fn session_slot(&self, id: &str) -> Option<u32> {
@@ -481,12 +546,16 @@ impl Datapath {
             placed.push(session);
         }
 
-        // 4. Sources: each interface's sessions in ascending priority.
+        // 4. Sources: each interface's sessions in ascending priority; flow-logged
+        // interfaces get the programs too, for the flow table.
         let mut by_source: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
         for session in &placed {
             for src in &session.sources {
                 by_source.entry(src.as_str()).or_default().push(session);
             }
+        }
+        for ifname in &desired.flow_interfaces {
+            by_source.entry(ifname.as_str()).or_default();
         }
         for (ifname, mut sessions) in by_source.clone() {
             sessions.sort_by_key(|s| s.priority);
@@ -498,6 +567,9 @@ impl Datapath {
                 sessions.truncate(MAX_SESSIONS_PER_SOURCE);
             }
             let mut cfg = SourceConfig::INACTIVE;
+            if desired.flow_interfaces.iter().any(|f| f == ifname) {
+                cfg.flags |= SOURCE_FLOW_LOG;
+            }
             for (i, s) in sessions.iter().enumerate() {
                 if let Some(slot) = self.sessions.get(&s.id) {
                     cfg.sessions[i] = slot as u16;
@@ -508,6 +580,9 @@ impl Datapath {
                 Err(e) => {
                     for s in &sessions {
                         report.error(&s.id, format!("source {ifname}: {e}"));
+                    }
+                    if cfg.flags & SOURCE_FLOW_LOG != 0 {
+                        report.error(ifname, format!("flow log: {e}"));
                     }
                 }
             }
@@ -622,8 +697,9 @@ impl Datapath {
             // Same name, new interface: the old links died with the old one.
             self.remove_source(ifname)?;
         }
-        if let Some(a) = self.attached.get(ifname) {
+        if let Some(a) = self.attached.get_mut(ifname) {
             cfg.stats_slot = a.stats_slot;
+            a.flow_log = cfg.flags & SOURCE_FLOW_LOG != 0;
             return self.maps.set_source(index, cfg);
         }
         let stats_slot = self
@@ -676,6 +752,7 @@ impl Datapath {
             AttachedSource {
                 ifindex: index,
                 stats_slot,
+                flow_log: cfg.flags & SOURCE_FLOW_LOG != 0,
                 links: [ingress, egress],
             },
         );

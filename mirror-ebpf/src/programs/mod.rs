@@ -8,6 +8,7 @@
 //! to the session's snap length and set the tunnel key (VNI, target); the kernel encapsulates
 //! and routes it.
 
+mod flows;
 mod matcher;
 mod parse;
 
@@ -20,11 +21,11 @@ use aya_ebpf::{
 };
 use mirror_ebpf::{
     ACTION_ACCEPT, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, ERR_NO_SESSION, ERR_TRUNCATE,
-    ERR_TUNNEL_KEY, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_RULES_PER_DIRECTION,
-    MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, MIRROR_MARK_DIR_SHIFT, MIRROR_MARK_MAGIC,
-    MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED, SESSION_REMOTE_IPV6, SOURCE_ACTIVE,
-    SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig, SourceStats, is_mirror_mark,
-    mirror_mark,
+    ERR_TUNNEL_KEY, FLOW_ACCEPT, FilterConfig, FlowKey, MAX_FILTERS, MAX_RULE_SLOTS,
+    MAX_RULES_PER_DIRECTION, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCES,
+    MIRROR_MARK_DIR_SHIFT, MIRROR_MARK_MAGIC, MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED,
+    SESSION_REMOTE_IPV6, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig,
+    SessionStats, SourceConfig, SourceStats, is_mirror_mark, mirror_mark,
 };
 
 use matcher::rule_matches;
@@ -109,12 +110,6 @@ fn mirror_source<const DIR: u32>(ctx: &TcContext) {
     sstats.packets += segs as u64;
     sstats.bytes += ctx.len() as u64;
 
-    // A copy on its way out of the uplink: mirroring it would loop.
-    // SAFETY: reading a field of the program's own context.
-    if is_mirror_mark(unsafe { (*ctx.skb.skb).mark }) {
-        sstats.mirror_traffic += segs as u64;
-        return;
-    }
     let pkt = match parse(ctx) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
@@ -126,6 +121,16 @@ fn mirror_source<const DIR: u32>(ctx: &TcContext) {
             return;
         }
     };
+    if source.flags & SOURCE_FLOW_LOG != 0 {
+        account_flow::<DIR>(ctx, &source, &pkt, segs);
+    }
+    // A copy on its way out of the uplink: it is real traffic for the flow log above, but
+    // mirroring it would loop.
+    // SAFETY: reading a field of the program's own context.
+    if is_mirror_mark(unsafe { (*ctx.skb.skb).mark }) {
+        sstats.mirror_traffic += segs as u64;
+        return;
+    }
     if let Some(slot) = select_session::<DIR>(&source, &pkt)
         && send_copy::<DIR>(ctx, slot, segs, &pkt)
     {
@@ -134,7 +139,38 @@ fn mirror_source<const DIR: u32>(ctx: &TcContext) {
 }
 
 #[inline(always)]
-fn source_config(ifindex: u32) -> Option<SourceConfig> {
+fn account_flow<const DIR: u32>(ctx: &TcContext, source: &SourceConfig, pkt: &Packet, segs: u32) {
+    let key = FlowKey {
+        // SAFETY: reading a field of the program's own context.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        direction: DIR as u8,
+        ip_version: pkt.ip_version,
+        protocol: pkt.protocol,
+        action: FLOW_ACCEPT,
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+    };
+    // Wire bytes at the IP layer: a GSO super-packet's segments each repeat the headers.
+    let bytes = if segs > 1 {
+        let ip_part = (ctx.len() - pkt.l3) as u64;
+        ip_part + (segs as u64 - 1) * (pkt.headers_len - pkt.l3) as u64
+    } else {
+        pkt.ip_len as u64
+    };
+    flows::account(
+        &key,
+        segs as u64,
+        bytes,
+        pkt.tcp_flags as u32,
+        0,
+        source.stats_slot * DIRECTIONS as u32 + DIR,
+    );
+}
+
+#[inline(always)]
+pub(crate) fn source_config(ifindex: u32) -> Option<SourceConfig> {
     let source = if ifindex < SOURCES_DIRECT_MAX {
         *SOURCES_DIRECT.get(ifindex)?
     } else {

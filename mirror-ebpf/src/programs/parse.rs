@@ -32,6 +32,12 @@ pub struct Packet {
     /// Offset of the first payload byte (end of L4 header where known, else end of L3).
     /// Used to count the headers every GSO segment repeats on the wire.
     pub headers_len: u32,
+    /// Offset of the IP header.
+    pub l3: u32,
+    /// IP total length as the header states it (IPv6: payload length + 40).
+    pub ip_len: u32,
+    /// TCP flags byte (FIN..URG), 0 for other protocols.
+    pub tcp_flags: u8,
 }
 
 pub enum Parsed {
@@ -130,6 +136,7 @@ fn parse_ipv4(ctx: &TcContext, l3: usize) -> Option<Parsed> {
     let hdr_len = ihl * 4;
     // The whole header, options included, must be present.
     be16_at(ctx, l3 + hdr_len - 2)?;
+    let tot_len = be16_at(ctx, l3 + 2)?;
     let frag = be16_at(ctx, l3 + 6)?;
     let first_fragment = frag & 0x1fff == 0;
     // TTL and protocol share a 16-bit word.
@@ -145,6 +152,9 @@ fn parse_ipv4(ctx: &TcContext, l3: usize) -> Option<Parsed> {
         src_port: 0,
         dst_port: 0,
         headers_len: (l3 + hdr_len) as u32,
+        l3: l3 as u32,
+        ip_len: tot_len as u32,
+        tcp_flags: 0,
     };
     if first_fragment {
         parse_l4(ctx, l3 + hdr_len, &mut pkt)?;
@@ -157,6 +167,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Option<Parsed> {
     if be16_at(ctx, l3)? >> 12 != 6 {
         return Some(Parsed::Malformed);
     }
+    let payload_len = be16_at(ctx, l3 + 4)?;
     // Next header and hop limit share a 16-bit word.
     let mut next = (be16_at(ctx, l3 + 6)? >> 8) as u8;
     let src = addr16_at(ctx, l3 + 8)?;
@@ -203,6 +214,9 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Option<Parsed> {
         src_port: 0,
         dst_port: 0,
         headers_len: off as u32,
+        l3: l3 as u32,
+        ip_len: payload_len as u32 + 40,
+        tcp_flags: 0,
     };
     if first_fragment {
         parse_l4(ctx, off, &mut pkt)?;
@@ -222,7 +236,9 @@ fn parse_l4(ctx: &TcContext, l4: usize, pkt: &mut Packet) -> Option<()> {
         IPPROTO_TCP => {
             pkt.src_port = be16_at(ctx, l4)?;
             pkt.dst_port = be16_at(ctx, l4 + 2)?;
-            let doff = (be16_at(ctx, l4 + 12)? >> 12) as usize;
+            let off_flags = be16_at(ctx, l4 + 12)?;
+            let doff = (off_flags >> 12) as usize;
+            pkt.tcp_flags = (off_flags & 0x3f) as u8;
             pkt.headers_len = (l4 + doff * 4) as u32;
             pkt.has_ports = true;
         }

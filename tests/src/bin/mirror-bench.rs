@@ -176,7 +176,8 @@ fn main() -> ExitCode {
             .build()
             .expect("tokio runtime");
         rt.block_on(async {
-            let mut dp = Datapath::new(TcAttachMode::Auto).expect("loading programs");
+            let (mut dp, _flows) =
+                Datapath::new(TcAttachMode::Auto, 1024).expect("loading programs");
             let file: FileConfig = toml::from_str(&config()).expect("bench config");
             let report = dp
                 .apply(&file.objects().expect("bench objects"))

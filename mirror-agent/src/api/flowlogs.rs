@@ -1,0 +1,362 @@
+//! Flow-log actions (Volcengine seed 004): CreateFlowLog, DeleteFlowLog, DescribeFlowLogs,
+//! ModifyFlowLogAttribute, ActiveFlowLog, DeactiveFlowLog.
+
+use serde_json::{Value, json};
+
+use super::{ApiError, actions::Outcome, rpc::Params};
+use crate::{
+    links,
+    records::{FlowLogRecord, FlowLogState, Tag, new_id, now_rfc3339},
+    service::Service,
+    store::{Batch, Snapshot},
+};
+
+pub const MUTATING: &[&str] = &[
+    "CreateFlowLog",
+    "DeleteFlowLog",
+    "ModifyFlowLogAttribute",
+    "ActiveFlowLog",
+    "DeactiveFlowLog",
+];
+pub const READING: &[&str] = &["DescribeFlowLogs"];
+
+pub fn mutate(
+    svc: &Service,
+    snap: &Snapshot,
+    action: &str,
+    p: &Params,
+    batch: &mut Batch,
+) -> Result<Outcome, ApiError> {
+    match action {
+        "CreateFlowLog" => create(svc, snap, p, batch),
+        "DeleteFlowLog" => change(snap, p, batch, |f| {
+            f.state = FlowLogState::Deleting;
+            Ok(())
+        }),
+        "ActiveFlowLog" => change(snap, p, batch, |f| {
+            f.wanted_active = true;
+            Ok(())
+        }),
+        "DeactiveFlowLog" => change(snap, p, batch, |f| {
+            f.wanted_active = false;
+            Ok(())
+        }),
+        "ModifyFlowLogAttribute" => change(snap, p, batch, |f| {
+            if let Some(n) = p.get("FlowLogName") {
+                f.name = name(Some(n))?;
+            }
+            if let Some(d) = p.get("Description") {
+                f.description = description(Some(d))?;
+            }
+            if let Some(i) = interval(p)? {
+                f.aggregation_interval = i;
+            }
+            if let Some(s) = interval_seconds(p)? {
+                f.interval_seconds = Some(s);
+            }
+            Ok(())
+        }),
+        other => Err(super::actions::unknown_action(other)),
+    }
+}
+
+fn name(v: Option<&str>) -> Result<String, ApiError> {
+    let v = v.unwrap_or_default();
+    let n = v.chars().count();
+    if n == 0 || n > 128 || v.starts_with("http://") || v.starts_with("https://") {
+        return Err(ApiError::bad(
+            "InvalidName.Malformed",
+            "The specified name is malformed. Ensure the maximum length of name is 128.",
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn description(v: Option<&str>) -> Result<String, ApiError> {
+    let v = v.unwrap_or_default();
+    if v.chars().count() > 255 || v.contains(['<', '>']) {
+        return Err(ApiError::bad(
+            "InvalidDescription.Malformed",
+            "The specified description is malformed. Ensure the maximum length of description is 255.",
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn interval(p: &Params) -> Result<Option<u32>, ApiError> {
+    match p.int(
+        "AggregationInterval",
+        "InvalidParameter.FlowLogAggregationInterval",
+    )? {
+        None => Ok(None),
+        Some(v @ (1 | 5 | 10)) => Ok(Some(v as u32)),
+        Some(_) => Err(ApiError::bad(
+            "InvalidParameter.FlowLogAggregationInterval",
+            "The specified aggregation interval is invalid: 1, 5 or 10 (minutes).",
+        )),
+    }
+}
+
+/// Our extension for tests and demos: the interval in seconds.
+fn interval_seconds(p: &Params) -> Result<Option<u32>, ApiError> {
+    match p.int(
+        "AggregationIntervalSeconds",
+        "InvalidParameter.FlowLogAggregationInterval",
+    )? {
+        None => Ok(None),
+        Some(v @ 1..=600) => Ok(Some(v as u32)),
+        Some(_) => Err(ApiError::bad(
+            "InvalidParameter.FlowLogAggregationInterval",
+            "The specified AggregationIntervalSeconds is invalid: 1-600.",
+        )),
+    }
+}
+
+/// Project and topic names become directories: letters, digits, `-`, `_`, `.`, 2-64 chars.
+fn log_name(param: &str, v: &str) -> Result<String, ApiError> {
+    let ok = (2..=64).contains(&v.len())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !v.starts_with('.');
+    if !ok {
+        return Err(ApiError::bad(
+            "InvalidParameter",
+            format!("The specified {param} is invalid: 2-64 letters, digits, '-', '_', '.'."),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// Checks that the resource exists now.
+fn check_resource(svc: &Service, kind: &str, id: &str) -> Result<(), ApiError> {
+    let found = match kind {
+        "eni" => svc.resolve_interface(id).is_some(),
+        "subnet" => id.parse::<ipnet::IpNet>().is_ok(),
+        "vpc" => true,
+        _ => false,
+    };
+    if found {
+        return Ok(());
+    }
+    if kind == "subnet" {
+        return Err(ApiError::bad(
+            "InvalidParameter.FlowLogInvalidResource",
+            format!("A subnet resource is a CIDR block here, such as 10.0.0.0/24: {id:?}."),
+        ));
+    }
+    Err(ApiError::new(
+        404,
+        "InvalidResource.NotFound",
+        format!("The specified resource {id} does not exist."),
+    ))
+}
+
+fn create(
+    svc: &Service,
+    snap: &Snapshot,
+    p: &Params,
+    batch: &mut Batch,
+) -> Result<Outcome, ApiError> {
+    let name = name(Some(p.required("FlowLogName")?))?;
+    let description = description(p.get("Description"))?;
+    let kind = p.required("ResourceType")?.to_ascii_lowercase();
+    if !matches!(kind.as_str(), "eni" | "subnet" | "vpc") {
+        return Err(ApiError::bad(
+            "InvalidResourceType.Malformed",
+            "The specified parameter resource type is invalid: vpc, subnet or eni.",
+        ));
+    }
+    let resource = p.required("ResourceId")?.to_string();
+    let traffic = match p.required("TrafficType")?.to_ascii_lowercase().as_str() {
+        "all" => "All",
+        "allow" => "Allow",
+        "drop" => "Drop",
+        _ => {
+            return Err(ApiError::bad(
+                "InvalidParameter.FlowLogTrafficType",
+                "The specified traffic type is invalid: All, Allow or Drop.",
+            ));
+        }
+    };
+    let project = log_name("LogProjectName", p.required("LogProjectName")?)?;
+    let topic = log_name("LogTopicName", p.required("LogTopicName")?)?;
+    let aggregation = interval(p)?.unwrap_or(10);
+    let seconds = interval_seconds(p)?;
+    let tags: Vec<Tag> = p
+        .tags()?
+        .into_iter()
+        .map(|(key, value)| Tag { key, value })
+        .collect();
+    check_resource(svc, &kind, &resource)?;
+    if snap.flow_logs.iter().any(|f| {
+        f.state != FlowLogState::Deleting && f.resource_type == kind && f.resource_id == resource
+    }) {
+        return Err(ApiError::bad(
+            "InvalidParameter.FlowLogResourceAlreadyBound",
+            "The specified resource is already bound to a flow log.",
+        ));
+    }
+    if snap.flow_logs.iter().any(|f| {
+        f.state != FlowLogState::Deleting && f.log_project == project && f.log_topic == topic
+    }) {
+        return Err(ApiError::bad(
+            "InvalidParameter.TLSTopicExisted",
+            "The specified topic name already exists.",
+        ));
+    }
+    let now = now_rfc3339();
+    let f = FlowLogRecord {
+        id: new_id("fl"),
+        name,
+        description,
+        resource_type: kind,
+        resource_id: resource,
+        traffic_type: traffic.to_string(),
+        log_project: project,
+        log_topic: topic,
+        aggregation_interval: aggregation,
+        interval_seconds: seconds,
+        state: FlowLogState::Creating,
+        wanted_active: true,
+        generation: 1,
+        errors: Vec::new(),
+        tags,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    batch.put_flow_log(&f)?;
+    Ok(Outcome {
+        body: json!({"FlowLogId": f.id}),
+        session: None,
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "InvalidFlowLog.NotFound",
+        format!("The specified flow log {id} does not exist."),
+    )
+}
+
+fn change(
+    snap: &Snapshot,
+    p: &Params,
+    batch: &mut Batch,
+    f: impl FnOnce(&mut FlowLogRecord) -> Result<(), ApiError>,
+) -> Result<Outcome, ApiError> {
+    let id = p.required("FlowLogId")?;
+    let cur = snap.flow_log(id).ok_or_else(|| not_found(id))?;
+    if matches!(cur.state, FlowLogState::Creating | FlowLogState::Deleting) {
+        return Err(ApiError::new(
+            409,
+            "InvalidFlowLog.InvalidStatus",
+            format!(
+                "The flow log {id} is {} and cannot be changed now.",
+                cur.state.as_str()
+            ),
+        ));
+    }
+    let mut rec = cur.clone();
+    f(&mut rec)?;
+    rec.generation += 1;
+    rec.updated_at = now_rfc3339();
+    batch.put_flow_log(&rec)?;
+    Ok(Outcome {
+        body: json!({}),
+        session: None,
+    })
+}
+
+pub fn describe(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {
+    let live = svc
+        .flow_log_status
+        .read()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let ids = p.list("FlowLogIds")?;
+    let filters: Vec<(&str, Option<&str>)> = [
+        "FlowLogName",
+        "ResourceType",
+        "ResourceId",
+        "TrafficType",
+        "LogProjectName",
+        "LogTopicName",
+        "Status",
+    ]
+    .iter()
+    .map(|k| (*k, p.str_opt(k)))
+    .collect();
+    let page_number = p.int("PageNumber", "InvalidParameter")?.unwrap_or(1).max(1) as usize;
+    let page_size = p
+        .int("PageSize", "InvalidParameter")?
+        .unwrap_or(20)
+        .clamp(1, 100) as usize;
+    let mut items: Vec<Value> = snap
+        .flow_logs
+        .iter()
+        .filter(|f| ids.is_empty() || ids.contains(&f.id))
+        .map(|f| {
+            let mut v = f.volcengine();
+            // Sink problems are live state, not stored: merge them in.
+            if let Some(errs) = live.get(&f.id) {
+                let mut all = f.errors.clone();
+                all.extend(errs.iter().cloned());
+                v["Errors"] = json!(all);
+                v["BusinessStatus"] = json!("Error");
+            }
+            v
+        })
+        .filter(|v| {
+            filters.iter().all(|(k, want)| {
+                want.is_none_or(|w| v[*k].as_str().is_some_and(|x| x.eq_ignore_ascii_case(w)))
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| a["CreatedAt"].as_str().cmp(&b["CreatedAt"].as_str()));
+    let total = items.len();
+    let page: Vec<Value> = items
+        .into_iter()
+        .skip((page_number - 1) * page_size)
+        .take(page_size)
+        .collect();
+    Ok(json!({
+        "FlowLogs": page,
+        "TotalCount": total,
+        "PageNumber": page_number,
+        "PageSize": page_size,
+    }))
+}
+
+/// The interfaces a flow log covers now.
+pub fn interfaces(
+    f: &FlowLogRecord,
+    svc_aliases: &std::collections::BTreeMap<String, String>,
+    links_now: &[links::Link],
+) -> Vec<String> {
+    match f.resource_type.as_str() {
+        "eni" => links::resolve(&f.resource_id, svc_aliases, links_now)
+            .into_iter()
+            .collect(),
+        "subnet" => {
+            let Ok(net) = f.resource_id.parse::<ipnet::IpNet>() else {
+                return Vec::new();
+            };
+            links_now
+                .iter()
+                .filter(|l| l.name != "lo" && !crate::datapath::tunnel::is_device_name(&l.name))
+                .filter(|l| {
+                    links::interface_addresses(&l.name)
+                        .iter()
+                        .any(|a| net.contains(a))
+                })
+                .map(|l| l.name.clone())
+                .collect()
+        }
+        _ => links_now
+            .iter()
+            .filter(|l| l.name != "lo" && !crate::datapath::tunnel::is_device_name(&l.name))
+            .map(|l| l.name.clone())
+            .collect(),
+    }
+}
