@@ -629,8 +629,8 @@ fn with_datapath(f: impl FnOnce(&mut Datapath) + Send) {
             .build()
             .expect("tokio runtime");
         rt.block_on(async {
-            let mut dp =
-                Datapath::new(TcAttachMode::Auto).expect("programs load and pass the verifier");
+            let (mut dp, _flows) = Datapath::new(TcAttachMode::Auto, 1024)
+                .expect("programs load and pass the verifier");
             let report = dp.apply(&objects()).await.expect("apply");
             assert!(
                 report.errors.is_empty(),
