@@ -88,6 +88,90 @@ pub enum ClientCommand {
     /// Mirror targets (where mirrored packets are sent).
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Flow logs (per-flow records of an interface, a subnet or the whole node).
+    #[command(subcommand, name = "flowlog")]
+    FlowLog(FlowLogCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum FlowLogCommand {
+    /// Create a flow log (CreateFlowLog); prints its id.
+    Create(FlowLogCreate),
+    /// List flow logs (DescribeFlowLogs).
+    List {
+        /// Only these flow logs, repeatable (FlowLogIds.N).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Change name, description or interval (ModifyFlowLogAttribute).
+    Update {
+        /// Flow log id (fl-…).
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Minutes: 1, 5 or 10 (AggregationInterval).
+        #[arg(long)]
+        interval: Option<u32>,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
+    /// Delete a flow log (DeleteFlowLog).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
+    /// Start collecting again (ActiveFlowLog).
+    Activate {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
+    /// Stop collecting, keep the flow log (DeactiveFlowLog).
+    Deactivate {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
+}
+
+/// CreateFlowLog.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FlowLogCreate {
+    /// FlowLogName.
+    #[arg(long)]
+    pub name: String,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// ResourceType: eni (an interface), subnet (interfaces in a CIDR) or vpc (all).
+    #[arg(long, default_value = "eni")]
+    pub resource_type: String,
+    /// ResourceId: interface or alias (eni), CIDR (subnet), any id (vpc).
+    #[arg(long)]
+    pub resource_id: String,
+    /// TrafficType: All, Allow or Drop.
+    #[arg(long, default_value = "All")]
+    pub traffic_type: String,
+    /// LogProjectName (created if missing).
+    #[arg(long)]
+    pub project: String,
+    /// LogTopicName (must not exist yet).
+    #[arg(long)]
+    pub topic: String,
+    /// AggregationInterval in minutes: 1, 5 or 10.
+    #[arg(long)]
+    pub interval: Option<u32>,
+    /// Interval in seconds instead (tests and demos).
+    #[arg(long)]
+    pub interval_seconds: Option<u32>,
+    /// KEY=VALUE tag, repeatable (Tags.N.Key/Value).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<Tag>,
+    #[command(flatten)]
+    pub mutation: Mutation,
 }
 
 /// Options every mutating action accepts.
@@ -610,6 +694,7 @@ enum Render {
     Sessions,
     Filters,
     Targets,
+    FlowLogs,
 }
 
 impl Render {
@@ -619,6 +704,7 @@ impl Render {
             Render::Sessions => Some("TrafficMirrorSessions"),
             Render::Filters => Some("TrafficMirrorFilters"),
             Render::Targets => Some("TrafficMirrorTargets"),
+            Render::FlowLogs => Some("FlowLogs"),
             _ => None,
         }
     }
@@ -669,7 +755,104 @@ fn plan(command: ClientCommand) -> Result<Plan, String> {
         ClientCommand::Filter(c) => plan_filter(c),
         ClientCommand::Rule(c) => plan_rule(c),
         ClientCommand::Target(c) => plan_target(c),
+        ClientCommand::FlowLog(c) => plan_flow_log(c),
     }
+}
+
+fn plan_flow_log(command: FlowLogCommand) -> Result<Plan, String> {
+    let mut p = Params::default();
+    Ok(match command {
+        FlowLogCommand::Create(c) => {
+            p.set("FlowLogName", c.name);
+            p.opt("Description", c.description.as_deref());
+            p.set("ResourceType", c.resource_type);
+            p.set("ResourceId", c.resource_id);
+            p.set("TrafficType", c.traffic_type);
+            p.set("LogProjectName", c.project);
+            p.set("LogTopicName", c.topic);
+            p.opt("AggregationInterval", c.interval);
+            p.opt("AggregationIntervalSeconds", c.interval_seconds);
+            p.tags(&c.tags);
+            p.mutation(&c.mutation);
+            Plan::new("CreateFlowLog", p, Render::Created("FlowLogId"))
+        }
+        FlowLogCommand::List { ids } => {
+            p.list("FlowLogIds", &ids);
+            p.set("PageSize", "100".to_string());
+            Plan::new("DescribeFlowLogs", p, Render::FlowLogs)
+        }
+        FlowLogCommand::Update {
+            id,
+            name,
+            description,
+            interval,
+            mutation,
+        } => {
+            p.set("FlowLogId", id);
+            p.opt("FlowLogName", name.as_deref());
+            p.opt("Description", description.as_deref());
+            p.opt("AggregationInterval", interval);
+            if p.len() == 1 {
+                return Err("nothing to update: give at least one attribute".into());
+            }
+            p.mutation(&mutation);
+            Plan::new("ModifyFlowLogAttribute", p, Render::Done)
+        }
+        FlowLogCommand::Delete { id, mutation } => {
+            p.set("FlowLogId", id);
+            p.mutation(&mutation);
+            Plan::new("DeleteFlowLog", p, Render::Done)
+        }
+        FlowLogCommand::Activate { id, mutation } => {
+            p.set("FlowLogId", id);
+            p.mutation(&mutation);
+            Plan::new("ActiveFlowLog", p, Render::Done)
+        }
+        FlowLogCommand::Deactivate { id, mutation } => {
+            p.set("FlowLogId", id);
+            p.mutation(&mutation);
+            Plan::new("DeactiveFlowLog", p, Render::Done)
+        }
+    })
+}
+
+fn render_flow_logs(logs: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = logs
+        .iter()
+        .map(|f| {
+            vec![
+                cell(f.get("FlowLogId")),
+                cell(f.get("FlowLogName")),
+                format!(
+                    "{}:{}",
+                    cell(f.get("ResourceType")),
+                    cell(f.get("ResourceId"))
+                ),
+                cell(f.get("TrafficType")),
+                format!(
+                    "{}/{}",
+                    cell(f.get("LogProjectName")),
+                    cell(f.get("LogTopicName"))
+                ),
+                cell(f.get("AggregationInterval")),
+                cell(f.get("Status")),
+                cell(f.get("Errors")),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "RESOURCE",
+            "TRAFFIC",
+            "PROJECT/TOPIC",
+            "INTERVAL",
+            "STATUS",
+            "ERRORS",
+        ],
+        &rows,
+    )
 }
 
 fn plan_session(command: SessionCommand) -> Result<Plan, String> {
@@ -1412,7 +1595,9 @@ fn rendered(t: &Transport, render: Render, reply: &Reply) -> Outcome {
             stdout: created_rules(json, ""),
             stderr: ok_line,
         },
-        Render::Sessions | Render::Filters | Render::Targets => unexpected("not a list"),
+        Render::Sessions | Render::Filters | Render::Targets | Render::FlowLogs => {
+            unexpected("not a list")
+        }
     }
 }
 
@@ -1517,6 +1702,7 @@ fn render_list(render: Render, items: &[Value]) -> String {
         Render::Sessions => render_sessions(items),
         Render::Filters => render_filters(items),
         Render::Targets => render_targets(items),
+        Render::FlowLogs => render_flow_logs(items),
         _ => String::new(),
     }
 }

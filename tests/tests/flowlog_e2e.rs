@@ -375,3 +375,271 @@ fn a_full_flow_table_shows_as_skipdata_not_silence() {
         "every packet is either counted or reported skipped"
     );
 }
+
+/// CreateFlowLog's documented errors (seed 004), the state changes, and the CLI.
+#[test]
+fn flow_log_api_errors_states_and_cli() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    let err = |params: &[(&str, &str)]| -> (String, String) {
+        let mut args: Vec<String> = vec![
+            "-o".into(),
+            "json".into(),
+            "call".into(),
+            "CreateFlowLog".into(),
+        ];
+        let base = [
+            ("Version", "2020-04-01"),
+            ("FlowLogName", "fl"),
+            ("ResourceType", "eni"),
+            ("ResourceId", "src0"),
+            ("TrafficType", "All"),
+            ("LogProjectName", "proj"),
+            ("LogTopicName", "t1"),
+        ];
+        let mut merged: BTreeMap<&str, &str> = base.into_iter().collect();
+        for (k, v) in params {
+            merged.insert(k, v);
+        }
+        args.extend(merged.iter().map(|(k, v)| format!("{k}={v}")));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent.cli(&a);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        let code = v["ResponseMetadata"]["Error"]["Code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        (code, out.stdout)
+    };
+    for (params, want) in [
+        (
+            vec![("AggregationInterval", "3")],
+            "InvalidParameter.FlowLogAggregationInterval",
+        ),
+        (
+            vec![("TrafficType", "Some")],
+            "InvalidParameter.FlowLogTrafficType",
+        ),
+        (
+            vec![("ResourceType", "router")],
+            "InvalidResourceType.Malformed",
+        ),
+        (vec![("ResourceId", "nope0")], "InvalidResource.NotFound"),
+        (vec![("FlowLogName", "")], "MissingParameter"),
+        (vec![("Description", "<x>")], "InvalidDescription.Malformed"),
+        (
+            vec![("Tags.1.Key", "a"), ("Tags.3.Key", "b")],
+            "InvalidTag.Disorder",
+        ),
+        (
+            vec![("ClientToken", &"x".repeat(65))],
+            "InvalidParameter.ClientTokenMalformed",
+        ),
+    ] {
+        let (code, body) = err(&params);
+        assert_eq!(code, want, "{params:?}: {body}");
+    }
+    let (code, body) = err(&[("DryRun", "true")]);
+    assert_eq!(code, "DryRunOperation", "{body}");
+    assert_eq!(
+        agent.call("DescribeFlowLogs", &[])["TotalCount"],
+        0,
+        "no bad or dry-run request created anything"
+    );
+
+    let out = agent.cli(&[
+        "flowlog",
+        "create",
+        "--name",
+        "web",
+        "--resource-id",
+        "src0",
+        "--project",
+        "proj",
+        "--topic",
+        "t1",
+        "--interval",
+        "1",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let id = out.stdout.trim().to_string();
+    assert!(id.starts_with("fl-"), "{id}");
+    let (code, _) = err(&[("LogTopicName", "t2")]);
+    assert_eq!(code, "InvalidParameter.FlowLogResourceAlreadyBound");
+    let (code, _) = err(&[("ResourceId", "src1")]);
+    assert_eq!(code, "InvalidParameter.TLSTopicExisted");
+
+    let status = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = agent.call("DescribeFlowLogs", &[("FlowLogIds.1", id)]);
+            let s = d["FlowLogs"][0]["Status"]
+                .as_str()
+                .unwrap_or("gone")
+                .to_string();
+            if s != "Creating" || Instant::now() > deadline {
+                return s;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(status(&id), "Active");
+    assert_eq!(agent.cli(&["flowlog", "deactivate", &id]).code, 0);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&id), "Inactive");
+    assert_eq!(agent.cli(&["flowlog", "activate", &id]).code, 0);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&id), "Active");
+    let table = agent.cli(&["flowlog", "list"]);
+    assert!(
+        table.stdout.contains(&id) && table.stdout.contains("proj/t1"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(agent.cli(&["flowlog", "delete", &id]).code, 0);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.call("DescribeFlowLogs", &[])["TotalCount"],
+        0,
+        "deleted"
+    );
+}
+
+/// A real IPFIX collector (nfcapd, from Debian's nfdump) in the collector namespace receives
+/// the same flows and counts as the files; nfdump reads them back.
+#[test]
+fn ipfix_collector_receives_the_same_flows_as_the_files() {
+    use std::process::{Command, Stdio};
+    let topo = Topology::new();
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("nfc"));
+    std::fs::create_dir_all(dir.join("flows")).expect("nfcapd dir");
+    struct Kill(std::process::Child, std::path::PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let mut nfcapd = Kill(
+        topo.col
+            .command("nfcapd")
+            .args([
+                "-b",
+                mirror_tests::topology::COLLECTOR_ADDR,
+                "-p",
+                "4739",
+                "-t",
+                "3600",
+                "-w",
+            ])
+            .arg(dir.join("flows"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nfcapd (cargo xtask setup installs nfdump)"),
+        dir.clone(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(
+        &topo.node,
+        &format!(
+            "{AGENT_CONFIG}ipfix_collector = \"{}:4739\"\n",
+            mirror_tests::topology::COLLECTOR_ADDR
+        ),
+    );
+    create_flow_log(&agent, "src0", "All", "ipfix");
+    let sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 40010)).expect("client")
+    });
+    for i in 0..12u16 {
+        client
+            .send_to(&vec![0u8; 100 + usize::from(i)], (NODE_SRC_ADDR, 7000))
+            .expect("send");
+    }
+    topo.wl
+        .exec(&["ping", "-q", "-c", "3", "-i", "0.05", NODE_SRC_ADDR]);
+    sink.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    for _ in 0..12 {
+        sink.recv(&mut buf).expect("datagram");
+    }
+    let recs = settle_records(&agent.state_dir, "ipfix");
+    drop(agent);
+    // SIGTERM: nfcapd closes its file.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(nfcapd.0.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = nfcapd.0.wait();
+
+    let mut from_files: Vec<(String, String, u64, u64, u64, u64)> = recs
+        .iter()
+        .filter(|r| {
+            r["log-status"] == "OK"
+                && r["srcaddr"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("198.18."))
+        })
+        .map(|r| {
+            (
+                r["srcaddr"].as_str().unwrap_or_default().to_string(),
+                r["dstaddr"].as_str().unwrap_or_default().to_string(),
+                r["srcport"].as_u64().unwrap_or(0),
+                r["protocol"].as_u64().unwrap_or(0),
+                r["packets"].as_u64().unwrap_or(0),
+                r["bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let mut from_ipfix = Vec::new();
+    for e in std::fs::read_dir(dir.join("flows"))
+        .expect("nfcapd files")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("nfcapd.") || name.starts_with("nfcapd.current") {
+            continue;
+        }
+        let out = Command::new("nfdump")
+            .env("TZ", "UTC")
+            .arg("-r")
+            .arg(e.path())
+            .args(["-o", "json"])
+            .output()
+            .expect("nfdump");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Ok(Value::Array(flows)) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        for v in flows {
+            let src = v["src4_addr"].as_str().unwrap_or_default().to_string();
+            if !src.starts_with("198.18.") {
+                continue;
+            }
+            let proto = v["proto"].as_u64().unwrap_or(0);
+            from_ipfix.push((
+                src,
+                v["dst4_addr"].as_str().unwrap_or_default().to_string(),
+                if proto == 1 {
+                    0
+                } else {
+                    v["src_port"].as_u64().unwrap_or(0)
+                },
+                proto,
+                v["in_packets"].as_u64().unwrap_or(0),
+                v["in_bytes"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    from_files.sort();
+    from_ipfix.sort();
+    assert!(
+        from_files.iter().any(|f| f.2 == 40010 && f.4 == 12),
+        "the UDP flow is in the files: {from_files:?}"
+    );
+    assert_eq!(from_ipfix, from_files, "IPFIX (nfdump) and files disagree");
+}
