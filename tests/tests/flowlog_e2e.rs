@@ -88,7 +88,10 @@ struct Count {
 }
 
 /// Sums records (a flow may span intervals) by (src, dst, sport, dport, proto, direction, action).
-fn totals(recs: &[Value]) -> BTreeMap<(String, String, u64, u64, u64, String, String), Count> {
+/// (srcaddr, dstaddr, srcport, dstport, protocol, flow-direction, action).
+type FlowId = (String, String, u64, u64, u64, String, String);
+
+fn totals(recs: &[Value]) -> BTreeMap<FlowId, Count> {
     let mut out: BTreeMap<_, Count> = BTreeMap::new();
     for r in recs.iter().filter(|r| r["log-status"] == "OK") {
         let k = (
