@@ -279,7 +279,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn({
         let app = server::router(Arc::clone(&svc), None);
         async move {
-            if let Err(e) = axum::serve(unix, app).await {
+            if let Err(e) = axum::serve(mirror_agent::api::lenient::Lenient(unix), app).await {
                 error!("API socket server stopped: {e}");
             }
         }
@@ -291,7 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let tcp = server::bind_tcp(addr, token.as_deref()).await?;
         let app = server::router(Arc::clone(&svc), token.clone());
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(tcp, app).await {
+            if let Err(e) = axum::serve(mirror_agent::api::lenient::Lenient(tcp), app).await {
                 error!("API TCP server stopped: {e}");
             }
         });

@@ -493,11 +493,8 @@ fn update_rule(
         Some(v) => v,
         None => i64::from(rule.priority),
     };
-    let action = p
-        .str_opt("RuleAction")
-        .or(p.str_opt("Action"))
-        .unwrap_or(&rule.action)
-        .to_string();
+    // `Action` is the RPC action's name here; the rule's action is `RuleAction`.
+    let action = p.str_opt("RuleAction").unwrap_or(&rule.action).to_string();
     let protocol = p.str_opt("Protocol").unwrap_or(&rule.protocol).to_string();
     let ip_version = p
         .str_opt("IpVersion")

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod error;
 pub mod flowlogs;
+pub mod lenient;
 pub mod render;
 pub mod rest;
 pub mod rpc;

@@ -27,11 +27,35 @@ pub async fn handle(
             }
             (status, v.to_string())
         }
-        Err(e) => (
-            e.status,
-            json!({"error_code": e.code, "error_msg": e.message, "request_id": request_id})
-                .to_string(),
-        ),
+        Err(e) => {
+            // The resource named in the path does not exist: REST says 404 (the RPC style,
+            // Alibaba's, says 400 for the same code). A missing resource the body refers to
+            // stays a 400.
+            let status = if Some(e.code.as_str()) == path_resource_code(path) {
+                404
+            } else {
+                e.status
+            };
+            (
+                status,
+                json!({"error_code": e.code, "error_msg": e.message, "request_id": request_id})
+                    .to_string(),
+            )
+        }
+    }
+}
+
+/// The not-found code of the resource a path names by id (`…/collection/{id}[/verb]`).
+fn path_resource_code(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segs.len() < 5 {
+        return None;
+    }
+    match segs[3] {
+        "traffic-mirror-sessions" => Some("ResourceNotFound.TrafficMirrorSession"),
+        "traffic-mirror-filters" => Some("ResourceNotFound.TrafficMirrorFilter"),
+        "traffic-mirror-filter-rules" => Some("ResourceNotFound.TrafficMirrorFilterRule"),
+        _ => None,
     }
 }
 
@@ -320,9 +344,8 @@ fn session_params(o: &Map<String, Value>, id: Option<&str>) -> Result<Params, Ap
     ] {
         opt_str(o, key, param, &mut pairs)?;
     }
-    if id.is_none()
-        && let Some(Value::Array(_)) = o.get("traffic_mirror_sources")
-    {
+    // Sources are set on create; updates change them through add-/remove-sources.
+    if id.is_none() && o.contains_key("traffic_mirror_sources") {
         for (i, s) in string_list(o, "traffic_mirror_sources")?.iter().enumerate() {
             pairs.push((format!("TrafficMirrorSourceIds.{}", i + 1), s.clone()));
         }

@@ -66,6 +66,16 @@ impl Params {
             map.retain(|k, _| !roots.contains(root(k)));
             map.extend(body);
         }
+        // Percent-decoding is lossy: `%FF` would become U+FFFD and be stored as such.
+        if let Some((k, _)) = map
+            .iter()
+            .find(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+        {
+            return Err(ApiError::bad(
+                "InvalidParameter",
+                format!("The parameter {k:?} is not valid UTF-8 once percent-decoded."),
+            ));
+        }
         Ok(Params { map })
     }
 

@@ -52,7 +52,11 @@ impl FlowTables {
 
     /// Flips the active table, waits out programs still writing the old one, and empties it.
     /// `stats_slots` are the source stats slots to read skip counters for.
-    pub fn drain(&mut self, grace: Duration, stats_slots: &[u32]) -> Result<Drained, DatapathError> {
+    pub fn drain(
+        &mut self,
+        grace: Duration,
+        stats_slots: &[u32],
+    ) -> Result<Drained, DatapathError> {
         let mut flows = Vec::new();
         let skipped = self.drain_with(grace, stats_slots, |k, v| flows.push((*k, *v)))?;
         Ok(Drained { flows, skipped })

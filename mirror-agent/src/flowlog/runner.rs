@@ -112,16 +112,6 @@ impl Runner {
             }
             let plan = self.plan.read().map(|p| p.clone()).unwrap_or_default();
             let slots: Vec<u32> = plan.slots.iter().map(|(_, s)| *s).collect();
-            let tables = &mut self.tables;
-            let drained =
-                tokio::task::block_in_place(|| tables.drain(Duration::from_millis(10), &slots));
-            let drained = match drained {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!("draining the flow table: {e}");
-                    continue;
-                }
-            };
             let now = now_unix();
             logs.retain(|id, _| plan.logs.iter().any(|l| &l.id == id));
             for log in &plan.logs {
@@ -133,18 +123,30 @@ impl Runner {
                     dropped: 0,
                 });
             }
-            for (key, value) in drained.flows {
-                for log in plan
-                    .logs
-                    .iter()
-                    .filter(|l| l.interfaces.contains_key(&key.ifindex))
-                {
-                    if let Some(st) = logs.get_mut(&log.id) {
-                        st.pending.add(key, value);
+            // Straight from the kernel's batches into each flow log's interval: no copy of
+            // the whole table in between.
+            let tables = &mut self.tables;
+            let skipped = tokio::task::block_in_place(|| {
+                tables.drain_with(Duration::from_millis(10), &slots, |key, value| {
+                    for log in plan
+                        .logs
+                        .iter()
+                        .filter(|l| l.interfaces.contains_key(&key.ifindex))
+                    {
+                        if let Some(st) = logs.get_mut(&log.id) {
+                            st.pending.add(*key, *value);
+                        }
                     }
+                })
+            });
+            let skipped = match skipped {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("draining the flow table: {e}");
+                    continue;
                 }
-            }
-            for (index, n) in drained.skipped {
+            };
+            for (index, n) in skipped {
                 let slot = index / mirror_ebpf::DIRECTIONS as u32;
                 let Some((ifindex, _)) = plan.slots.iter().find(|(_, s)| *s == slot) else {
                     continue;
