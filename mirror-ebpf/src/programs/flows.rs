@@ -86,7 +86,7 @@ pub fn account(
         tcp_flags,
         drop_reason: reason,
     };
-    match table.insert(key, &value, BPF_NOEXIST as u64) {
+    match table.insert(key, value, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
             if let Some(v) = table.get_ptr_mut(key) {
