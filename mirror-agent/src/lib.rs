@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod declared;
 pub mod flowlog;
 pub mod links;
+pub mod metrics;
 pub mod model;
 pub mod reconciler;
 pub mod records;

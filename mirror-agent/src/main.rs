@@ -192,9 +192,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("MIRROR_AGENT_API_TOKEN").ok())
         .filter(|t| !t.is_empty());
-    if settings.metrics_listen.is_some() {
-        warn!("the metrics listener is not part of this build yet; ignoring --metrics-listen");
-    }
 
     let (mut datapath, flow_tables) = Datapath::new(
         settings.tc_attach,
@@ -254,6 +251,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         started: Arc::clone(&started),
         passes: passes_tx,
         plan: Arc::clone(&plan),
+        metrics: Arc::clone(&svc.metrics),
         stop: stop_rx.clone(),
     };
     let reconciler = tokio::spawn(reconciler.run());
@@ -272,6 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tick: Duration::from_millis(file.flow_drain_ms.unwrap_or(1000).max(100)),
         stop: stop_rx,
         ticks: ticks_tx,
+        metrics: Arc::clone(&svc.metrics),
     };
     let runner = tokio::spawn(runner.run());
 
@@ -297,7 +296,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = &settings.metrics_listen {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("metrics_listen {addr:?} is not ADDR:PORT"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics listener {addr}"))?;
+        info!(%addr, "metrics listening");
+        let app = server::metrics_router(Arc::clone(&svc.metrics), Arc::clone(&ready));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                error!("metrics server stopped: {e}");
+            }
+        });
+    }
+    // BPF run-time statistics for mirror_bpf_program_*: kept on while the agent runs.
+    let _bpf_stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!("BPF run-time statistics unavailable: {e}");
+            None
+        }
+    };
+
     declare(&store, &svc, &file, &started, &mut passes).await?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -122,6 +122,14 @@ pub fn desired(
     (objects, problems)
 }
 
+/// Label sets exported last time, to drop the series of objects that are gone.
+#[derive(Default)]
+struct Exported {
+    sessions: Vec<String>,
+    sources: Vec<String>,
+    rules: Vec<(String, String)>,
+}
+
 pub struct Reconciler {
     pub svc: Arc<Service>,
     pub datapath: Datapath,
@@ -138,6 +146,7 @@ pub struct Reconciler {
     pub passes: tokio::sync::watch::Sender<u64>,
     /// The flow logs the flow-log runner collects, updated after each pass.
     pub plan: Arc<RwLock<Plan>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set to true to stop; `run` then hands the data path back.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -176,6 +185,80 @@ impl Reconciler {
         self.settle(&snap, &problems).await?;
         debug!(elapsed = ?started.elapsed(), "reconciled");
         Ok(report)
+    }
+
+    /// Kernel counters → metrics; series of objects that went away are dropped.
+    fn publish_counters(&self, exported: &mut Exported) {
+        let m = &self.metrics;
+        let c = self.datapath.counters();
+        let dirs = ["ingress", "egress"];
+        let mut sessions = Vec::new();
+        for (id, stats) in &c.sessions {
+            for (d, s) in dirs.iter().zip(stats) {
+                let l = [id.as_str(), d];
+                m.set_total(&m.session_packets, "sp", &l, s.packets);
+                m.set_total(&m.session_bytes, "sb", &l, s.bytes);
+                m.set_total(&m.session_copies, "sc", &l, s.copies);
+                m.set_total(&m.session_truncated, "st", &l, s.truncated);
+                m.set_total(&m.session_gso_copies, "sg", &l, s.gso_copies);
+                for (reason, n) in mirror_ebpf::ERR_REASON_NAMES.iter().zip(s.errors) {
+                    m.set_total(&m.session_errors, "se", &[id, d, reason], n);
+                }
+            }
+            sessions.push(id.clone());
+        }
+        for gone in exported.sessions.iter().filter(|s| !sessions.contains(s)) {
+            for d in dirs {
+                let l = [gone.as_str(), d];
+                m.forget(&m.session_packets, "sp", &l);
+                m.forget(&m.session_bytes, "sb", &l);
+                m.forget(&m.session_copies, "sc", &l);
+                m.forget(&m.session_truncated, "st", &l);
+                m.forget(&m.session_gso_copies, "sg", &l);
+                for reason in mirror_ebpf::ERR_REASON_NAMES {
+                    m.forget(&m.session_errors, "se", &[gone, d, reason]);
+                }
+            }
+        }
+        exported.sessions = sessions;
+        let mut sources = Vec::new();
+        for (name, stats) in &c.sources {
+            for (d, s) in dirs.iter().zip(stats) {
+                let l = [name.as_str(), d];
+                m.set_total(&m.source_packets, "op", &l, s.packets);
+                m.set_total(&m.source_bytes, "ob", &l, s.bytes);
+                m.set_total(&m.source_mirrored, "om", &l, s.mirrored);
+                m.set_total(&m.source_not_ip, "on", &l, s.not_ip);
+                m.set_total(&m.source_malformed, "ox", &l, s.malformed);
+            }
+            m.source_attached.with_label_values(&[name]).set(1);
+            sources.push(name.clone());
+        }
+        for gone in exported.sources.iter().filter(|s| !sources.contains(s)) {
+            m.source_attached.with_label_values(&[gone]).set(0);
+            for d in dirs {
+                let l = [gone.as_str(), d];
+                m.forget(&m.source_packets, "op", &l);
+                m.forget(&m.source_bytes, "ob", &l);
+                m.forget(&m.source_mirrored, "om", &l);
+                m.forget(&m.source_not_ip, "on", &l);
+                m.forget(&m.source_malformed, "ox", &l);
+            }
+        }
+        exported.sources = sources;
+        let mut rules = Vec::new();
+        for (filter, rule, hits) in &c.rules {
+            m.set_total(&m.rule_hits, "rh", &[filter, rule], *hits);
+            rules.push((filter.clone(), rule.clone()));
+        }
+        for (f, r) in exported.rules.iter().filter(|x| !rules.contains(x)) {
+            m.forget(&m.rule_hits, "rh", &[f, r]);
+        }
+        exported.rules = rules;
+        for (prog, ns, runs) in &c.programs {
+            m.set_total_seconds(&m.bpf_run_time, "bt", &[prog], *ns);
+            m.set_total(&m.bpf_runs, "br", &[prog], *runs);
+        }
     }
 
     fn publish_plan(&self, snap: &Snapshot, links_now: &[Link]) {
@@ -275,6 +358,7 @@ impl Reconciler {
     }
 
     pub async fn run(mut self) -> Datapath {
+        let mut exported = Exported::default();
         loop {
             if *self.stop.borrow() {
                 return self.datapath;
@@ -283,25 +367,42 @@ impl Reconciler {
                 .started
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                 + 1;
+            let timer = Instant::now();
             match self.pass().await {
                 Ok(_) => {}
-                Err(e) => warn!("reconcile failed: {e}"),
-            }
-            self.passes.send_replace(n);
-            let link_event = async {
-                match self.link_events.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
+                Err(e) => {
+                    self.metrics.reconcile_failures.inc();
+                    warn!("reconcile failed: {e}");
                 }
-            };
-            tokio::select! {
-                _ = self.stop.changed() => continue,
-                _ = self.wake.notified() => {}
-                ev = link_event => {
-                    if ev.is_none() {
-                        self.link_events = None;
+            }
+            self.metrics
+                .reconcile_duration
+                .observe(timer.elapsed().as_secs_f64());
+            self.publish_counters(&mut exported);
+            self.passes.send_replace(n);
+            // Counters are read every second between passes.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let woke = loop {
+                tokio::select! {
+                    _ = tick.tick() => self.publish_counters(&mut exported),
+                    _ = self.wake.notified() => break true,
+                    _ = self.stop.changed() => break false,
+                    ev = async {
+                        match self.link_events.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if ev.is_none() {
+                            self.link_events = None;
+                        }
+                        break true;
                     }
                 }
+            };
+            if !woke {
+                continue;
             }
             // Coalesce a burst (a pod's veth pair appears as several events) into one pass.
             tokio::time::sleep(Duration::from_millis(20).max(self.delay)).await;

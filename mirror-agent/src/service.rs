@@ -26,6 +26,7 @@ pub struct Service {
     pub region: String,
     /// The node's interfaces as last seen on rtnetlink.
     pub links: Arc<RwLock<Vec<Link>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Sink errors of flow logs (written by the flow-log runner), by flow log id.
     pub flow_log_status: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
     reconcile: Arc<Notify>,
@@ -50,6 +51,7 @@ impl Service {
             region,
             links,
             flow_log_status: Arc::new(RwLock::new(BTreeMap::new())),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             reconcile,
         }
     }

@@ -53,6 +53,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "libcap2-bin",
+    "prometheus",
     "nfdump",
 ];
 

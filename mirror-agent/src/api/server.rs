@@ -112,6 +112,7 @@ async fn handle(
     };
     let env = render::envelope(&params);
     let action = params.get("Action").unwrap_or_default().to_string();
+    let started = std::time::Instant::now();
     let rendered = if action.is_empty() {
         render::render_err(
             &env,
@@ -135,7 +136,52 @@ async fn handle(
             }
         }
     };
+    let code = if rendered.status == 200 {
+        "200".to_string()
+    } else {
+        // The error code is in the body; the status is enough to bound the label.
+        rendered.status.to_string()
+    };
+    ctx.svc
+        .metrics
+        .observe_api(&action, &code, started.elapsed());
     respond(rendered.status, rendered.content_type, rendered.body)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on the metrics listener.
+pub fn metrics_router(
+    metrics: Arc<crate::metrics::Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> Router {
+    use axum::routing::get;
+    Router::new()
+        .route(
+            "/metrics",
+            get({
+                let metrics = Arc::clone(&metrics);
+                move || {
+                    let body = metrics.render();
+                    async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: programs or store not reconciled yet\n",
+                        )
+                    }
+                }
+            }),
+        )
 }
 
 #[derive(Debug, thiserror::Error)]

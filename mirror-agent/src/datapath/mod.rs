@@ -342,6 +342,17 @@ struct TunnelDevice {
     link: SchedClassifierLinkId,
 }
 
+/// Snapshot of the data path's counters (see `Datapath::counters`).
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub sessions: Vec<(String, [SessionStats; DIRECTIONS])>,
+    pub sources: Vec<(String, [SourceStats; DIRECTIONS])>,
+    /// (filter, rule, hits).
+    pub rules: Vec<(String, String, u64)>,
+    /// (program, run time ns, runs), from the kernel's BPF stats.
+    pub programs: Vec<(String, u64, u64)>,
+}
+
 /// What could not be applied, by object id. Everything else was applied.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -368,6 +379,8 @@ pub struct Datapath {
     sources: Slots,
     attached: BTreeMap<String, AttachedSource>,
     tunnels: BTreeMap<u16, TunnelDevice>,
+    /// Rule id → filter id, for metrics labels.
+    rule_filter: BTreeMap<String, String>,
     drop_link: Option<aya::programs::raw_trace_point::RawTracePointLinkId>,
 }
 
@@ -392,6 +405,7 @@ impl Datapath {
             sources: Slots::new(MAX_SOURCES),
             attached: BTreeMap::new(),
             tunnels: BTreeMap::new(),
+            rule_filter: BTreeMap::new(),
             drop_link: None,
         };
         Ok((datapath, flows))
@@ -473,6 +487,11 @@ impl Datapath {
         }
 
         // 2. Filters and their rules.
+        self.rule_filter = desired
+            .filters
+            .iter()
+            .flat_map(|f| f.rules.iter().map(|r| (r.id.clone(), f.id.clone())))
+            .collect();
         for filter in &desired.filters {
             let Some(slot) = self.filters.get_or_alloc(&filter.id) else {
                 report.error(&filter.id, "filter map is full");
@@ -782,6 +801,41 @@ impl Datapath {
             self.remove_tunnel(port).await?;
         }
         Ok(())
+    }
+
+    /// Every counter the data path keeps, by object, for metrics.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for id in self.sessions.ids() {
+            if let Some(slot) = self.sessions.get(&id)
+                && let Ok(stats) = self.maps.session_stats(slot)
+            {
+                c.sessions.push((id, stats));
+            }
+        }
+        for (name, a) in &self.attached {
+            if let Ok(stats) = self.maps.source_stats(a.stats_slot) {
+                c.sources.push((name.clone(), stats));
+            }
+        }
+        for id in self.rules.ids() {
+            if let Some(slot) = self.rules.get(&id)
+                && let Ok(hits) = self.maps.rule_hits(slot)
+            {
+                let filter = self.rule_filter.get(&id).cloned().unwrap_or_default();
+                c.rules.push((filter, id, hits));
+            }
+        }
+        for (name, prog) in self.ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                c.programs.push((
+                    name.to_string(),
+                    info.run_time().as_nanos() as u64,
+                    info.run_count(),
+                ));
+            }
+        }
+        c
     }
 
     /// Counters of a session by id, per direction.

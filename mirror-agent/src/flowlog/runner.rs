@@ -64,6 +64,7 @@ pub struct Runner {
     pub stop: watch::Receiver<bool>,
     /// Counts completed ticks (tests and readiness wait on it).
     pub ticks: watch::Sender<u64>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn now_unix() -> u64 {
@@ -126,8 +127,11 @@ impl Runner {
             // Straight from the kernel's batches into each flow log's interval: no copy of
             // the whole table in between.
             let tables = &mut self.tables;
+            let drain_started = std::time::Instant::now();
+            let mut drained_flows = 0u64;
             let skipped = tokio::task::block_in_place(|| {
                 tables.drain_with(Duration::from_millis(10), &slots, |key, value| {
+                    drained_flows += 1;
                     for log in plan
                         .logs
                         .iter()
@@ -139,6 +143,11 @@ impl Runner {
                     }
                 })
             });
+            self.metrics
+                .flowlog_drain
+                .observe(drain_started.elapsed().as_secs_f64());
+            self.metrics.flowlog_active_flows.set(drained_flows as i64);
+            self.metrics.flowlog_evicted_flows.inc_by(drained_flows);
             let skipped = match skipped {
                 Ok(s) => s,
                 Err(e) => {
@@ -183,6 +192,18 @@ impl Runner {
                     },
                 );
                 st.started = now;
+                for r in &records {
+                    self.metrics
+                        .flowlog_records
+                        .with_label_values(&[log.id.as_str(), r.log_status.as_str()])
+                        .inc();
+                    if r.skipped_packets > 0 {
+                        self.metrics
+                            .flowlog_skipped_packets
+                            .with_label_values(&[log.id.as_str()])
+                            .inc_by(r.skipped_packets);
+                    }
+                }
                 let mut errors = Vec::new();
                 if let Some(addr) = self.ipfix {
                     if ipfix.is_none() {
@@ -194,6 +215,10 @@ impl Runner {
                     if let Some(x) = ipfix.as_mut()
                         && let Err(e) = x.send(&records)
                     {
+                        self.metrics
+                            .flowlog_sink_errors
+                            .with_label_values(&[log.id.as_str(), "ipfix"])
+                            .inc();
                         errors.push(format!("IPFIX collector {addr}: {e}"));
                     }
                 }
@@ -219,11 +244,17 @@ impl Runner {
                 if let Some(sink) = st.sink.as_mut() {
                     match sink.write(&st.backlog) {
                         Ok(()) => st.backlog.clear(),
-                        Err(e) => errors.push(format!(
-                            "file sink: {e}{}; {} records kept for retry",
-                            if e.is_disk_full() { " (disk full)" } else { "" },
-                            st.backlog.len()
-                        )),
+                        Err(e) => {
+                            self.metrics
+                                .flowlog_sink_errors
+                                .with_label_values(&[log.id.as_str(), "file"])
+                                .inc();
+                            errors.push(format!(
+                                "file sink: {e}{}; {} records kept for retry",
+                                if e.is_disk_full() { " (disk full)" } else { "" },
+                                st.backlog.len()
+                            ));
+                        }
                     }
                 }
                 if st.dropped > 0 {

@@ -1,0 +1,358 @@
+//! Prometheus metrics (SPEC section 6), with bounded labels: session, source, direction,
+//! reason, rule, action, code, flow_log, program. No per-flow labels.
+//!
+//! Kernel counters are absolute values read from per-CPU maps; they are exported as counters
+//! by adding the difference since the last read (`set_total`), so a series only goes up and
+//! disappears when its object does.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use prometheus::{
+    CounterVec, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub session_packets: IntCounterVec,
+    pub session_bytes: IntCounterVec,
+    pub session_copies: IntCounterVec,
+    pub session_truncated: IntCounterVec,
+    pub session_gso_copies: IntCounterVec,
+    pub session_errors: IntCounterVec,
+    pub rule_hits: IntCounterVec,
+    pub source_packets: IntCounterVec,
+    pub source_bytes: IntCounterVec,
+    pub source_mirrored: IntCounterVec,
+    pub source_not_ip: IntCounterVec,
+    pub source_malformed: IntCounterVec,
+    pub source_attached: IntGaugeVec,
+    pub flowlog_active_flows: IntGauge,
+    pub flowlog_records: IntCounterVec,
+    pub flowlog_skipped_packets: IntCounterVec,
+    pub flowlog_evicted_flows: IntCounter,
+    pub flowlog_sink_errors: IntCounterVec,
+    pub flowlog_drain: Histogram,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+    pub reconcile_duration: Histogram,
+    pub reconcile_failures: IntCounter,
+    pub bpf_run_time: CounterVec,
+    pub bpf_runs: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    last: Mutex<HashMap<String, u64>>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    c
+}
+
+impl Metrics {
+    /// All metric definitions are static; a failure here is a programming error caught by
+    /// the unit test below, hence the panics.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let dir = &["session", "direction"][..];
+        let src = &["source", "direction"][..];
+        let m = Metrics {
+            session_packets: counter(
+                &r,
+                "mirror_session_mirrored_packets_total",
+                "Wire packets mirrored by a session (a GSO super-packet counts its segments).",
+                dir,
+            ),
+            session_bytes: counter(
+                &r,
+                "mirror_session_mirrored_bytes_total",
+                "Bytes of the original packets mirrored by a session.",
+                dir,
+            ),
+            session_copies: counter(
+                &r,
+                "mirror_session_copies_total",
+                "Copies handed to the tunnel device (one per GSO super-packet).",
+                dir,
+            ),
+            session_truncated: counter(
+                &r,
+                "mirror_session_truncated_packets_total",
+                "Copies cut to the session's packet length.",
+                dir,
+            ),
+            session_gso_copies: counter(
+                &r,
+                "mirror_session_gso_copies_total",
+                "Copies made of a GSO super-packet.",
+                dir,
+            ),
+            session_errors: counter(
+                &r,
+                "mirror_session_errors_total",
+                "Copies not sent, by reason.",
+                &["session", "direction", "reason"],
+            ),
+            rule_hits: counter(
+                &r,
+                "mirror_rule_hits_total",
+                "Packets a filter rule matched.",
+                &["filter", "rule"],
+            ),
+            source_packets: counter(
+                &r,
+                "mirror_source_packets_total",
+                "Wire packets seen on a source interface.",
+                src,
+            ),
+            source_bytes: counter(
+                &r,
+                "mirror_source_bytes_total",
+                "Bytes seen on a source interface.",
+                src,
+            ),
+            source_mirrored: counter(
+                &r,
+                "mirror_source_mirrored_packets_total",
+                "Wire packets of a source mirrored by one of its sessions.",
+                src,
+            ),
+            source_not_ip: counter(
+                &r,
+                "mirror_source_non_ip_packets_total",
+                "Frames that are not IPv4/IPv6 (never mirrored).",
+                src,
+            ),
+            source_malformed: counter(
+                &r,
+                "mirror_source_malformed_packets_total",
+                "IP packets with short or inconsistent headers (passed, not matched).",
+                src,
+            ),
+            source_attached: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "mirror_source_attached",
+                        "1 while the programs are attached to the interface.",
+                    ),
+                    &["source"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            flowlog_active_flows: {
+                let g = IntGauge::new(
+                    "mirror_flowlog_active_flows",
+                    "Flows read from the kernel table at the last drain.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            flowlog_records: counter(
+                &r,
+                "mirror_flowlog_records_written_total",
+                "Flow-log records written, by flow log and log status.",
+                &["flow_log", "log_status"],
+            ),
+            flowlog_skipped_packets: counter(
+                &r,
+                "mirror_flowlog_skipdata_packets_total",
+                "Packets the full flow table could not account (SKIPDATA).",
+                &["flow_log"],
+            ),
+            flowlog_evicted_flows: {
+                let c = IntCounter::new(
+                    "mirror_flowlog_flows_evicted_total",
+                    "Flows removed from the kernel table by drains.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
+            flowlog_sink_errors: counter(
+                &r,
+                "mirror_flowlog_sink_errors_total",
+                "Failed writes to a flow-log sink.",
+                &["flow_log", "sink"],
+            ),
+            flowlog_drain: {
+                let h = Histogram::with_opts(HistogramOpts::new(
+                    "mirror_flowlog_drain_duration_seconds",
+                    "Time to flip, drain and empty the kernel flow table.",
+                ))
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                h
+            },
+            api_requests: counter(
+                &r,
+                "mirror_api_requests_total",
+                "API requests by action and answer code.",
+                &["action", "code"],
+            ),
+            api_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "mirror_api_request_duration_seconds",
+                        "API request handling time.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                    ]),
+                    &["action"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                h
+            },
+            reconcile_duration: {
+                let h = Histogram::with_opts(HistogramOpts::new(
+                    "mirror_reconcile_duration_seconds",
+                    "Time of a reconcile pass (store to data path).",
+                ))
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                h
+            },
+            reconcile_failures: {
+                let c = IntCounter::new(
+                    "mirror_reconcile_failures_total",
+                    "Reconcile passes that failed.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
+            bpf_run_time: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "mirror_bpf_program_run_time_seconds_total",
+                        "Time the kernel spent in a program (BPF stats).",
+                    ),
+                    &["program"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
+            bpf_runs: counter(
+                &r,
+                "mirror_bpf_program_runs_total",
+                "Runs of a program (BPF stats).",
+                &["program"],
+            ),
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("mirror_build_info", "Build information; always 1."),
+                    &["version"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                g
+            },
+            registry: r,
+            last: Mutex::new(HashMap::new()),
+        };
+        m
+    }
+
+    /// Brings a counter series up to an absolute total read from the kernel.
+    pub fn set_total(&self, c: &IntCounterVec, name: &str, labels: &[&str], total: u64) {
+        let key = format!("{name}\u{0}{}", labels.join("\u{0}"));
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let prev = last.insert(key, total).unwrap_or(0);
+        // A smaller total means the object's counters restarted (slot reused): start over.
+        let delta = if total >= prev { total - prev } else { total };
+        if let Ok(series) = c.get_metric_with_label_values(labels) {
+            series.inc_by(delta);
+        }
+    }
+
+    /// Like `set_total` for a time kept in nanoseconds by the kernel, exported in seconds.
+    pub fn set_total_seconds(&self, c: &CounterVec, name: &str, labels: &[&str], total_ns: u64) {
+        let key = format!("{name}\u{0}{}", labels.join("\u{0}"));
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let prev = last.insert(key, total_ns).unwrap_or(0);
+        let delta = if total_ns >= prev {
+            total_ns - prev
+        } else {
+            total_ns
+        };
+        if let Ok(series) = c.get_metric_with_label_values(labels) {
+            series.inc_by(delta as f64 / 1e9);
+        }
+    }
+
+    /// Drops the series of objects that are gone (sessions deleted, sources detached).
+    pub fn forget(&self, c: &IntCounterVec, name: &str, labels: &[&str]) {
+        let _ = c.remove_label_values(labels);
+        if let Ok(mut last) = self.last.lock() {
+            last.remove(&format!("{name}\u{0}{}", labels.join("\u{0}")));
+        }
+    }
+
+    pub fn observe_api(&self, action: &str, code: &str, took: Duration) {
+        // Unknown actions would otherwise give every typo its own series.
+        let action = if crate::api::actions::is_known(action) {
+            action
+        } else {
+            "unknown"
+        };
+        self.api_requests.with_label_values(&[action, code]).inc();
+        self.api_duration
+            .with_label_values(&[action])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding metrics failed: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_kernel_totals() {
+        let m = Metrics::new();
+        m.set_total(&m.session_packets, "p", &["tms-1", "ingress"], 10);
+        m.set_total(&m.session_packets, "p", &["tms-1", "ingress"], 15);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "mirror_session_mirrored_packets_total{direction=\"ingress\",session=\"tms-1\"} 15"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("mirror_build_info{version="), "{text}");
+    }
+}

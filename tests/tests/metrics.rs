@@ -1,0 +1,180 @@
+//! Prometheus metrics of a live agent: `promtool check metrics` accepts them, and the
+//! counters equal the packets sent; `/healthz` and `/readyz` answer on the same listener.
+//!
+//! Kernel requirements: as mirror_e2e.rs; BPF run-time stats (BPF_ENABLE_STATS, 5.8+).
+//! Tool: promtool from Debian's prometheus package (cargo xtask setup installs it).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use mirror_tests::{
+    agent::Agent,
+    netns::{NetNs, in_netns},
+    topology::{NODE_SRC_ADDR, Topology, config_with_collector},
+};
+
+fn get(ns: &NetNs, path: &str) -> (u16, String) {
+    in_netns(ns, || {
+        let mut s = TcpStream::connect(("127.0.0.1", 9464)).expect("metrics listener");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_the_packets_sent() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:9464\"\n{}",
+        config_with_collector(
+            r#"
+[[filters]]
+id = "tmf-m"
+[[filters.ingress_rules]]
+id = "tmr-m"
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+
+[[sessions]]
+id = "tms-m"
+priority = 1
+virtual_network_id = 9
+packet_length = 64
+enabled = true
+filter_id = "tmf-m"
+target_id = "tmt-col"
+sources = ["src0"]
+"#
+        )
+    );
+    let agent = Agent::start(&topo.node, &config);
+    agent.call("ListTrafficMirrorSessions", &[]);
+    let (status, _) = get(&topo.node, "/healthz");
+    assert_eq!(status, 200, "healthz");
+    let (status, _) = get(&topo.node, "/readyz");
+    assert_eq!(status, 200, "readyz after the first reconcile");
+
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    for _ in 0..20 {
+        client
+            .send_to(&[0u8; 200], (NODE_SRC_ADDR, 7000))
+            .expect("send");
+    }
+    // Counters are published every second.
+    thread::sleep(Duration::from_millis(2500));
+    let (status, text) = get(&topo.node, "/metrics");
+    assert_eq!(status, 200);
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let session = "{direction=\"ingress\",session=\"tms-m\"}";
+    assert_eq!(
+        value(
+            &text,
+            &format!("mirror_session_mirrored_packets_total{session}")
+        ),
+        20.0
+    );
+    assert_eq!(
+        value(&text, &format!("mirror_session_copies_total{session}")),
+        20.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("mirror_session_truncated_packets_total{session}")
+        ),
+        20.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_rule_hits_total{filter=\"tmf-m\",rule=\"tmr-m\"}"
+        ),
+        20.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_source_mirrored_packets_total{direction=\"ingress\",source=\"src0\"}"
+        ),
+        20.0
+    );
+    assert!(
+        value(
+            &text,
+            "mirror_source_packets_total{direction=\"ingress\",source=\"src0\"}"
+        ) >= 20.0
+    );
+    assert!(
+        value(
+            &text,
+            "mirror_bpf_program_runs_total{program=\"mirror_ingress\"}"
+        ) >= 20.0
+    );
+    assert_eq!(value(&text, "mirror_build_info{"), 1.0);
+    assert!(text.contains("mirror_reconcile_duration_seconds_count"));
+    assert_eq!(
+        value(
+            &text,
+            "mirror_api_requests_total{action=\"ListTrafficMirrorSessions\",code=\"200\"}"
+        ),
+        1.0
+    );
+}
