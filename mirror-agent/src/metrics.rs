@@ -58,7 +58,7 @@ impl Metrics {
         let r = Registry::new();
         let dir = &["session", "direction"][..];
         let src = &["source", "direction"][..];
-        let m = Metrics {
+        Metrics {
             session_packets: counter(
                 &r,
                 "mirror_session_mirrored_packets_total",
@@ -266,8 +266,7 @@ impl Metrics {
             },
             registry: r,
             last: Mutex::new(HashMap::new()),
-        };
-        m
+        }
     }
 
     /// Brings a counter series up to an absolute total read from the kernel.
