@@ -58,13 +58,32 @@ impl Agent {
     /// Starts an agent whose state, config and socket live in `dir` (a restart passes the
     /// directory of the agent it replaces).
     pub fn start_in(ns: &NetNs, config: &str, dir: &std::path::Path) -> Agent {
+        Agent::start_wrapped(ns, config, dir, &[])
+    }
+
+    /// Starts the agent through `wrapper` (e.g. `setpriv … --`), inside `ns`.
+    pub fn start_wrapped(
+        ns: &NetNs,
+        config: &str,
+        dir: &std::path::Path,
+        wrapper: &[&str],
+    ) -> Agent {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).expect("writing the agent config");
         let state_dir = dir.join("state");
-        let mut child = ns
-            .command(agent_binary().to_str().expect("utf-8 path"))
+        let binary = agent_binary();
+        let binary = binary.to_str().expect("utf-8 path");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = ns.command(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => ns.command(binary),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&config_path)
             .arg("--state-dir")
@@ -154,6 +173,11 @@ impl Agent {
         // `ip netns exec` execs the agent, so the child pid is the agent's.
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// The agent's process id (`ip netns exec` and the wrappers exec it, so it is the child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The directory holding state, config and socket.
