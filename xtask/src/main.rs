@@ -54,6 +54,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "libcap2-bin",
     "prometheus",
+    "yamllint",
     "nfdump",
 ];
 
