@@ -542,3 +542,75 @@ fn cli_subcommands_print_tables_json_and_errors() {
         err.stderr
     );
 }
+
+/// A named source deleted while mirroring is detached and reported on its session; created
+/// again, it is attached again without any API call.
+#[test]
+fn a_deleted_source_is_reported_and_reattached_when_it_returns() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, "");
+    let (target, filter) = base_objects(&agent);
+    // A dedicated interface this test can delete and re-create.
+    let add = || {
+        topo.node.exec(&[
+            "ip", "link", "add", "tap9", "type", "veth", "peer", "name", "tap9p",
+        ]);
+        topo.node.exec(&["ip", "link", "set", "tap9", "up"]);
+        topo.node.exec(&["ip", "link", "set", "tap9p", "up"]);
+    };
+    add();
+    agent.call(
+        "CreateTrafficMirrorSession",
+        &[
+            ("Priority", "1"),
+            ("Enabled", "true"),
+            ("TrafficMirrorFilterId", &filter),
+            ("TrafficMirrorTargetId", &target),
+            ("TrafficMirrorSourceIds.1", "tap9"),
+        ],
+    );
+    let list = agent.wait_settled(SETTLE);
+    assert_eq!(
+        list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"],
+        "Normal"
+    );
+
+    topo.node.exec(&["ip", "link", "del", "tap9"]);
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let list = agent.call("ListTrafficMirrorSessions", &[]);
+        let s = &list["TrafficMirrorSessions"][0];
+        if s["TrafficMirrorSessionBusinessStatus"] == "FailedToApply" {
+            assert!(
+                s["TrafficMirrorSessionErrors"].to_string().contains("tap9"),
+                "the error names the source: {s}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deletion not reported: {list}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    add();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let list = agent.call("ListTrafficMirrorSessions", &[]);
+        if list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"] == "Normal" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "re-creation not picked up: {list}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let progs = in_netns(&topo.node, || {
+        aya::programs::SchedClassifier::query_tcx("tap9", aya::programs::TcAttachType::Ingress)
+            .map(|(_, p)| p.len())
+            .unwrap_or(0)
+    });
+    assert_eq!(progs, 1, "the source program is attached to the new tap9");
+}

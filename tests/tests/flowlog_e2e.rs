@@ -651,3 +651,85 @@ fn ipfix_collector_receives_the_same_flows_as_the_files() {
     );
     assert_eq!(from_ipfix, from_files, "IPFIX (nfdump) and files disagree");
 }
+
+/// ResourceType subnet covers the interfaces with an address in the CIDR; vpc covers them all.
+#[test]
+fn subnet_and_vpc_flow_logs_cover_the_right_interfaces() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    let create = |kind: &str, id: &str, topic: &str| {
+        agent.call(
+            "CreateFlowLog",
+            &[
+                ("Version", "2020-04-01"),
+                ("FlowLogName", topic),
+                ("ResourceType", kind),
+                ("ResourceId", id),
+                ("TrafficType", "All"),
+                ("LogProjectName", "proj"),
+                ("LogTopicName", topic),
+                ("AggregationIntervalSeconds", "2"),
+            ],
+        )
+    };
+    // src1 (198.18.11.1/24) only.
+    create("subnet", "198.18.11.0/24", "subnet");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.call("DescribeFlowLogs", &[])["FlowLogs"][0]["Status"] != "Active" {
+        assert!(Instant::now() < deadline, "subnet flow log never active");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let c1 = in_netns(&topo.wl, || UdpSocket::bind((WL_ADDR, 0)).expect("client"));
+    let c2 = in_netns(&topo.wl2, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    let s1 = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7100)).expect("sink")
+    });
+    let s2 = in_netns(&topo.node, || {
+        UdpSocket::bind((mirror_tests::topology::NODE_SRC1_ADDR, 7100)).expect("sink")
+    });
+    for _ in 0..5 {
+        c1.send_to(&[0u8; 10], (NODE_SRC_ADDR, 7100)).expect("send");
+        c2.send_to(&[0u8; 10], (mirror_tests::topology::NODE_SRC1_ADDR, 7100))
+            .expect("send");
+    }
+    let recs = settle_records(&agent.state_dir, "subnet");
+    drop((s1, s2));
+    let ifaces: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter_map(|r| r["interface-id"].as_str())
+        .collect();
+    assert_eq!(
+        ifaces,
+        std::collections::BTreeSet::from(["src1"]),
+        "subnet covers src1 only"
+    );
+    let udp: u64 = recs
+        .iter()
+        .filter(|r| r["dstport"] == 7100)
+        .map(|r| r["packets"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(udp, 5);
+
+    // vpc: every interface of the node (the agent's own tunnel device excluded).
+    create("vpc", "vpc-node", "vpc");
+    thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        c1.send_to(&[0u8; 10], (NODE_SRC_ADDR, 7101)).expect("send");
+        c2.send_to(&[0u8; 10], (mirror_tests::topology::NODE_SRC1_ADDR, 7101))
+            .expect("send");
+    }
+    let recs = settle_records(&agent.state_dir, "vpc");
+    let ifaces: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter_map(|r| r["interface-id"].as_str())
+        .collect();
+    for want in ["src0", "src1", "up0"] {
+        assert!(
+            ifaces.contains(want),
+            "vpc flow log covers {want}: {ifaces:?}"
+        );
+    }
+    assert!(!ifaces.contains("lo") && !ifaces.iter().any(|i| i.starts_with("mirvx")));
+}
