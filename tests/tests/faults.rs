@@ -1,0 +1,197 @@
+//! Faults stay contained: each is reported (state, metrics) while the agent keeps serving and
+//! everything else keeps working.
+//!
+//! Kernel requirements: as mirror_e2e.rs and flowlog_e2e.rs; tmpfs for a small filesystem.
+
+use std::{
+    net::UdpSocket,
+    thread,
+    time::{Duration, Instant},
+};
+
+use mirror_tests::{
+    agent::Agent,
+    netns::in_netns,
+    topology::{NODE_SRC_ADDR, Topology, WL_ADDR},
+};
+
+/// A target without a route: the session says why, other sessions are unaffected, and the
+/// session recovers when the route appears.
+#[test]
+fn unreachable_target_is_reported_and_recovers() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, "");
+    let t = agent.call(
+        "CreateTrafficMirrorTarget",
+        &[("DestinationIp", "198.19.99.9")],
+    );
+    let target = t["TrafficMirrorTargetId"]
+        .as_str()
+        .expect("target")
+        .to_string();
+    let f = agent.call(
+        "CreateTrafficMirrorFilter",
+        &[
+            ("IngressRules.1.Priority", "1"),
+            ("IngressRules.1.Action", "accept"),
+        ],
+    );
+    let filter = f["TrafficMirrorFilterId"]
+        .as_str()
+        .expect("filter")
+        .to_string();
+    agent.call(
+        "CreateTrafficMirrorSession",
+        &[
+            ("Priority", "1"),
+            ("Enabled", "true"),
+            ("TrafficMirrorFilterId", &filter),
+            ("TrafficMirrorTargetId", &target),
+            ("TrafficMirrorSourceIds.1", "src0"),
+        ],
+    );
+    let list = agent.wait_settled(Duration::from_secs(10));
+    let s = &list["TrafficMirrorSessions"][0];
+    assert_eq!(
+        s["TrafficMirrorSessionBusinessStatus"], "FailedToApply",
+        "{s}"
+    );
+    assert!(
+        s["TrafficMirrorSessionErrors"]
+            .to_string()
+            .contains("unreachable"),
+        "{s}"
+    );
+
+    // The route appears: the next change (here, any link event) re-applies it cleanly.
+    topo.node
+        .exec(&["ip", "route", "add", "198.19.99.0/24", "via", "198.18.20.2"]);
+    agent.call(
+        "UpdateTrafficMirrorSessionAttribute",
+        &[
+            (
+                "TrafficMirrorSessionId",
+                s["TrafficMirrorSessionId"].as_str().unwrap_or_default(),
+            ),
+            ("VirtualNetworkId", "5"),
+        ],
+    );
+    let list = agent.wait_settled(Duration::from_secs(10));
+    assert_eq!(
+        list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"], "Normal",
+        "{list}"
+    );
+}
+
+/// The flow-log file sink on a full disk: reported in DescribeFlowLogs and metrics, records
+/// kept for retry, the agent keeps serving; with space again, the kept records are written.
+#[test]
+fn full_disk_for_the_file_sink_is_reported_and_retried() {
+    let topo = Topology::new();
+    // The topic's directory on a 16 KiB filesystem, mounted before the agent starts: the
+    // agent runs in the mount namespace `ip netns exec` gives it, which later mounts of the
+    // test do not reach.
+    let base = std::env::temp_dir().join(mirror_tests::netns::unique("full"));
+    let dir = base
+        .join("state")
+        .join("flowlogs")
+        .join("proj")
+        .join("full");
+    std::fs::create_dir_all(&dir).expect("topic dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a small tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let guard = Unmount(dir.clone());
+    // Full from the start: the sink can create its file but not write a byte.
+    std::fs::write(dir.join("filler"), vec![0u8; 16 * 1024]).ok();
+    let agent = Agent::start_in(
+        &topo.node,
+        "flow_drain_ms = 200\nmetrics_listen = \"127.0.0.1:9465\"\n",
+        &base,
+    );
+    let v = agent.call(
+        "CreateFlowLog",
+        &[
+            ("Version", "2020-04-01"),
+            ("FlowLogName", "full"),
+            ("ResourceType", "eni"),
+            ("ResourceId", "src0"),
+            ("TrafficType", "All"),
+            ("LogProjectName", "proj"),
+            ("LogTopicName", "full"),
+            ("AggregationIntervalSeconds", "1"),
+        ],
+    );
+    let id = v["Result"]["FlowLogId"].as_str().expect("id").to_string();
+    let client = in_netns(&topo.wl, || UdpSocket::bind((WL_ADDR, 0)).expect("client"));
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7200)).expect("sink")
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut port = 7200;
+    loop {
+        for _ in 0..50 {
+            client
+                .send_to(&[0u8; 100], (NODE_SRC_ADDR, port))
+                .expect("send");
+            port = 7200 + (port - 7199) % 50;
+        }
+        thread::sleep(Duration::from_millis(500));
+        let d = agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)]);
+        let errors = d["FlowLogs"][0]["Errors"].to_string();
+        if errors.contains("disk full") {
+            assert_eq!(d["FlowLogs"][0]["BusinessStatus"], "Error");
+            break;
+        }
+        assert!(Instant::now() < deadline, "disk full never reported: {d}");
+    }
+    // Still serving, and the failure is counted.
+    let sessions = agent.call("ListTrafficMirrorSessions", &[]);
+    assert_eq!(sessions["TotalCount"], 0);
+    let metrics = in_netns(&topo.node, || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9465)).expect("metrics");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("req");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("resp");
+        out
+    });
+    assert!(
+        metrics.contains(&format!(
+            "mirror_flowlog_sink_errors_total{{flow_log=\"{id}\",sink=\"file\"}}"
+        )),
+        "sink errors counted"
+    );
+
+    // Space again: the kept records go out and the error clears.
+    std::fs::remove_file(dir.join("filler")).expect("free space");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        let d = agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)]);
+        if d["FlowLogs"][0]["BusinessStatus"] == "Normal" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sink never recovered: {d}");
+    }
+    let written = std::fs::read_to_string(dir.join("current.jsonl")).unwrap_or_default();
+    assert!(
+        written.lines().count() > 0,
+        "kept records written after recovery"
+    );
+    drop(agent);
+    drop(guard);
+}
