@@ -88,7 +88,7 @@ fn unreachable_target_is_reported_and_recovers() {
 #[test]
 fn full_disk_for_the_file_sink_is_reported_and_retried() {
     let topo = Topology::new();
-    // The topic's directory on a 16 KiB filesystem, mounted before the agent starts: the
+    // The topic's directory on a 256 KiB filesystem, mounted before the agent starts: the
     // agent runs in the mount namespace `ip netns exec` gives it, which later mounts of the
     // test do not reach.
     let base = std::env::temp_dir().join(mirror_tests::netns::unique("full"));
@@ -99,7 +99,7 @@ fn full_disk_for_the_file_sink_is_reported_and_retried() {
         .join("full");
     std::fs::create_dir_all(&dir).expect("topic dir");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
         .arg(&dir)
         .status()
         .expect("mount");
@@ -112,7 +112,7 @@ fn full_disk_for_the_file_sink_is_reported_and_retried() {
     }
     let guard = Unmount(dir.clone());
     // Full from the start: the sink can create its file but not write a byte.
-    std::fs::write(dir.join("filler"), vec![0u8; 16 * 1024]).ok();
+    std::fs::write(dir.join("filler"), vec![0u8; 256 * 1024]).ok();
     let agent = Agent::start_in(
         &topo.node,
         "flow_drain_ms = 200\nmetrics_listen = \"127.0.0.1:9465\"\n",
