@@ -733,3 +733,86 @@ fn subnet_and_vpc_flow_logs_cover_the_right_interfaces() {
     }
     assert!(!ifaces.contains("lo") && !ifaces.iter().any(|i| i.starts_with("mirvx")));
 }
+
+/// ClientToken on CreateFlowLog: 412 while the first is still Creating, the same answer once
+/// it is Active, 400 with other parameters; changes to a Creating flow log get 409.
+#[test]
+fn flow_log_client_token_and_status_conflicts() {
+    let topo = Topology::new();
+    // Passes held back so that Creating lasts long enough to be seen.
+    let agent = Agent::start(&topo.node, "reconcile_delay_ms = 1500\n");
+    let call = |extra: &[(&str, &str)]| -> Value {
+        let mut args: Vec<String> = ["-o", "json", "call", "CreateFlowLog"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (k, v) in [
+            ("Version", "2020-04-01"),
+            ("FlowLogName", "tok"),
+            ("ResourceType", "eni"),
+            ("ResourceId", "src0"),
+            ("TrafficType", "All"),
+            ("LogProjectName", "proj"),
+            ("LogTopicName", "tok"),
+            ("ClientToken", "token-1"),
+        ] {
+            if !extra.iter().any(|(ek, _)| *ek == k) {
+                args.push(format!("{k}={v}"));
+            }
+        }
+        args.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent.cli(&a);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    };
+    let first = call(&[]);
+    let id = first["Result"]["FlowLogId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let again = call(&[]);
+    assert_eq!(
+        again["ResponseMetadata"]["Error"]["Code"], "IdempotentProcessing",
+        "{again}"
+    );
+    let modify = agent.cli(&[
+        "-o",
+        "json",
+        "call",
+        "ModifyFlowLogAttribute",
+        "Version=2020-04-01",
+        &format!("FlowLogId={id}"),
+        "FlowLogName=x",
+    ]);
+    assert!(
+        modify.stdout.contains("InvalidFlowLog.InvalidStatus"),
+        "{}",
+        modify.stdout
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.call("DescribeFlowLogs", &[])["FlowLogs"][0]["Status"] != "Active" {
+        assert!(Instant::now() < deadline, "never Active");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let replay = call(&[]);
+    assert_eq!(
+        replay["Result"]["FlowLogId"],
+        id.as_str(),
+        "replay answers the first id"
+    );
+    assert_eq!(
+        replay["ResponseMetadata"]["RequestId"], first["ResponseMetadata"]["RequestId"],
+        "and the first RequestId"
+    );
+    assert_eq!(
+        agent.call("DescribeFlowLogs", &[])["TotalCount"],
+        1,
+        "nothing done twice"
+    );
+    let other = call(&[("FlowLogName", "other")]);
+    assert_eq!(
+        other["ResponseMetadata"]["Error"]["Code"], "IdempotentParameterMismatch",
+        "{other}"
+    );
+}

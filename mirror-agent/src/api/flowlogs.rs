@@ -227,7 +227,8 @@ fn create(
     batch.put_flow_log(&f)?;
     Ok(Outcome {
         body: json!({"FlowLogId": f.id}),
-        session: None,
+        // A ClientToken replay is "in progress" until the flow log leaves Creating.
+        session: Some((f.id.clone(), f.generation)),
     })
 }
 
@@ -264,7 +265,7 @@ fn change(
     batch.put_flow_log(&rec)?;
     Ok(Outcome {
         body: json!({}),
-        session: None,
+        session: Some((rec.id.clone(), rec.generation)),
     })
 }
 

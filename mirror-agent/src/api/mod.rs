@@ -14,7 +14,7 @@ pub use error::ApiError;
 use serde_json::Value;
 
 use crate::{
-    records::{SessionState, TokenRecord, now_unix},
+    records::{FlowLogState, SessionState, TokenRecord, now_unix},
     service::Service,
 };
 use rpc::Params;
@@ -124,6 +124,11 @@ fn in_progress(svc: &Service, first: &TokenRecord) -> Result<bool, ApiError> {
         return Ok(false);
     };
     let snap = svc.snapshot()?;
+    // Flow logs (`fl-…`) settle to Active or Inactive; sessions to Created.
+    if let Some(f) = snap.flow_log(id) {
+        return Ok(f.generation == *generation
+            && matches!(f.state, FlowLogState::Creating | FlowLogState::Deleting));
+    }
     Ok(snap
         .session(id)
         .is_some_and(|s| s.generation == *generation && s.state != SessionState::Created))
