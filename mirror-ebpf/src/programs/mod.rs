@@ -80,6 +80,52 @@ pub fn bench_empty(_ctx: TcContext) -> i32 {
     PASS_ORIGINAL
 }
 
+/// Benchmark only: parse and flow accounting into the shared table (the agent's design).
+#[classifier]
+pub fn bench_flow_shared(ctx: TcContext) -> i32 {
+    bench_flow::<false>(&ctx);
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse and flow accounting into a per-CPU table (the alternative).
+#[classifier]
+pub fn bench_flow_percpu(ctx: TcContext) -> i32 {
+    bench_flow::<true>(&ctx);
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse, nothing else (the base the two flow variants are compared with).
+#[classifier]
+pub fn bench_parse(ctx: TcContext) -> i32 {
+    if let Parsed::Ip(pkt) = parse(&ctx) {
+        core::hint::black_box(pkt.ip_len);
+    }
+    PASS_ORIGINAL
+}
+
+#[inline(always)]
+fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
+    let Parsed::Ip(pkt) = parse(ctx) else {
+        return;
+    };
+    let key = FlowKey {
+        ifindex: 1,
+        direction: 0,
+        ip_version: pkt.ip_version,
+        protocol: pkt.protocol,
+        action: FLOW_ACCEPT,
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+    };
+    if PERCPU {
+        flows::account_percpu(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32);
+    } else {
+        flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0, 0);
+    }
+}
+
 #[inline(always)]
 fn session_stats(slot: u32, dir: u32) -> Option<&'static mut SessionStats> {
     let ptr = SESSION_STATS.get_ptr_mut(slot * DIRECTIONS as u32 + dir)?;

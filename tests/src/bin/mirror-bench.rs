@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         (9, 1_000_000)
     };
     let ns = netns();
-    let rows = in_netns(&ns, || {
+    let (rows, flow_rows) = in_netns(&ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -224,8 +224,30 @@ fn main() -> ExitCode {
                 let mirror = measure(&mut dp, PROG_INGRESS, &hit, &ctx, runs, repeat);
                 rows.push((size, base, parse, walk, mirror));
             }
+            // The flow-table design: the same parse, then the shared table with atomic adds
+            // (what the agent uses) or a per-CPU table (the alternative).
+            for name in ["bench_parse", "bench_flow_shared", "bench_flow_percpu"] {
+                dp.program(name)
+                    .expect(name)
+                    .load()
+                    .expect("loading a bench program");
+            }
+            let mut flow_rows = Vec::new();
+            for size in [64usize, 1500] {
+                let pkt = sized(
+                    L4::Udp {
+                        sport: 40000,
+                        dport: 53,
+                    },
+                    size,
+                );
+                let base = measure(&mut dp, "bench_parse", &pkt, &ctx, runs, repeat);
+                let shared = measure(&mut dp, "bench_flow_shared", &pkt, &ctx, runs, repeat);
+                let percpu = measure(&mut dp, "bench_flow_percpu", &pkt, &ctx, runs, repeat);
+                flow_rows.push((size, base, shared, percpu));
+            }
             dp.shutdown().await.expect("shutdown");
-            rows
+            (rows, flow_rows)
         })
     });
     drop(ns);
@@ -258,6 +280,28 @@ fn main() -> ExitCode {
             parse - base,
             walk - base,
             mirror - base
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n## Flow-table design\n\nCost of updating an existing flow on top of the same parse \
+         (BPF_PROG_TEST_RUN, same run). The agent uses one shared hash with atomic adds: a flow \
+         is one entry, drained once, whatever the number of CPUs; a per-CPU hash avoids the \
+         atomics but keeps a copy per CPU, which the drain must read and sum (and which \
+         multiplies the memory of a 1 M-flow table by the CPU count). An LRU table was ruled \
+         out: it evicts silently, where a full table must show as SKIPDATA.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| frame | parse (ns) | + shared hash, atomics (ns) | + per-CPU hash (ns) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|");
+    for (size, base, shared, percpu) in &flow_rows {
+        let _ = writeln!(
+            out,
+            "| {size} B | {base:.0} | {:.0} | {:.0} |",
+            shared - base,
+            percpu - base
         );
     }
     out.push_str(&drain_section(if args.quick { 10_000 } else { 1_000_000 }));
