@@ -174,7 +174,13 @@ fn drop_layout() -> anyhow::Result<(
         dev: btf.member_offset("sk_buff", "dev")?,
         skb_iif: btf.member_offset("sk_buff", "skb_iif")?,
         dev_ifindex: btf.member_offset("net_device", "ifindex")?,
-        _pad: 0,
+        // possible_net_t is an anonymous struct holding only `struct net *net`.
+        dev_nd_net: btf.member_offset("net_device", "nd_net")?,
+        net_inum: btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?,
+        netns_inum: {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata("/proc/self/ns/net")?.ino() as u32
+        },
     };
     let reasons = btf.enum_values("skb_drop_reason").unwrap_or_default();
     Ok((layout, reasons))

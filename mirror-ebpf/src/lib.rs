@@ -304,7 +304,13 @@ pub struct SkbLayout {
     pub dev: u32,
     pub skb_iif: u32,
     pub dev_ifindex: u32,
-    pub _pad: u32,
+    /// `net_device.nd_net` (a `possible_net_t`, whose only member is `struct net *net`).
+    pub dev_nd_net: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_inum: u32,
+    /// The agent's network namespace (inode of /proc/self/ns/net): the tracepoint fires for
+    /// drops in every namespace, and interface indexes repeat across namespaces.
+    pub netns_inum: u32,
 }
 
 #[cfg(feature = "user")]
@@ -337,7 +343,7 @@ const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
-const _: () = assert!(core::mem::size_of::<SkbLayout>() == 32);
+const _: () = assert!(core::mem::size_of::<SkbLayout>() == 40);
 
 /// The mark a mirror copy carries from the source program to the encapsulation program.
 #[inline(always)]

@@ -816,3 +816,37 @@ fn flow_log_client_token_and_status_conflicts() {
         "{other}"
     );
 }
+
+/// Drops in another namespace are not this node's: the workload's wl0 has the same
+/// interface index as the node's src0, and the tracepoint sees every namespace's drops.
+#[test]
+fn drops_in_other_namespaces_are_not_attributed_to_the_node() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    create_flow_log(&agent, "src0", "All", "otherns");
+    // The node sends to a closed port of the workload: the workload drops them (NO_SOCKET).
+    let client = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 40020)).expect("client")
+    });
+    for _ in 0..10 {
+        client.send_to(&[0u8; 20], (WL_ADDR, 7300)).expect("send");
+        thread::sleep(Duration::from_millis(2));
+    }
+    let recs = settle_records(&agent.state_dir, "otherns");
+    let sent: u64 = recs
+        .iter()
+        .filter(|r| {
+            r["dstport"] == 7300 && r["action"] == "ACCEPT" && r["flow-direction"] == "egress"
+        })
+        .map(|r| r["packets"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(sent, 10, "the node sent them: egress ACCEPT");
+    let rejects: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["dstport"] == 7300 && r["action"] == "REJECT")
+        .collect();
+    assert!(
+        rejects.is_empty(),
+        "the workload's drops are not the node's: {rejects:?}"
+    );
+}

@@ -33,6 +33,10 @@ enum Task {
     /// Setup, formatting and lints of both crates, then every test (kernel tests included,
     /// one at a time), with a quick benchmark pass first so its harness cannot rot.
     Test,
+    /// A throwaway lab (root): workload and collector namespaces around a node namespace
+    /// running the agent; creates a session and a flow log through the API, shows copies
+    /// arriving (tcpdump) and flow-log records, then removes everything.
+    Lab,
     /// Benchmarks (needs root). Writes BENCHMARKS.md.
     Bench {
         /// Few repetitions: checks that every row is produced, not how fast.
@@ -229,6 +233,162 @@ fn bench(quick: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Namespaces and links of the lab; removed on drop, also when a step fails.
+struct Lab {
+    names: [String; 3],
+    agent: Option<std::process::Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(a.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = a.wait();
+        }
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        eprintln!("lab removed");
+    }
+}
+
+fn lab() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "mirror-agent"]))?;
+    let agent_bin = root().join("target/release/mirror-agent");
+    let tag = std::process::id() % 100_000;
+    let [wl, node, col] = [
+        format!("labwl{tag}"),
+        format!("labnd{tag}"),
+        format!("labcl{tag}"),
+    ];
+    let dir = std::env::temp_dir().join(format!("mirror-lab-{tag}"));
+    let mut lab = Lab {
+        names: [wl.clone(), node.clone(), col.clone()],
+        agent: None,
+        dir: dir.clone(),
+    };
+    let ip = |args: &[&str]| run(Command::new("ip").args(args));
+    let nsx =
+        |ns: &str, args: &[&str]| run(Command::new("ip").args(["netns", "exec", ns]).args(args));
+    for ns in &lab.names {
+        ip(&["netns", "add", ns])?;
+        nsx(ns, &["ip", "link", "set", "lo", "up"])?;
+    }
+    // workload (198.18.10.2) -- eth0 [node] uplink (198.18.20.1) -- collector (198.18.20.2)
+    ip(&[
+        "-n", &wl, "link", "add", "wl0", "type", "veth", "peer", "name", "eth0", "netns", &node,
+    ])?;
+    ip(&[
+        "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "col0", "netns", &col,
+    ])?;
+    for (ns, dev, addr) in [
+        (&wl, "wl0", "198.18.10.2/24"),
+        (&node, "eth0", "198.18.10.1/24"),
+        (&node, "uplink", "198.18.20.1/24"),
+        (&col, "col0", "198.18.20.2/24"),
+    ] {
+        nsx(ns, &["ip", "addr", "add", addr, "dev", dev])?;
+        nsx(ns, &["ip", "link", "set", dev, "up"])?;
+    }
+    std::fs::create_dir_all(&dir).context("lab dir")?;
+    let socket = dir.join("api.sock");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(&agent_bin)
+        .args(["run", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--api-socket")
+        .arg(&socket)
+        .stderr(std::fs::File::create(dir.join("agent.log")).context("agent log")?)
+        .spawn()
+        .context("starting the agent")?;
+    lab.agent = Some(child);
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let cli = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&agent_bin)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .context("running the CLI")?;
+        if !out.status.success() {
+            bail!(
+                "mirror-agent {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("$ mirror-agent {}\n{text}", args.join(" "));
+        Ok(text)
+    };
+    let target = cli(&["target", "create", "--destination-ip", "198.18.20.2"])?;
+    let filter = cli(&[
+        "filter",
+        "create",
+        "--ingress",
+        "priority=1,action=accept,protocol=ICMP",
+    ])?;
+    let filter = filter.lines().next().unwrap_or_default().to_string();
+    cli(&[
+        "session",
+        "create",
+        "--priority",
+        "1",
+        "--filter",
+        &filter,
+        "--target",
+        &target,
+        "--vni",
+        "100",
+        "--packet-length",
+        "96",
+        "--enabled",
+        "--source",
+        "eth0",
+    ])?;
+    cli(&[
+        "flowlog",
+        "create",
+        "--name",
+        "lab",
+        "--resource-id",
+        "eth0",
+        "--project",
+        "lab",
+        "--topic",
+        "eth0",
+        "--interval-seconds",
+        "2",
+    ])?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    cli(&["session", "list"])?;
+    println!("\n# copies arriving at the collector (VXLAN, VNI 100, cut to 96 bytes):");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns", "exec", &col, "tcpdump", "-n", "-i", "col0", "-c", "3", "udp", "port", "4789",
+        ])
+        .spawn()
+        .context("tcpdump")?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    nsx(&wl, &["ping", "-c", "3", "-i", "0.2", "198.18.10.1"])?;
+    let _ = dump.wait();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    println!("\n# flow-log records:");
+    let records = dir.join("state/flowlogs/lab/eth0/current.jsonl");
+    print!("{}", std::fs::read_to_string(&records).unwrap_or_default());
+    drop(lab);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -254,6 +414,7 @@ fn main() -> ExitCode {
             ]))
         }),
         Task::Bench { quick } => setup().and_then(|()| bench(quick)),
+        Task::Lab => setup().and_then(|()| lab()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

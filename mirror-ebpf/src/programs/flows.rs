@@ -158,15 +158,21 @@ fn try_flow_drop(ctx: &RawTracePointContext) -> Option<()> {
     if l.valid == 0 || skb == 0 {
         return None;
     }
+    // Only drops in the agent's own network namespace: interface indexes repeat across
+    // namespaces, and the tracepoint fires for all of them.
+    let dev: u64 = read(skb + l.dev as u64)?;
+    if dev == 0 {
+        return None;
+    }
+    let net: u64 = read(dev + l.dev_nd_net as u64)?;
+    if net == 0 || read::<u32>(net + l.net_inum as u64)? != l.netns_inum {
+        return None;
+    }
     let iif: u32 = read(skb + l.skb_iif as u64)?;
     // Received packets carry their input interface; locally sent ones only their device.
     let (ifindex, direction) = if iif != 0 {
         (iif, DIR_INGRESS)
     } else {
-        let dev: u64 = read(skb + l.dev as u64)?;
-        if dev == 0 {
-            return None;
-        }
         (read::<u32>(dev + l.dev_ifindex as u64)?, DIR_EGRESS)
     };
     let source = source_config(ifindex)?;
