@@ -39,6 +39,18 @@ fn respond(status: u16, content_type: &'static str, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// An error before the request's envelope is known: Alibaba's JSON, the default.
+fn plain_error(ctx: &Ctx, err: &ApiError) -> Response {
+    let r = render::render_err(
+        &render::Envelope::Alibaba { xml: false },
+        "",
+        &super::request_id(),
+        &ctx.svc.region,
+        err,
+    );
+    respond(r.status, r.content_type, r.body)
+}
+
 async fn handle(
     State(ctx): State<Ctx>,
     method: Method,
@@ -57,14 +69,7 @@ async fn handle(
                 "Unauthorized",
                 "A valid bearer token is required on this listener.",
             );
-            let r = render::render_err(
-                &render::Envelope::Alibaba { xml: false },
-                "",
-                &super::request_id(),
-                &ctx.svc.region,
-                &err,
-            );
-            return respond(r.status, r.content_type, r.body);
+            return plain_error(&ctx, &err);
         }
     }
     let content_type = headers
@@ -77,37 +82,16 @@ async fn handle(
     }
     if path != "/" && !path.is_empty() {
         let err = ApiError::new(404, "NotFound", format!("No API at {path}."));
-        let r = render::render_err(
-            &render::Envelope::Alibaba { xml: false },
-            "",
-            &super::request_id(),
-            &ctx.svc.region,
-            &err,
-        );
-        return respond(r.status, r.content_type, r.body);
+        return plain_error(&ctx, &err);
     }
     if method != Method::GET && method != Method::POST {
         let err = ApiError::new(405, "MethodNotAllowed", "Use GET or POST.");
-        let r = render::render_err(
-            &render::Envelope::Alibaba { xml: false },
-            "",
-            &super::request_id(),
-            &ctx.svc.region,
-            &err,
-        );
-        return respond(r.status, r.content_type, r.body);
+        return plain_error(&ctx, &err);
     }
     let params = match Params::parse(uri.query(), content_type, &body) {
         Ok(p) => p,
         Err(e) => {
-            let r = render::render_err(
-                &render::Envelope::Alibaba { xml: false },
-                "",
-                &super::request_id(),
-                &ctx.svc.region,
-                &e,
-            );
-            return respond(r.status, r.content_type, r.body);
+            return plain_error(&ctx, &e);
         }
     };
     let env = render::envelope(&params);
