@@ -613,3 +613,107 @@ sources = ["src0"]
         );
     }
 }
+
+/// 802.1Q frames on a source: the kernel untags them on receive and keeps the tag in skb
+/// metadata; the VXLAN device puts it back into the copy, which must still be exactly
+/// PacketLength bytes, tag included. (This kernel has no 8021q module for VLAN devices, so
+/// the tagged frames are sent with a packet socket.)
+#[test]
+fn vlan_tagged_copies_keep_their_tag_and_the_exact_length() {
+    use mirror_tests::packets::{ETH_P_8021Q, L4, frame, v4};
+    let topo = Topology::new();
+    let _agent = Agent::start(
+        &topo.node,
+        &config_with_collector(
+            r#"
+[[filters]]
+id = "tmf-vlan"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+
+[[sessions]]
+id = "tms-vlan"
+priority = 1
+virtual_network_id = 12
+packet_length = 80
+enabled = true
+filter_id = "tmf-vlan"
+target_id = "tmt-col"
+sources = ["src0"]
+"#,
+        ),
+    );
+    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let mut tagged = frame(
+        v4("198.18.10.2", NODE_SRC_ADDR),
+        L4::Udp {
+            sport: 5555,
+            dport: 7000,
+        },
+    )
+    .vlan(ETH_P_8021Q, 100)
+    .payload(200)
+    .build();
+    // Broadcast destination: src0 takes it whatever its MAC.
+    tagged[..6].copy_from_slice(&[0xff; 6]);
+    in_netns(&topo.wl, || {
+        // SAFETY: plain socket(2)/sendto(2) calls with a sockaddr_ll we fill completely.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let name = std::ffi::CString::new("wl0").expect("name");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            for _ in 0..5 {
+                let n = libc::sendto(
+                    fd,
+                    tagged.as_ptr().cast(),
+                    tagged.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    n as usize,
+                    tagged.len(),
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    });
+    cap.wait_for_frames(5, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = cap.stop();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    capture::remove(&pcap);
+    assert_eq!(copies.len(), 5);
+    for c in &copies {
+        assert_eq!(c.inner.len(), 80, "copy of PacketLength, tag included");
+        assert_eq!(
+            &c.inner[12..14],
+            &[0x81, 0x00],
+            "802.1Q tag inside the copy"
+        );
+        assert_eq!(
+            u16::from_be_bytes([c.inner[14], c.inner[15]]) & 0x0fff,
+            100,
+            "VLAN 100"
+        );
+        assert_eq!(
+            c.inner[..],
+            tagged[..80],
+            "the copy is the frame as sent, cut to 80 bytes"
+        );
+    }
+}

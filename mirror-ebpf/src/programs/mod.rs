@@ -334,12 +334,17 @@ fn try_mirror_encap(ctx: &TcContext) -> Result<(), ()> {
     let (gso_size, gso_segs) = unsafe { ((*ctx.skb.skb).gso_size, (*ctx.skb.skb).gso_segs) };
     let is_gso = gso_size != 0 || gso_segs > 1;
     let len = ctx.len();
-    // bpf_skb_change_tail also clears the GSO state, so a super-packet leaves as one copy.
-    let new_len = if len > session.snaplen {
-        session.snaplen
+    // A VLAN tag held in skb metadata (received and untagged by the kernel, or sent through
+    // a VLAN device with tag offload) is put back into the frame by the VXLAN device after
+    // this program: leave room for its 4 bytes so the copy is PacketLength long.
+    // SAFETY: reading a field of the program's own context.
+    let snaplen = if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        session.snaplen.saturating_sub(4)
     } else {
-        len
+        session.snaplen
     };
+    // bpf_skb_change_tail also clears the GSO state, so a super-packet leaves as one copy.
+    let new_len = if len > snaplen { snaplen } else { len };
     if new_len != len || is_gso {
         // SAFETY: helper on the program's own skb.
         let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) };
