@@ -119,6 +119,31 @@ pub struct RuleConfig {
     pub destination_port_range: Option<String>,
 }
 
+impl RuleConfig {
+    /// The rule's id: as declared, or derived from its filter, direction and position.
+    pub fn id(&self, filter: &str, direction: &str, index: usize) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("tmr-{filter}-{direction}-{index}"))
+    }
+
+    /// The rule's parameters in the model's text form.
+    pub fn spec<'a>(&'a self, id: &'a str, direction: &'a str) -> RuleSpec<'a> {
+        RuleSpec {
+            id,
+            direction,
+            priority: self.priority,
+            action: &self.action,
+            protocol: &self.protocol,
+            ip_version: self.ip_version.as_deref(),
+            source_cidr: self.source_cidr_block.as_deref(),
+            destination_cidr: self.destination_cidr_block.as_deref(),
+            source_ports: self.source_port_range.as_deref(),
+            destination_ports: self.destination_port_range.as_deref(),
+        }
+    }
+}
+
 fn all() -> String {
     "ALL".to_string()
 }
@@ -200,26 +225,15 @@ impl FileConfig {
                 }
                 let mut priorities = HashSet::new();
                 for (i, r) in list.iter().enumerate() {
-                    let id =
-                        r.id.clone()
-                            .unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
-                    let rule = FilterRule::from_spec(&RuleSpec {
-                        id: &id,
-                        direction,
-                        priority: r.priority,
-                        action: &r.action,
-                        protocol: &r.protocol,
-                        ip_version: r.ip_version.as_deref(),
-                        source_cidr: r.source_cidr_block.as_deref(),
-                        destination_cidr: r.destination_cidr_block.as_deref(),
-                        source_ports: r.source_port_range.as_deref(),
-                        destination_ports: r.destination_port_range.as_deref(),
-                    })
-                    .map_err(|source| ConfigError::Invalid {
-                        what: "filter rule",
-                        id: id.clone(),
-                        source,
-                    })?;
+                    let id = r.id(&f.id, direction, i);
+                    let rule =
+                        FilterRule::from_spec(&r.spec(&id, direction)).map_err(|source| {
+                            ConfigError::Invalid {
+                                what: "filter rule",
+                                id: id.clone(),
+                                source,
+                            }
+                        })?;
                     if !priorities.insert(rule.priority) {
                         return Err(ConfigError::Reference {
                             what: "filter rule",

@@ -5,7 +5,7 @@
 
 use crate::{
     config::{ConfigError, FileConfig},
-    model::{self, DEFAULT_VXLAN_PORT, RuleSpec},
+    model::{self, DEFAULT_VXLAN_PORT},
     records::{
         FilterRecord, Origin, RuleRecord, SessionRecord, SessionState, TargetRecord, now_rfc3339,
     },
@@ -67,25 +67,13 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
         let mut rules = Vec::new();
         for (direction, list) in [("ingress", &f.ingress_rules), ("egress", &f.egress_rules)] {
             for (i, r) in list.iter().enumerate() {
-                let id =
-                    r.id.clone()
-                        .unwrap_or_else(|| format!("tmr-{}-{direction}-{i}", f.id));
-                let rule = RuleRecord::from_spec(&RuleSpec {
-                    id: &id,
-                    direction,
-                    priority: r.priority,
-                    action: &r.action,
-                    protocol: &r.protocol,
-                    ip_version: r.ip_version.as_deref(),
-                    source_cidr: r.source_cidr_block.as_deref(),
-                    destination_cidr: r.destination_cidr_block.as_deref(),
-                    source_ports: r.source_port_range.as_deref(),
-                    destination_ports: r.destination_port_range.as_deref(),
-                })
-                .map_err(|source| DeclareError::Invalid {
-                    what: "filter rule",
-                    id: id.clone(),
-                    source,
+                let id = r.id(&f.id, direction, i);
+                let rule = RuleRecord::from_spec(&r.spec(&id, direction)).map_err(|source| {
+                    DeclareError::Invalid {
+                        what: "filter rule",
+                        id: id.clone(),
+                        source,
+                    }
                 })?;
                 rules.push(rule);
             }
