@@ -110,3 +110,18 @@ destination_port = 4789
 {rest}"#
     )
 }
+
+/// One namespace holding veth pairs `(name, peer, address of name)`, both ends up, IPv6 off:
+/// no autoconfiguration chatter on interfaces whose packets a test or benchmark counts.
+pub fn quiet_netns(prefix: &str, pairs: &[(&str, &str, &str)]) -> NetNs {
+    let ns = NetNs::new(prefix);
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    for (a, b, addr) in pairs {
+        ns.exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        ns.exec(&["ip", "addr", "add", addr, "dev", a]);
+        ns.exec(&["ip", "link", "set", a, "up"]);
+        ns.exec(&["ip", "link", "set", b, "up"]);
+    }
+    ns
+}

@@ -605,20 +605,13 @@ fn objects() -> Objects {
 
 /// Namespace with the source fx0 (peer fx1) and the uplink fx2 (peer fx3) toward the target.
 fn fixture_netns() -> NetNs {
-    let ns = NetNs::new("fx");
-    // No IPv6 autoconfiguration chatter on the source while we count its packets.
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    for (a, b, addr) in [
-        ("fx0", "fx1", "198.18.200.1/24"),
-        ("fx2", "fx3", "198.18.201.1/24"),
-    ] {
-        ns.exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
-        ns.exec(&["ip", "addr", "add", addr, "dev", a]);
-        ns.exec(&["ip", "link", "set", a, "up"]);
-        ns.exec(&["ip", "link", "set", b, "up"]);
-    }
-    ns
+    mirror_tests::topology::quiet_netns(
+        "fx",
+        &[
+            ("fx0", "fx1", "198.18.200.1/24"),
+            ("fx2", "fx3", "198.18.201.1/24"),
+        ],
+    )
 }
 
 fn with_datapath(f: impl FnOnce(&mut Datapath) + Send) {

@@ -72,18 +72,13 @@ fn config() -> String {
 }
 
 fn netns() -> NetNs {
-    let ns = NetNs::new("bn");
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    for (a, b, addr) in [
-        ("bx0", "bx1", "198.18.200.1/24"),
-        ("bx2", "bx3", "198.18.201.1/24"),
-    ] {
-        ns.exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
-        ns.exec(&["ip", "addr", "add", addr, "dev", a]);
-        ns.exec(&["ip", "link", "set", a, "up"]);
-        ns.exec(&["ip", "link", "set", b, "up"]);
-    }
+    let ns = mirror_tests::topology::quiet_netns(
+        "bn",
+        &[
+            ("bx0", "bx1", "198.18.200.1/24"),
+            ("bx2", "bx3", "198.18.201.1/24"),
+        ],
+    );
     // Copies leave at once instead of waiting in the neighbour queue for ARP.
     ns.exec(&[
         "ip",
