@@ -1,0 +1,160 @@
+//! Drain of a full flow table: the agent's batched lookup-and-delete, then the records.
+
+use mirror_agent::datapath::{Datapath, TcAttachMode};
+use mirror_tests::netns::in_netns;
+
+/// Resident set size now and at its peak, in KiB (/proc/self/status).
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Drain of `n` flows: the table filled from userspace (the fastest way to make a million
+/// distinct flows), then drained with the agent's code, streamed into JSON Lines records.
+pub fn drain_section(n: u32) -> String {
+    use mirror_agent::flowlog::{
+        files::{FileSink, FileSinkConfig},
+        record::{FlowAction, FlowDirection, FlowFields, FlowRecord, LogStatus},
+    };
+    use mirror_ebpf::{FlowKey, FlowValue};
+    let ns = mirror_tests::topology::quiet_netns("bd", &[("bd0", "bd1", "198.18.204.1/24")]);
+    let (drain_only_ms, per_entry_us, total_ms, rss_before, rss_after, peak, written) =
+        in_netns(&ns, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                let (_dp, mut flows) =
+                    Datapath::new(TcAttachMode::Auto, n + 1024).expect("loading programs");
+                let fill = |flows: &mut mirror_agent::datapath::FlowTables| {
+                    for i in 0..n {
+                        let key = FlowKey {
+                            ifindex: 2,
+                            direction: 0,
+                            ip_version: 4,
+                            protocol: 17,
+                            action: 0,
+                            src: [
+                                u32::from_ne_bytes([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
+                                0,
+                                0,
+                                0,
+                            ],
+                            dst: [u32::from_ne_bytes([198, 19, 0, i as u8]), 0, 0, 0],
+                            src_port: (i % 60000) as u16 + 1,
+                            dst_port: 53,
+                        };
+                        let value = FlowValue {
+                            packets: 1,
+                            bytes: 100,
+                            first_ns: 1,
+                            last_ns: 2,
+                            tcp_flags: 0,
+                            drop_reason: 0,
+                        };
+                        let active = flows.active().expect("active table") as usize;
+                        flows.tables[active]
+                            .insert(key, value, 0)
+                            .expect("filling the flow table");
+                    }
+                };
+                // The kernel side alone: flip, wait, batched read-and-delete, counting only.
+                fill(&mut flows);
+                let started = std::time::Instant::now();
+                let mut seen = 0u64;
+                flows
+                    .drain_with(std::time::Duration::from_millis(10), &[], |_, _| seen += 1)
+                    .expect("drain");
+                let drain_only_ms = started.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(seen, u64::from(n), "every flow drained once");
+                fill(&mut flows);
+                let dir = std::env::temp_dir().join(mirror_tests::netns::unique("drn"));
+                let mut sink = FileSink::open(FileSinkConfig::new(&dir)).expect("file sink");
+                let (rss_before, _) = rss_kib();
+                let started = std::time::Instant::now();
+                let mut batch = Vec::with_capacity(65536);
+                let mut written = 0u64;
+                flows
+                    .drain_with(std::time::Duration::from_millis(10), &[], |k, v| {
+                        batch.push(FlowRecord {
+                            flow_log_id: "fl-bench".into(),
+                            interface_id: "bx0".into(),
+                            ifindex: k.ifindex,
+                            flow: Some(FlowFields {
+                                srcaddr: std::net::IpAddr::from(k.src[0].to_ne_bytes()),
+                                dstaddr: std::net::IpAddr::from(k.dst[0].to_ne_bytes()),
+                                srcport: k.src_port,
+                                dstport: k.dst_port,
+                                protocol: k.protocol,
+                                packets: v.packets,
+                                bytes: v.bytes,
+                                action: FlowAction::Accept,
+                                tcp_flags: 0,
+                                direction: FlowDirection::Ingress,
+                                drop_reason: None,
+                            }),
+                            start: 0,
+                            end: 0,
+                            log_status: LogStatus::Ok,
+                            skipped_packets: 0,
+                        });
+                        if batch.len() == 65536 {
+                            sink.write(&batch).expect("writing records");
+                            written += batch.len() as u64;
+                            batch.clear();
+                        }
+                    })
+                    .expect("drain");
+                sink.write(&batch).expect("writing records");
+                written += batch.len() as u64;
+                let elapsed = started.elapsed();
+                let (rss_after, peak) = rss_kib();
+                let _ = std::fs::remove_dir_all(&dir);
+                (
+                    drain_only_ms,
+                    elapsed.as_secs_f64() * 1e6 / f64::from(n),
+                    elapsed.as_secs_f64() * 1e3,
+                    rss_before,
+                    rss_after,
+                    peak,
+                    written,
+                )
+            })
+        });
+    drop(ns);
+    format!(
+        "\n## Flow-table drain\n\n{n} flows in the kernel table, drained with the agent's \
+         batched lookup-and-delete and streamed into JSON Lines records on disk (one fdatasync per \
+         65536 records). Anchor: 0.36 µs/entry published for batched map read-and-delete; goal: \
+         1 M flows in <= 0.5 s, agent RSS <= 64 MB.\n\n\
+         | flows | drain only (ms, incl. 10 ms grace) | drain + records (ms) | µs/flow | records written | RSS before (MiB) | RSS after (MiB) | peak RSS of the bench process (MiB) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {n} | {drain_only_ms:.0} | {total_ms:.0} | {per_entry_us:.2} | {written} | {:.1} | {:.1} | {:.1} |\n",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        peak as f64 / 1024.0
+    ) + &format!(
+        "\nAgainst the goal: the kernel drain of {n} flows took {drain_only_ms:.0} ms ({}); \
+         making JSON Lines records of them and writing them took the rest. The drain streams \
+         in batches of 4096, so its memory does not grow with the table; the flow-log runner \
+         then keeps each interval's flows in memory until the interval ends (about 100 bytes \
+         per distinct flow), so an interval with 1 M distinct flows needs about 150 MB there: \
+         the 64 MB RSS goal is met by the drain, not yet by a 1 M-flow interval.\n",
+        if n >= 1_000_000 && drain_only_ms <= 500.0 {
+            "goal met"
+        } else if n >= 1_000_000 {
+            "goal missed"
+        } else {
+            "quick run: not comparable"
+        }
+    )
+}
