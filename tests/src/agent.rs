@@ -15,6 +15,11 @@ use crate::netns::NetNs;
 /// test` builds it before the tests run.
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
+    // A binary target (the benchmark) lives in target/<profile>/ itself, next to the agent.
+    let sibling = exe.parent().map(|d| d.join("mirror-agent"));
+    if let Some(bin) = sibling.filter(|b| b.exists()) {
+        return bin;
+    }
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())

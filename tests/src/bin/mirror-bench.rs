@@ -17,8 +17,12 @@ use std::{fmt::Write as _, process::ExitCode};
 mod common;
 #[path = "mirror-bench/drain.rs"]
 mod drain;
+#[path = "mirror-bench/flowacct.rs"]
+mod flowacct;
 #[path = "mirror-bench/progcost.rs"]
 mod progcost;
+#[path = "mirror-bench/wire.rs"]
+mod wire;
 
 struct Args {
     quick: bool,
@@ -51,6 +55,8 @@ struct Section {
     markdown: String,
     rows: usize,
     expected: usize,
+    /// SVG files (name, content), written to `bench/` next to the document.
+    plots: Vec<(String, String)>,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             markdown: cost.markdown(quick),
             rows: cost.rows(),
             expected: progcost::Cost::expected_rows(),
+            plots: Vec::new(),
         });
     }
     if wanted("drain") {
@@ -81,7 +88,34 @@ fn main() -> ExitCode {
             markdown: drain::drain_section(n),
             rows: 1,
             expected: 1,
+            plots: Vec::new(),
         });
+    }
+    if wanted("wire") || wanted("flows") {
+        let bed = wire::Bed::new();
+        let mut capacity = 0.0;
+        if wanted("wire") {
+            let w = wire::run(&bed, quick);
+            capacity = w.capacity_64();
+            let (markdown, plots) = w.markdown(quick);
+            sections.push(Section {
+                name: "wire",
+                markdown,
+                rows: w.rows(),
+                expected: wire::Wire::expected_rows(),
+                plots,
+            });
+        }
+        if wanted("flows") {
+            let f = flowacct::run(&bed, quick, capacity);
+            sections.push(Section {
+                name: "flows",
+                markdown: f.markdown(quick),
+                rows: f.rows(),
+                expected: flowacct::FlowAcct::expected_rows(),
+                plots: Vec::new(),
+            });
+        }
     }
     let mut out = String::new();
     for s in &sections {
@@ -109,6 +143,18 @@ fn main() -> ExitCode {
         if let Err(e) = std::fs::write(&path, doc) {
             eprintln!("mirror-bench: writing {path}: {e}");
             return ExitCode::FAILURE;
+        }
+        let dir = std::path::Path::new(&path)
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("bench");
+        for (name, svg) in sections.iter().flat_map(|s| &s.plots) {
+            if let Err(e) =
+                std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), svg))
+            {
+                eprintln!("mirror-bench: writing {name}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
         eprintln!("wrote {path}");
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use mirror_tests::netns::NetNs;
+use mirror_tests::netns::{NetNs, in_netns};
 
 pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -98,17 +98,30 @@ pub struct IfStats {
     pub tx_dropped: u64,
 }
 
+/// Read from /proc/thread-self/net/dev on a thread inside `ns`: no process to start, so the
+/// counters of one snapshot are read within microseconds of each other.
 pub fn if_stats(ns: &NetNs, dev: &str) -> IfStats {
-    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", dev]);
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("ip -j link show gives JSON");
-    let s = &v[0]["stats64"];
-    let n = |dir: &str, k: &str| s[dir][k].as_u64().unwrap_or(0);
+    let text = in_netns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev").expect("reading /proc/net/dev")
+    });
+    let line = text
+        .lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == dev).then_some(rest)
+        })
+        .unwrap_or_else(|| panic!("{dev} not in /proc/net/dev of {}", ns.name));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let n = |i: usize| f.get(i).copied().unwrap_or(0);
+    // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop …
     IfStats {
-        rx_packets: n("rx", "packets"),
-        rx_dropped: n("rx", "dropped"),
-        tx_packets: n("tx", "packets"),
-        tx_dropped: n("tx", "dropped"),
+        rx_packets: n(1),
+        rx_dropped: n(3),
+        tx_packets: n(9),
+        tx_dropped: n(11),
     }
 }
 
