@@ -15,6 +15,8 @@ use std::{fmt::Write as _, process::ExitCode};
 
 #[path = "mirror-bench/common.rs"]
 mod common;
+#[path = "mirror-bench/control.rs"]
+mod control;
 #[path = "mirror-bench/drain.rs"]
 mod drain;
 #[path = "mirror-bench/flowacct.rs"]
@@ -91,7 +93,7 @@ fn main() -> ExitCode {
             plots: Vec::new(),
         });
     }
-    if wanted("wire") || wanted("flows") {
+    if wanted("wire") || wanted("flows") || wanted("control") {
         let bed = wire::Bed::new();
         let mut capacity = 0.0;
         if wanted("wire") {
@@ -113,6 +115,16 @@ fn main() -> ExitCode {
                 markdown: f.markdown(quick),
                 rows: f.rows(),
                 expected: flowacct::FlowAcct::expected_rows(),
+                plots: Vec::new(),
+            });
+        }
+        if wanted("control") {
+            let c = control::run(&bed, quick);
+            sections.push(Section {
+                name: "control",
+                markdown: c.markdown(quick),
+                rows: c.rows(),
+                expected: control::Control::expected_rows(),
                 plots: Vec::new(),
             });
         }
