@@ -98,7 +98,8 @@ impl GenReport {
     }
 }
 
-fn pin_to(cpu: usize) -> io::Result<()> {
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
     // sched_setaffinity(0, …) affects only the calling thread.
     unsafe {

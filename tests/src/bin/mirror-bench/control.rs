@@ -51,11 +51,21 @@ fn sorted_ms(v: &[Duration]) -> Vec<f64> {
     ms
 }
 
+/// One API load run.
+pub struct ApiRun {
+    action: &'static str,
+    clients: usize,
+    requests: u64,
+    seconds: f64,
+    /// Sorted, in ms.
+    latencies: Vec<f64>,
+    errors: u64,
+}
+
 pub struct Control {
     pub agent_ms: Vec<f64>,
     pub tc_ms: Vec<f64>,
-    /// (action, clients, requests, seconds, sorted latencies ms, errors).
-    pub api: Vec<(&'static str, usize, u64, f64, Vec<f64>, u64)>,
+    pub api: Vec<ApiRun>,
     pub rate: u64,
 }
 
@@ -136,8 +146,15 @@ pub fn run(bed: &Bed, quick: bool) -> Control {
         ("ListTrafficMirrorSessions", 8),
         ("CreateTrafficMirrorFilter (DryRun)", 8),
     ] {
-        let (n, lat, errors) = load(&agent.socket, action, clients, secs);
-        api.push((action, clients, n, secs, lat, errors));
+        let (requests, latencies, errors) = load(&agent.socket, action, clients, secs);
+        api.push(ApiRun {
+            action,
+            clients,
+            requests,
+            seconds: secs,
+            latencies,
+            errors,
+        });
     }
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
@@ -204,7 +221,7 @@ impl Control {
     pub fn rows(&self) -> usize {
         usize::from(!self.agent_ms.is_empty())
             + usize::from(!self.tc_ms.is_empty())
-            + self.api.iter().filter(|a| a.2 > 0).count()
+            + self.api.iter().filter(|a| a.requests > 0).count()
     }
 
     pub fn expected_rows() -> usize {
@@ -260,18 +277,26 @@ impl Control {
             "| action | clients | requests | requests/s | p50 (ms) | p99 (ms) | p99 vs 5 ms goal | errors |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        for (action, clients, n, secs, lat, errors) in &self.api {
+        for a in &self.api {
             let _ = writeln!(
                 out,
-                "| {action} | {clients} | {n} | {:.0} | {:.2} | {:.2} | {} | {errors} |",
-                *n as f64 / secs,
-                p(lat, 0.5),
-                p(lat, 0.99),
-                crate::common::ratio(p(lat, 0.99), 5.0)
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                a.action,
+                a.clients,
+                a.requests,
+                a.requests as f64 / a.seconds,
+                p(&a.latencies, 0.5),
+                p(&a.latencies, 0.99),
+                crate::common::ratio(p(&a.latencies, 0.99), 5.0),
+                a.errors
             );
         }
         let add99 = p(&self.agent_ms, 0.99);
-        let api99 = self.api.iter().map(|a| p(&a.4, 0.99)).fold(0.0, f64::max);
+        let api99 = self
+            .api
+            .iter()
+            .map(|a| p(&a.latencies, 0.99))
+            .fold(0.0, f64::max);
         let _ = writeln!(
             out,
             "\nAgainst SPEC section 7 (AddSources to datapath active <= 50 ms p99; API p99 <= 5 \

@@ -13,14 +13,9 @@ use mirror_tests::{
     packets::{L4, frame, v4},
 };
 
+/// Failing to pin only makes the numbers noisier.
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; sched_setaffinity(0, …) affects only the
-    // calling thread. Failing to pin only makes the numbers noisier.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let _ = mirror_tests::pktgen::pin_to(cpu);
 }
 
 /// The data path while something else runs: the ingress program with flow accounting on a

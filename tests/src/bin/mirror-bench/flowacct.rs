@@ -45,7 +45,6 @@ impl Tool {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub sent: u64,
-    pub seconds: f64,
     pub cpu: CpuTimes,
     pub tool_ns: u64,
     /// Packets per generator flow (source port) as reported.
@@ -91,16 +90,13 @@ fn offer(bed: &Bed, rate: u64, secs: f64, tool_pid: u32) -> Outcome {
     } else {
         process_cpu_ns(tool_pid)
     };
-    let started = Instant::now();
     let sender = Generator::start(&bed.sender, bed.gen_config(64, Some(rate)));
     thread::sleep(Duration::from_secs_f64(secs));
     let report = sender.stop();
     // Let the receive queue empty before the CPU is read.
     thread::sleep(Duration::from_millis(100));
-    let seconds = started.elapsed().as_secs_f64();
     Outcome {
         sent: report.sent,
-        seconds,
         cpu: cpu_times(WORK_CPU).since(cpu0),
         tool_ns: if tool_pid == 0 {
             0

@@ -546,9 +546,12 @@ impl Wire {
             let _ = writeln!(out, "{size}-byte frames:\n");
             let _ = writeln!(
                 out,
-                "| method | offered pps | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none |"
+                "| method | offered pps | sender CPU{SENDER_CPU} busy | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none | of which the tool's process (ns) |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             let none = self.get(Method::None, size).copied().unwrap_or_default();
             let mirred = self.get(Method::Mirred, size).copied().unwrap_or_default();
             for m in Method::ALL {
@@ -557,9 +560,10 @@ impl Wire {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.1} % | {} | {} | {} | {} | {:.0} % | {:.0} | {} |",
+                    "| {} | {} | {:.0} % | {:.1} % | {} | {} | {} | {} | {:.0} % | {:.0} | {} | {:.0} |",
                     m.name(),
                     human(w.pps(w.offered)),
+                    100.0 * w.sender_cpu.busy_ns as f64 / w.sender_cpu.total_ns.max(1) as f64,
                     100.0 * w.backlog_drops as f64 / w.offered.max(1) as f64,
                     human(w.pps(w.production)),
                     ratio(w.pps(w.production), none.pps(none.production)),
@@ -568,6 +572,7 @@ impl Wire {
                     100.0 * w.cpu.busy_ns as f64 / w.cpu.total_ns.max(1) as f64,
                     w.cpu_per_packet(),
                     ratio(w.cpu_per_packet(), none.cpu_per_packet()),
+                    w.tool_ns as f64 / w.node_rx.max(1) as f64,
                 );
             }
             out.push('\n');
