@@ -72,6 +72,8 @@ fn main() -> ExitCode {
     let quick = args.quick;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
     let started = std::time::Instant::now();
+    // Other work on the machine shows in every figure: say how much there was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut sections: Vec<Section> = Vec::new();
     if wanted("cost") {
         let cost = progcost::run(quick);
@@ -150,7 +152,13 @@ fn main() -> ExitCode {
         let doc = format!(
             "# Benchmarks\n\nRegenerate with `cargo xtask bench` (root). Numbers from one run on \
              the machine named below; every figure is put next to a peer measured in the same \
-             run. Compare ratios, not absolute values, across machines.\n\n{out}"
+             run. Compare ratios, not absolute values, across machines. Load average when the \
+             run started: {} (1, 5, 15 min; anything above 0 is other work sharing the \
+             CPUs).\n\n{out}",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         if let Err(e) = std::fs::write(&path, doc) {
             eprintln!("mirror-bench: writing {path}: {e}");

@@ -599,20 +599,31 @@ impl Wire {
             );
         }
         let none64 = self.get(Method::None, 64).copied().unwrap_or_default();
+        let saturated = none64.backlog_drops > 0;
         let _ = writeln!(
             out,
-            "The generator: {} pps offered from one core at 64 B with no mirroring; the node \
-             received {} of them and refused {:.1} % at its receive queue, so one sender core \
-             {} the veth path of this bed (the receiving core is the bottleneck, as intended: \
-             every method is measured at saturation, where its cost shows as lost production \
-             packets or fewer copies).\n",
+            "The generator: {} pps offered from one core at 64 B with no mirroring (sender \
+             CPU {:.0} % busy); the node received {} of them and refused {:.1} % at its \
+             receive queue, so one sender core {} the veth path of this bed. {}\n",
             human(none64.pps(none64.offered)),
+            100.0 * none64.sender_cpu.busy_ns as f64 / none64.sender_cpu.total_ns.max(1) as f64,
             human(none64.pps(none64.node_rx)),
             100.0 * none64.backlog_drops as f64 / none64.offered.max(1) as f64,
-            if none64.backlog_drops > 0 {
+            if saturated {
                 "saturates"
             } else {
                 "does NOT saturate"
+            },
+            if saturated {
+                "The receiving core is the bottleneck, as intended: each method's cost shows as \
+                 lost production frames or fewer copies."
+            } else {
+                "The sender is the bottleneck here (its cost per frame includes the AF_PACKET \
+                 send, the veth transmit and handing the frame to the other CPU's backlog), so \
+                 production pps tells little; compare the methods by CPU/pkt on the work core, and by \
+                 copies delivered per production frame. When other processes compete for the \
+                 CPUs (see the load average at the top), the sender's share of its core \
+                 varies from row to row, and so does the offered rate."
             }
         );
         let _ = writeln!(
@@ -626,11 +637,11 @@ impl Wire {
             }
         );
         out.push_str(
-            "At saturation every copy competes with the production frame for the one receiving \
-             core, so no method keeps production at 95 % with a full copy of every packet; the \
-             table shows what each costs per packet, and the truncated copies show what cutting \
-             them saves (mirred and nftables cannot truncate; daemonlogger copies in \
-             userspace).\n\n",
+            "Every copy is made and encapsulated on the same receiving core as the production \
+             frame, so where that core is the bottleneck no method keeps production at 95 % \
+             with a copy of every frame; the truncated rows show what cutting the copies saves \
+             (mirred and nftables cannot truncate; daemonlogger copies in userspace and loses \
+             copies once its ring overflows).\n\n",
         );
         out.push_str("![target pps by frame size](bench/wire-target.svg)\n![production pps by frame size](bench/wire-production.svg)\n");
         let xs: Vec<f64> = SIZES.iter().map(|&s| s as f64).collect();
