@@ -480,11 +480,24 @@ fn set_up(bed: &Bed, m: Method) -> Guard<'_> {
 pub struct Wire {
     /// (method, frame size, window).
     pub results: Vec<(Method, usize, Window)>,
+    /// The generator alone at 64 B: the node drops every frame as it arrives on s0.
+    pub gen_only: Window,
     pub secs: f64,
 }
 
 pub fn run(bed: &Bed, quick: bool) -> Wire {
     let (warm, secs) = if quick { (0.3, 1.0) } else { (1.0, 5.0) };
+    // The generator alone: the node's receive path does as little as it can (nftables drops
+    // at s0's ingress hook), so what limits the rate is the sender.
+    bed.node.exec(&[
+        "nft",
+        "add table netdev gencheck; add chain netdev gencheck in { type filter hook ingress \
+         device \"s0\" priority 0; policy drop; }",
+    ]);
+    let gen_only = measure(bed, 64, None, warm, secs, 0);
+    let _ = bed
+        .node
+        .exec_status(&["nft", "delete", "table", "netdev", "gencheck"]);
     let mut results = Vec::new();
     for m in Method::ALL {
         let guard = set_up(bed, m);
@@ -495,7 +508,11 @@ pub fn run(bed: &Bed, quick: bool) -> Wire {
         }
         drop(guard);
     }
-    Wire { results, secs }
+    Wire {
+        results,
+        gen_only,
+        secs,
+    }
 }
 
 impl Wire {
@@ -604,7 +621,9 @@ impl Wire {
             out,
             "The generator: {} pps offered from one core at 64 B with no mirroring (sender \
              CPU {:.0} % busy); the node received {} of them and refused {:.1} % at its \
-             receive queue, so one sender core {} the veth path of this bed. {}\n",
+             receive queue, so one sender core {} the veth path of this bed. {} With the \
+             node dropping every frame as it arrives (the generator alone): {} pps, sender \
+             CPU {:.0} % busy, receiving CPU {:.0} % busy, {:.1} % refused.\n",
             human(none64.pps(none64.offered)),
             100.0 * none64.sender_cpu.busy_ns as f64 / none64.sender_cpu.total_ns.max(1) as f64,
             human(none64.pps(none64.node_rx)),
@@ -624,7 +643,12 @@ impl Wire {
                  copies delivered per production frame. When other processes compete for the \
                  CPUs (see the load average at the top), the sender's share of its core \
                  varies from row to row, and so does the offered rate."
-            }
+            },
+            human(self.gen_only.pps(self.gen_only.offered)),
+            100.0 * self.gen_only.sender_cpu.busy_ns as f64
+                / self.gen_only.sender_cpu.total_ns.max(1) as f64,
+            100.0 * self.gen_only.cpu.busy_ns as f64 / self.gen_only.cpu.total_ns.max(1) as f64,
+            100.0 * self.gen_only.backlog_drops as f64 / self.gen_only.offered.max(1) as f64,
         );
         let _ = writeln!(
             out,
