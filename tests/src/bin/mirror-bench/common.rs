@@ -163,23 +163,32 @@ pub fn svg_plot(
     xs: &[f64],
     series: &[(String, Vec<f64>)],
 ) -> String {
-    const W: f64 = 720.0;
+    const W: f64 = 860.0;
     const H: f64 = 420.0;
     const L: f64 = 80.0;
-    const R: f64 = 200.0;
+    const R: f64 = 300.0;
     const T: f64 = 40.0;
     const B: f64 = 50.0;
     let colors = [
         "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
     ];
     let xmax = xs.iter().copied().fold(0.0, f64::max).max(1.0);
-    let ymax = series
+    let top = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.1;
+        .max(1e-9);
+    // Round tick steps (1, 2 or 5 times a power of ten), about five of them.
+    let raw = top / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let ticks = (top / step).ceil() as i32;
+    let ymax = step * f64::from(ticks);
     let px = |x: f64| L + x / xmax * (W - L - R);
     let py = |y: f64| H - B - y / ymax * (H - T - B);
     let mut s = String::new();
@@ -196,8 +205,8 @@ pub fn svg_plot(
         H - B,
         H - B
     );
-    for i in 0..=5 {
-        let y = ymax / 1.1 * f64::from(i) / 5.0;
+    for i in 0..=ticks {
+        let y = step * f64::from(i);
         let _ = writeln!(
             s,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><line x1=\"{L}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#ddd\"/>",
@@ -272,5 +281,50 @@ pub fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}x", a / b)
     } else {
         "n/a".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_has_a_line_per_series_inside_the_axes() {
+        let xs = [64.0, 512.0, 1500.0];
+        let series = vec![
+            ("a".to_string(), vec![1.0e5, 2.5e5, 3.0e5]),
+            ("b".to_string(), vec![0.0, f64::NAN, 1.2e5]),
+        ];
+        let svg = svg_plot("t", "x", "y", &xs, &series);
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        // The NaN point is left out: 3 + 2 markers.
+        assert_eq!(svg.matches("<circle").count(), 5, "{svg}");
+        for c in svg.split("<circle").skip(1) {
+            let num = |attr: &str| -> f64 {
+                let v = c.split(attr).nth(1).expect(attr);
+                v.trim_start_matches("=\"")
+                    .split('"')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("number")
+            };
+            let (x, y) = (num(" cx"), num(" cy"));
+            assert!(
+                (80.0..=560.0).contains(&x) && (40.0..=370.0).contains(&y),
+                "{x},{y}"
+            );
+        }
+        // Round ticks up to the largest value: 0, 100 k, 200 k, 300 k.
+        assert!(svg.contains(">300 k<") && svg.contains(">100 k<"), "{svg}");
+    }
+
+    #[test]
+    fn ratios_and_percentiles() {
+        assert_eq!(ratio(3.0, 2.0), "1.50x");
+        assert_eq!(ratio(1.0, 0.0), "n/a");
+        let v = [1.0, 2.0, 3.0, 4.0, 100.0];
+        assert_eq!(percentile(&v, 0.5), 3.0);
+        assert_eq!(percentile(&v, 0.99), 100.0);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
     }
 }

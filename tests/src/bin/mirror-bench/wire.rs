@@ -667,8 +667,13 @@ impl Wire {
              (mirred and nftables cannot truncate; daemonlogger copies in userspace and loses \
              copies once its ring overflows).\n\n",
         );
-        out.push_str("![target pps by frame size](bench/wire-target.svg)\n![production pps by frame size](bench/wire-production.svg)\n");
+        out.push_str(
+            "![target pps by frame size](bench/wire-target.svg)\n\
+             ![production pps by frame size](bench/wire-production.svg)\n\
+             ![CPU per frame by frame size](bench/wire-cpu.svg)\n",
+        );
         let xs: Vec<f64> = SIZES.iter().map(|&s| s as f64).collect();
+        // Every method in every plot, so each keeps its colour.
         let series = |f: &dyn Fn(&Window) -> f64| -> Vec<(String, Vec<f64>)> {
             Method::ALL
                 .iter()
@@ -684,6 +689,16 @@ impl Wire {
                 .collect()
         };
         let plots = vec![
+            (
+                "wire-cpu.svg".to_string(),
+                svg_plot(
+                    "Work-core CPU per received frame",
+                    "frame bytes",
+                    "ns per frame",
+                    &xs,
+                    &series(&|w| w.cpu_per_packet()),
+                ),
+            ),
             (
                 "wire-target.svg".to_string(),
                 svg_plot(
