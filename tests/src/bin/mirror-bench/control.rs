@@ -113,7 +113,11 @@ pub fn run(bed: &Bed, quick: bool) -> Control {
         &dir,
         &["taskset", "-c", &WORK_CPU.to_string()],
     );
-    agent.wait_settled(Duration::from_secs(20));
+    let list = agent.wait_settled(Duration::from_secs(20));
+    assert_eq!(
+        list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"], "Normal",
+        "{list}"
+    );
     let call = |action: &str| {
         let r = http::rpc_get_params(
             &agent.socket,

@@ -17,7 +17,7 @@ use mirror_tests::{
     packets::{L4, frame, v4, v6},
 };
 
-use crate::common::{machine, median};
+use crate::common::{machine, median, ratio};
 
 const BASELINE: &str = "bench_empty";
 pub const SIZES: [usize; 3] = [64, 512, 1500];
@@ -306,7 +306,7 @@ impl Cost {
              packet \"arriving\" on a veth, median of {} runs x {} repetitions ({} for the \
              mirrored row, whose copy is built and sent through the kernel). Peer: the empty TC \
              program (`bench_empty`, same object) measured on the same packet in the same run; \
-             each cell is `ns/packet (ns over empty)`. The rules are UDP to one port each; the \
+             each cell is `ns/packet (ns over empty, ratio to empty)`. The rules are UDP to one port each; the \
              \"no match\" packet agrees with every rule on IP version, protocol and source CIDR \
              and misses only on the port, so every rule is evaluated to the end. Flow accounting \
              updates an existing flow of the shared flow table.\n",
@@ -334,7 +334,7 @@ impl Cost {
                 let mut line = format!("| {name} |");
                 for c in &cells {
                     let v = c.3.get(i).copied().unwrap_or(f64::NAN);
-                    let _ = write!(line, " {v:.0} ({:+.0}) |", v - c.2);
+                    let _ = write!(line, " {v:.0} ({:+.0}, {}) |", v - c.2, ratio(v, c.2));
                 }
                 let _ = writeln!(out, "{line}");
             }
@@ -395,7 +395,7 @@ impl Cost {
                 "| {size} B | {base:.0} | {:.0} | {:.0} | {} |",
                 shared - base,
                 percpu - base,
-                crate::common::ratio(shared - base, percpu - base)
+                ratio(shared - base, percpu - base)
             );
         }
         out

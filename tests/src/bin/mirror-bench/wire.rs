@@ -470,7 +470,14 @@ fn set_up(bed: &Bed, m: Method) -> Guard<'_> {
                 &dir,
                 &["taskset", "-c", &WORK_CPU.to_string()],
             );
-            agent.wait_settled(Duration::from_secs(20));
+            let list = agent.wait_settled(Duration::from_secs(20));
+            // Created but not applied (e.g. no tunnel device) would measure nothing.
+            assert_eq!(
+                list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"],
+                "Normal",
+                "{list}\n{}",
+                agent.log_text()
+            );
             Setup::Agent(Box::new(agent))
         }
     };
