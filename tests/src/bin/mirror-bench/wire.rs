@@ -63,6 +63,12 @@ fn sink(ns: &NetNs, dev: &str) {
 
 impl Bed {
     pub fn new() -> Bed {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            cpus > WORK_CPU,
+            "the wire bench needs {} CPUs (one sender core, one for the rest); this machine has {cpus}",
+            WORK_CPU + 1
+        );
         let sender = NetNs::new("wg");
         let node = NetNs::new("wn");
         let dst = NetNs::new("wd");
