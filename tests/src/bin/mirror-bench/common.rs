@@ -39,7 +39,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuTimes {
     pub busy_ns: u64,
-    pub softirq_ns: u64,
+    /// System + irq + softirq: the kernel's share, where packets are processed.
+    pub kernel_ns: u64,
     pub total_ns: u64,
 }
 
@@ -61,7 +62,7 @@ pub fn cpu_times(cpu: usize) -> CpuTimes {
     let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
     CpuTimes {
         busy_ns: busy,
-        softirq_ns: get(6),
+        kernel_ns: get(2) + get(5) + get(6),
         total_ns: busy + get(3) + get(4),
     }
 }
@@ -70,14 +71,14 @@ impl CpuTimes {
     pub fn since(self, before: CpuTimes) -> CpuTimes {
         CpuTimes {
             busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
-            softirq_ns: self.softirq_ns.saturating_sub(before.softirq_ns),
+            kernel_ns: self.kernel_ns.saturating_sub(before.kernel_ns),
             total_ns: self.total_ns.saturating_sub(before.total_ns),
         }
     }
 }
 
-/// CPU time (user + system) a process used so far, in nanoseconds.
-pub fn process_cpu_ns(pid: u32) -> u64 {
+/// CPU time a process used so far, in nanoseconds: (user, system).
+pub fn process_cpu(pid: u32) -> (u64, u64) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -86,7 +87,7 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state(0) ... utime(11) stime(12).
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (t(11) + t(12)) * 1_000_000_000 / hz
+    (t(11) * 1_000_000_000 / hz, t(12) * 1_000_000_000 / hz)
 }
 
 /// Packet counters of an interface in a namespace (`ip -s -j link show`).

@@ -26,7 +26,7 @@ use mirror_tests::{
 };
 
 use crate::common::{
-    CpuTimes, IfStats, cpu_times, human, if_stats, mac_of, machine, process_cpu_ns, ratio, svg_plot,
+    CpuTimes, IfStats, cpu_times, human, if_stats, mac_of, machine, process_cpu, ratio, svg_plot,
 };
 
 pub const SENDER_CPU: usize = 0;
@@ -246,17 +246,18 @@ pub struct Window {
     pub cpu: CpuTimes,
     /// The sender's CPU.
     pub sender_cpu: CpuTimes,
-    /// CPU time of the userspace tool under test, if any.
-    pub tool_ns: u64,
+    /// CPU time of the userspace tool under test, if any: user, system.
+    pub tool_ns: (u64, u64),
 }
 
 impl Window {
     pub fn pps(&self, n: u64) -> f64 {
         n as f64 / self.seconds.max(1e-9)
     }
-    /// Busy time of the work CPU per packet received by the node.
+    /// Kernel time of the work CPU plus the tool's user time, per packet received by the
+    /// node. Other processes' user time is left out: a busy machine disturbs it less.
     pub fn cpu_per_packet(&self) -> f64 {
-        self.cpu.busy_ns as f64 / (self.node_rx.max(1)) as f64
+        (self.cpu.kernel_ns + self.tool_ns.0) as f64 / (self.node_rx.max(1)) as f64
     }
 }
 
@@ -269,7 +270,7 @@ struct Snap {
     c0: IfStats,
     cpu: CpuTimes,
     sender_cpu: CpuTimes,
-    tool: u64,
+    tool: (u64, u64),
 }
 
 fn snap(bed: &Bed, sender: &Generator, tool_pid: u32) -> Snap {
@@ -283,9 +284,9 @@ fn snap(bed: &Bed, sender: &Generator, tool_pid: u32) -> Snap {
         cpu: cpu_times(WORK_CPU),
         sender_cpu: cpu_times(SENDER_CPU),
         tool: if tool_pid == 0 {
-            0
+            (0, 0)
         } else {
-            process_cpu_ns(tool_pid)
+            process_cpu(tool_pid)
         },
     }
 }
@@ -314,7 +315,10 @@ pub fn measure(
         target: b.c0.since(a.c0).rx_packets,
         cpu: b.cpu.since(a.cpu),
         sender_cpu: b.sender_cpu.since(a.sender_cpu),
-        tool_ns: b.tool.saturating_sub(a.tool),
+        tool_ns: (
+            b.tool.0.saturating_sub(a.tool.0),
+            b.tool.1.saturating_sub(a.tool.1),
+        ),
     }
 }
 
@@ -564,8 +568,11 @@ impl Wire {
              (pinned there with taskset). The peers send to a VXLAN device (VNI 100) to the \
              same target; the agent uses its own. Each row is a {:.0}-second window after \
              warm-up. Production pps = frames reaching the production sink; target pps = VXLAN \
-             packets reaching the target; CPU/pkt = busy time of CPU {WORK_CPU} (user + \
-             system + irq + softirq, /proc/stat) divided by the frames the node received; \
+             packets reaching the target; CPU/pkt = kernel time of CPU {WORK_CPU} (system + irq \
+             + softirq, /proc/stat) plus the user time of the method's process (daemonlogger, \
+             the agent) divided by the frames the node received (other processes' user time \
+             on that CPU is left out, so a busy machine disturbs it less; \"busy\" counts \
+             everything); \
              \"backlog drops\" are frames the node's receive queue refused (the sender \
              outran the receiving core). Ratios: production against no mirroring, target \
              against tc mirred, CPU against no mirroring.\n",
@@ -602,7 +609,7 @@ impl Wire {
                     100.0 * w.cpu.busy_ns as f64 / w.cpu.total_ns.max(1) as f64,
                     w.cpu_per_packet(),
                     ratio(w.cpu_per_packet(), none.cpu_per_packet()),
-                    w.tool_ns as f64 / w.node_rx.max(1) as f64,
+                    (w.tool_ns.0 + w.tool_ns.1) as f64 / w.node_rx.max(1) as f64,
                 );
             }
             out.push('\n');
