@@ -4,8 +4,15 @@
 //! The kernel here has no pktgen, so the project brings its own. The frames are built once:
 //! a fixed set of flows (source ports `FIRST_SPORT..`), sent round robin, so the ground truth
 //! is known exactly: after `n` frames flow `i` has `n / flows + (i < n % flows)` packets.
-//! Without a rate it sends as fast as one core can; with one it paces batches against the
-//! clock (spinning, as the core is the generator's anyway).
+//! Without a rate it sends as fast as it can; with one it paces batches against the clock
+//! (spinning, as the core is the generator's anyway).
+//!
+//! Back-pressure: a frame keeps its reference to the sending socket across the veth until the
+//! receiving side frees it, so the socket's send buffer bounds the frames in flight. When the
+//! receiving core falls behind, `sendmmsg` blocks (instead of the receive backlog dropping)
+//! and the rate becomes what the receiver processes; the thread's own CPU time
+//! ([`Generator::cpu_ns`]) then stays below the wall time, which is how a caller tells a
+//! receiver-bound run from a sender-bound one.
 
 use std::{
     fs::File,
@@ -81,6 +88,7 @@ pub fn flow_packets(sent: u64, flows: u16, flow: u16) -> u64 {
 pub struct Generator {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    cpu_ns: Arc<AtomicU64>,
     started: Instant,
     handle: Option<thread::JoinHandle<io::Result<()>>>,
 }
@@ -162,13 +170,23 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
 
 const BATCH: usize = 64;
 
-fn send_loop(
-    cfg: &GenConfig,
-    fd: &OwnedFd,
-    stop: &AtomicBool,
-    sent: &AtomicU64,
-    started: Instant,
-) -> io::Result<()> {
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Counters<'a> {
+    stop: &'a AtomicBool,
+    sent: &'a AtomicU64,
+    cpu_ns: &'a AtomicU64,
+}
+
+fn send_loop(cfg: &GenConfig, fd: &OwnedFd, c: &Counters<'_>, started: Instant) -> io::Result<()> {
+    let (stop, sent) = (c.stop, c.sent);
     let flows = cfg.flows.max(1);
     let frames: Vec<Vec<u8>> = (0..flows).map(|i| build_frame(cfg, i)).collect();
     // One iovec per frame; a batch is a window over them, flow order kept exactly.
@@ -212,6 +230,7 @@ fn send_loop(
         next = (next + r) % frames.len();
         total += r as u64;
         sent.store(total, Ordering::Relaxed);
+        c.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -221,7 +240,8 @@ impl Generator {
     pub fn start(ns: &NetNs, cfg: GenConfig) -> Generator {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (stop2, sent2) = (Arc::clone(&stop), Arc::clone(&sent));
+        let cpu_ns = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2, cpu2) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&cpu_ns));
         let path = format!("/var/run/netns/{}", ns.name);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = thread::Builder::new()
@@ -249,7 +269,12 @@ impl Generator {
                     }
                 };
                 let started = Instant::now();
-                send_loop(&cfg, &fd, &stop2, &sent2, started)
+                let counters = Counters {
+                    stop: &stop2,
+                    sent: &sent2,
+                    cpu_ns: &cpu2,
+                };
+                send_loop(&cfg, &fd, &counters, started)
             })
             .expect("spawning the generator thread");
         let started = match ready_rx.recv() {
@@ -260,6 +285,7 @@ impl Generator {
         Generator {
             stop,
             sent,
+            cpu_ns,
             started,
             handle: Some(handle),
         }
@@ -268,6 +294,11 @@ impl Generator {
     /// Frames sent so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the sending thread used so far (updated after every batch), in ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.cpu_ns.load(Ordering::Relaxed)
     }
 
     /// Stops, and reports what was sent.

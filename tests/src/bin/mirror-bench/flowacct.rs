@@ -11,25 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-};
-
-use mirror_agent::datapath::PROG_FLOW_DROP;
 use mirror_tests::{
     agent::Agent,
-    netns::in_netns,
     pktgen::{DPORT, FIRST_SPORT, Generator, flow_packets},
 };
 
 use crate::{
     common::{CpuTimes, cpu_times, human, machine, process_cpu, ratio},
-    wire::{Bed, FLOWS, Proc, WORK_CPU},
+    wire::{Bed, FLOWS, METRICS, Proc, WORK_CPU, bpf_stats},
 };
-
-/// The agent's metrics listener, in the node namespace.
-const METRICS: &str = "127.0.0.1:9464";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
@@ -121,35 +111,6 @@ fn offer(bed: &Bed, rate: u64, secs: f64, tool_pid: u32) -> Outcome {
         reported: BTreeMap::new(),
         bpf: None,
     }
-}
-
-/// The agent's BPF run time (ns) of its source/encap programs and of its drop tracepoint,
-/// from its /metrics.
-fn bpf_stats(bed: &Bed) -> (f64, f64) {
-    let text = in_netns(&bed.node, || {
-        let mut s = TcpStream::connect(METRICS).expect("connecting to the agent's /metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .expect("metrics request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("metrics answer");
-        body
-    });
-    let (mut tc, mut drop) = (0.0, 0.0);
-    let name = "mirror_bpf_program_run_time_seconds_total{";
-    for l in text.lines().filter(|l| l.starts_with(name)) {
-        let v = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            * 1e9;
-        if l.contains(&format!("\"{PROG_FLOW_DROP}\"")) {
-            drop += v;
-        } else {
-            tc += v;
-        }
-    }
-    (tc, drop)
 }
 
 fn nfdump_flows(dir: &Path) -> BTreeMap<u16, u64> {
@@ -454,7 +415,7 @@ impl FlowAcct {
         );
         let _ = writeln!(
             out,
-            "| tool | frames sent | eBPF source program (ns/pkt) | eBPF drop tracepoint (ns/pkt) | process CPU (ns/pkt) | measured cost (ns/pkt) | vs agent | CPU{WORK_CPU} kernel + tool user /pkt (ns) | added over nothing (ns/pkt) | flows exact | flows off | flows missing | packets reported | of sent |"
+            "| tool | frames sent | eBPF source programs (ns/pkt) | eBPF drop tracepoint (ns/pkt) | process CPU (ns/pkt) | measured cost (ns/pkt) | vs agent | CPU{WORK_CPU} kernel + tool user /pkt (ns) | added over nothing (ns/pkt) | flows exact | flows off | flows missing | packets reported | of sent |"
         );
         let _ = writeln!(
             out,

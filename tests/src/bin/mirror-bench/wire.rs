@@ -13,21 +13,27 @@
 
 use std::{
     fmt::Write as _,
+    io::{Read as _, Write as _},
     net::Ipv4Addr,
+    net::TcpStream,
     process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use mirror_agent::datapath::{PROG_EGRESS, PROG_FLOW_DROP, PROG_INGRESS};
 use mirror_tests::{
     agent::Agent,
-    netns::NetNs,
+    netns::{NetNs, in_netns},
     pktgen::{GenConfig, Generator},
 };
 
 use crate::common::{
     CpuTimes, IfStats, cpu_times, human, if_stats, mac_of, machine, process_cpu, ratio, svg_plot,
 };
+
+/// The agent's metrics listener, in the node namespace.
+pub const METRICS: &str = "127.0.0.1:9464";
 
 pub const SENDER_CPU: usize = 0;
 pub const WORK_CPU: usize = 1;
@@ -190,6 +196,48 @@ impl Bed {
     }
 }
 
+/// The agent's BPF run time so far (ns) of its source programs (which include sending the
+/// copy: the encapsulation program and the VXLAN device run inside bpf_clone_redirect) and
+/// of its drop tracepoint, and
+/// the runs of its ingress program, from its /metrics (the kernel's BPF stats, which the
+/// agent keeps enabled, refreshed about every second).
+pub fn bpf_stats(bed: &Bed) -> (f64, f64, f64) {
+    let text = in_netns(&bed.node, || {
+        let mut s = TcpStream::connect(METRICS).expect("connecting to the agent's /metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .expect("metrics request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("metrics answer");
+        body
+    });
+    let value = |l: &str| {
+        l.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (mut tc, mut drop, mut runs) = (0.0, 0.0, 0.0);
+    let time = "mirror_bpf_program_run_time_seconds_total{";
+    for l in text.lines().filter(|l| l.starts_with(time)) {
+        // The encapsulation program runs inside the source program's bpf_clone_redirect
+        // (the copy is sent synchronously), so its time is already in the source's.
+        if l.contains(&format!("\"{PROG_FLOW_DROP}\"")) {
+            drop += value(l) * 1e9;
+        } else if l.contains(&format!("\"{PROG_INGRESS}\""))
+            || l.contains(&format!("\"{PROG_EGRESS}\""))
+        {
+            tc += value(l) * 1e9;
+        }
+    }
+    let count = "mirror_bpf_program_runs_total{";
+    for l in text.lines().filter(|l| l.starts_with(count)) {
+        if l.contains(&format!("\"{PROG_INGRESS}\"")) {
+            runs += value(l);
+        }
+    }
+    (tc, drop, runs)
+}
+
 /// A process started for one method, stopped on drop (also when the bench panics).
 pub struct Proc(pub Option<Child>);
 
@@ -244,15 +292,26 @@ pub struct Window {
     pub production: u64,
     pub target: u64,
     pub cpu: CpuTimes,
-    /// The sender's CPU.
-    pub sender_cpu: CpuTimes,
+    /// CPU time of the sending thread itself: below the window's length when it waited for
+    /// the receiver (see `pktgen`'s back-pressure).
+    pub sender_thread_ns: u64,
     /// CPU time of the userspace tool under test, if any: user, system.
     pub tool_ns: (u64, u64),
+    /// The agent's eBPF time per received frame: TC programs, drop tracepoint.
+    pub agent_bpf: Option<(f64, f64)>,
 }
 
 impl Window {
     pub fn pps(&self, n: u64) -> f64 {
         n as f64 / self.seconds.max(1e-9)
+    }
+    /// Share of the window the sending thread was running.
+    pub fn sender_busy(&self) -> f64 {
+        self.sender_thread_ns as f64 / (self.seconds * 1e9).max(1.0)
+    }
+    /// The receiving side set the rate: the sender waited for it, or its backlog dropped.
+    pub fn receiver_bound(&self) -> bool {
+        self.sender_busy() < 0.9 || self.backlog_drops > 0
     }
     /// Kernel time of the work CPU plus the tool's user time, per packet received by the
     /// node. Other processes' user time is left out: a busy machine disturbs it less.
@@ -264,12 +323,12 @@ impl Window {
 struct Snap {
     at: Instant,
     sent: u64,
+    thread_ns: u64,
     g0: IfStats,
     s0: IfStats,
     d1: IfStats,
     c0: IfStats,
     cpu: CpuTimes,
-    sender_cpu: CpuTimes,
     tool: (u64, u64),
 }
 
@@ -277,12 +336,12 @@ fn snap(bed: &Bed, sender: &Generator, tool_pid: u32) -> Snap {
     Snap {
         at: Instant::now(),
         sent: sender.sent(),
+        thread_ns: sender.cpu_ns(),
         g0: if_stats(&bed.sender, "g0"),
         s0: if_stats(&bed.node, "s0"),
         d1: if_stats(&bed.dst, "d1"),
         c0: if_stats(&bed.col, "c0"),
         cpu: cpu_times(WORK_CPU),
-        sender_cpu: cpu_times(SENDER_CPU),
         tool: if tool_pid == 0 {
             (0, 0)
         } else {
@@ -314,11 +373,12 @@ pub fn measure(
         production: b.d1.since(a.d1).rx_packets,
         target: b.c0.since(a.c0).rx_packets,
         cpu: b.cpu.since(a.cpu),
-        sender_cpu: b.sender_cpu.since(a.sender_cpu),
+        sender_thread_ns: b.thread_ns.saturating_sub(a.thread_ns),
         tool_ns: (
             b.tool.0.saturating_sub(a.tool.0),
             b.tool.1.saturating_sub(a.tool.1),
         ),
+        agent_bpf: None,
     }
 }
 
@@ -356,8 +416,9 @@ impl Method {
 
 /// Agent config: one session on s0, every IPv4 packet, to the target c0.
 pub fn agent_config(packet_length: Option<u16>) -> String {
-    let mut c = String::from(
-        "[[targets]]\nid = \"tmt-col\"\ndestination_ip = \"198.18.20.2\"\n\
+    let mut c = format!(
+        "metrics_listen = \"{METRICS}\"\n\
+         [[targets]]\nid = \"tmt-col\"\ndestination_ip = \"198.18.20.2\"\n\
          [[filters]]\nid = \"tmf-all\"\n\
          [[filters.ingress_rules]]\npriority = 1\naction = \"accept\"\nprotocol = \"ALL\"\n\
          ip_version = \"IPv4\"\nsource_cidr_block = \"0.0.0.0/0\"\n\
@@ -519,7 +580,16 @@ pub fn run(bed: &Bed, quick: bool) -> Wire {
     for m in Method::ALL {
         let guard = set_up(bed, m);
         for size in SIZES {
-            let w = measure(bed, size, None, warm, secs, guard.tool_pid());
+            let agent = matches!(m, Method::Agent | Method::AgentTruncated);
+            let before = agent.then(|| bpf_stats(bed));
+            let mut w = measure(bed, size, None, warm, secs, guard.tool_pid());
+            if let Some(b) = before {
+                // The metrics lag the kernel by up to a second or so.
+                thread::sleep(Duration::from_millis(2500));
+                let a = bpf_stats(bed);
+                let frames = (a.2 - b.2).max(1.0);
+                w.agent_bpf = Some(((a.0 - b.0) / frames, (a.1 - b.1) / frames));
+            }
             eprintln!("wire {:?} {size} B: {w:?}", m);
             results.push((m, size, w));
         }
@@ -573,8 +643,8 @@ impl Wire {
              the agent) divided by the frames the node received (other processes' user time \
              on that CPU is left out, so a busy machine disturbs it less; \"busy\" counts \
              everything); \
-             \"backlog drops\" are frames the node's receive queue refused (the sender \
-             outran the receiving core). Ratios: production against no mirroring, target \
+             \"backlog drops\" are frames the node's receive queue refused (rare: the \
+             sender's socket buffer holds it back first). Ratios: production against no mirroring, target \
              against tc mirred, CPU against no mirroring.\n",
             machine(),
             self.secs
@@ -583,11 +653,11 @@ impl Wire {
             let _ = writeln!(out, "{size}-byte frames:\n");
             let _ = writeln!(
                 out,
-                "| method | offered pps | sender CPU{SENDER_CPU} busy | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none | of which the tool's process (ns) |"
+                "| method | offered pps | sender thread busy | limited by | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none | of which the tool's process (ns) | agent eBPF (ns/frame): source programs / drop tracepoint |"
             );
             let _ = writeln!(
                 out,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             let none = self.get(Method::None, size).copied().unwrap_or_default();
             let mirred = self.get(Method::Mirred, size).copied().unwrap_or_default();
@@ -597,10 +667,15 @@ impl Wire {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} % | {:.1} % | {} | {} | {} | {} | {:.0} % | {:.0} | {} | {:.0} |",
+                    "| {} | {} | {:.0} % | {} | {:.1} % | {} | {} | {} | {} | {:.0} % | {:.0} | {} | {:.0} | {} |",
                     m.name(),
                     human(w.pps(w.offered)),
-                    100.0 * w.sender_cpu.busy_ns as f64 / w.sender_cpu.total_ns.max(1) as f64,
+                    100.0 * w.sender_busy(),
+                    if w.receiver_bound() {
+                        "receiver"
+                    } else {
+                        "sender"
+                    },
                     100.0 * w.backlog_drops as f64 / w.offered.max(1) as f64,
                     human(w.pps(w.production)),
                     ratio(w.pps(w.production), none.pps(none.production)),
@@ -610,6 +685,8 @@ impl Wire {
                     w.cpu_per_packet(),
                     ratio(w.cpu_per_packet(), none.cpu_per_packet()),
                     (w.tool_ns.0 + w.tool_ns.1) as f64 / w.node_rx.max(1) as f64,
+                    w.agent_bpf
+                        .map_or("-".to_string(), |(tc, d)| format!("{tc:.0} / {d:.0}")),
                 );
             }
             out.push('\n');
@@ -635,40 +712,28 @@ impl Wire {
                 ratio(t.pps(t.production), n.pps(n.production)),
             );
         }
-        let none64 = self.get(Method::None, 64).copied().unwrap_or_default();
-        let saturated = none64.backlog_drops > 0;
+        let bound: Vec<&Window> = self.results.iter().map(|r| &r.2).collect();
+        let receiver_bound = bound.iter().filter(|w| w.receiver_bound()).count();
+        let g = &self.gen_only;
         let _ = writeln!(
             out,
-            "The generator: {} pps offered from one core at 64 B with no mirroring (sender \
-             CPU {:.0} % busy); the node received {} of them and refused {:.1} % at its \
-             receive queue, so one sender core {} the veth path of this bed. {} With the \
-             node dropping every frame as it arrives (the generator alone): {} pps, sender \
-             CPU {:.0} % busy, receiving CPU {:.0} % busy, {:.1} % refused.\n",
-            human(none64.pps(none64.offered)),
-            100.0 * none64.sender_cpu.busy_ns as f64 / none64.sender_cpu.total_ns.max(1) as f64,
-            human(none64.pps(none64.node_rx)),
-            100.0 * none64.backlog_drops as f64 / none64.offered.max(1) as f64,
-            if saturated {
-                "saturates"
+            "The generator alone (the node drops every frame as it arrives on `s0`): {} pps at \
+             64 B from one core, its thread busy {:.0} % of the time, {}. In the table, \
+             \"limited by\" says which side set the rate: the receiver when the sending thread \
+             ran less than 90 % of the window (it waited in `sendmmsg` for its socket's send \
+             buffer, which frames hold until the receiving side frees them) or the node's \
+             backlog dropped; else the sender. {receiver_bound} of {} rows were limited by the \
+             receiving core, where production pps and target pps are the saturation \
+             throughput of each method; in rows limited by the sender, compare CPU/pkt.\n",
+            human(g.pps(g.offered)),
+            100.0 * g.sender_busy(),
+            if g.receiver_bound() {
+                "so even a node doing nothing but drop keeps up with less than the sender could \
+                 send: one sender core saturates the receiving core of this bed"
             } else {
-                "does NOT saturate"
+                "so one sender core does NOT saturate a receiving core that only drops"
             },
-            if saturated {
-                "The receiving core is the bottleneck, as intended: each method's cost shows as \
-                 lost production frames or fewer copies."
-            } else {
-                "The sender is the bottleneck here (its cost per frame includes the AF_PACKET \
-                 send, the veth transmit and handing the frame to the other CPU's backlog), so \
-                 production pps tells little; compare the methods by CPU/pkt on the work core, and by \
-                 copies delivered per production frame. When other processes compete for the \
-                 CPUs (see the load average at the top), the sender's share of its core \
-                 varies from row to row, and so does the offered rate."
-            },
-            human(self.gen_only.pps(self.gen_only.offered)),
-            100.0 * self.gen_only.sender_cpu.busy_ns as f64
-                / self.gen_only.sender_cpu.total_ns.max(1) as f64,
-            100.0 * self.gen_only.cpu.busy_ns as f64 / self.gen_only.cpu.total_ns.max(1) as f64,
-            100.0 * self.gen_only.backlog_drops as f64 / self.gen_only.offered.max(1) as f64,
+            bound.len(),
         );
         let _ = writeln!(
             out,
@@ -679,6 +744,18 @@ impl Wire {
             } else {
                 ""
             }
+        );
+        out.push_str(
+            "The agent's eBPF column comes from its own BPF stats (per frame its ingress \
+             program saw): the source programs (classification, and the clone, whose \
+             encapsulation program, VXLAN encapsulation and transmission all run inside \
+             `bpf_clone_redirect`, so this is most of the copy's cost) and its drop-accounting \
+             tracepoint \
+             (`skb:kfree_skb`), which the agent attaches at start and which runs for every \
+             packet dropped anywhere on the host. This bed drops every production frame and \
+             every copy at its sinks, so the agent pays that tracepoint twice per frame here, \
+             a cost the peers do not have and a host that does not drop its traffic would not \
+             see.\n\n",
         );
         out.push_str(
             "Every copy is made and encapsulated on the same receiving core as the production \
