@@ -10,9 +10,9 @@
 //! Back-pressure: a frame keeps its reference to the sending socket across the veth until the
 //! receiving side frees it, so the socket's send buffer bounds the frames in flight. When the
 //! receiving core falls behind, `sendmmsg` blocks (instead of the receive backlog dropping)
-//! and the rate becomes what the receiver processes; the thread's own CPU time
-//! ([`Generator::cpu_ns`]) then stays below the wall time, which is how a caller tells a
-//! receiver-bound run from a sender-bound one.
+//! and the rate becomes what the receiver processes; the thread then spends part of the wall
+//! time blocked ([`Generator::schedstat`]: neither running nor waiting for a CPU), which is
+//! how a caller tells a receiver-bound run from a sender-bound one.
 
 use std::{
     fs::File,
@@ -88,7 +88,8 @@ pub fn flow_packets(sent: u64, flows: u16, flow: u16) -> u64 {
 pub struct Generator {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    cpu_ns: Arc<AtomicU64>,
+    /// The sending thread's id, for its /proc schedstat.
+    tid: libc::pid_t,
     started: Instant,
     handle: Option<thread::JoinHandle<io::Result<()>>>,
 }
@@ -170,19 +171,9 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
 
 const BATCH: usize = 64;
 
-/// CPU time of the calling thread, in ns.
-fn thread_cpu_ns() -> u64 {
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 struct Counters<'a> {
     stop: &'a AtomicBool,
     sent: &'a AtomicU64,
-    cpu_ns: &'a AtomicU64,
 }
 
 fn send_loop(cfg: &GenConfig, fd: &OwnedFd, c: &Counters<'_>, started: Instant) -> io::Result<()> {
@@ -230,7 +221,6 @@ fn send_loop(cfg: &GenConfig, fd: &OwnedFd, c: &Counters<'_>, started: Instant) 
         next = (next + r) % frames.len();
         total += r as u64;
         sent.store(total, Ordering::Relaxed);
-        c.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -240,8 +230,7 @@ impl Generator {
     pub fn start(ns: &NetNs, cfg: GenConfig) -> Generator {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let cpu_ns = Arc::new(AtomicU64::new(0));
-        let (stop2, sent2, cpu2) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&cpu_ns));
+        let (stop2, sent2) = (Arc::clone(&stop), Arc::clone(&sent));
         let path = format!("/var/run/netns/{}", ns.name);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = thread::Builder::new()
@@ -260,7 +249,9 @@ impl Generator {
                 };
                 let fd = match setup() {
                     Ok(fd) => {
-                        let _ = ready_tx.send(Ok(Instant::now()));
+                        // SAFETY: gettid has no preconditions.
+                        let tid = unsafe { libc::gettid() };
+                        let _ = ready_tx.send(Ok((Instant::now(), tid)));
                         fd
                     }
                     Err(e) => {
@@ -272,12 +263,11 @@ impl Generator {
                 let counters = Counters {
                     stop: &stop2,
                     sent: &sent2,
-                    cpu_ns: &cpu2,
                 };
                 send_loop(&cfg, &fd, &counters, started)
             })
             .expect("spawning the generator thread");
-        let started = match ready_rx.recv() {
+        let (started, tid) = match ready_rx.recv() {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => panic!("generator setup in {}: {e}", ns.name),
             Err(_) => panic!("generator thread ended during setup"),
@@ -285,7 +275,7 @@ impl Generator {
         Generator {
             stop,
             sent,
-            cpu_ns,
+            tid,
             started,
             handle: Some(handle),
         }
@@ -296,9 +286,16 @@ impl Generator {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// CPU time the sending thread used so far (updated after every batch), in ns.
-    pub fn cpu_ns(&self) -> u64 {
-        self.cpu_ns.load(Ordering::Relaxed)
+    /// The sending thread's time running on a CPU and waiting on a run queue so far (ns,
+    /// /proc schedstat); the rest of the wall time it was blocked, i.e. held back by the
+    /// receiver through its socket buffer.
+    pub fn schedstat(&self) -> (u64, u64) {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", self.tid))
+            .unwrap_or_default();
+        let mut f = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        (f.next().unwrap_or(0), f.next().unwrap_or(0))
     }
 
     /// Stops, and reports what was sent.

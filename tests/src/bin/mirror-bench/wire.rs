@@ -292,9 +292,10 @@ pub struct Window {
     pub production: u64,
     pub target: u64,
     pub cpu: CpuTimes,
-    /// CPU time of the sending thread itself: below the window's length when it waited for
-    /// the receiver (see `pktgen`'s back-pressure).
-    pub sender_thread_ns: u64,
+    /// The sending thread's time running and waiting for a CPU (ns); the rest of the window
+    /// it was blocked by the receiver (see `pktgen`'s back-pressure).
+    pub sender_run_ns: u64,
+    pub sender_wait_ns: u64,
     /// CPU time of the userspace tool under test, if any: user, system.
     pub tool_ns: (u64, u64),
     /// The agent's eBPF time per received frame: TC programs, drop tracepoint.
@@ -305,13 +306,15 @@ impl Window {
     pub fn pps(&self, n: u64) -> f64 {
         n as f64 / self.seconds.max(1e-9)
     }
-    /// Share of the window the sending thread was running.
-    pub fn sender_busy(&self) -> f64 {
-        self.sender_thread_ns as f64 / (self.seconds * 1e9).max(1.0)
+    /// Share of the window the sending thread was blocked (neither running nor waiting for a
+    /// CPU): held back by the receiver.
+    pub fn sender_blocked(&self) -> f64 {
+        let wall = (self.seconds * 1e9).max(1.0);
+        (1.0 - (self.sender_run_ns + self.sender_wait_ns) as f64 / wall).max(0.0)
     }
     /// The receiving side set the rate: the sender waited for it, or its backlog dropped.
     pub fn receiver_bound(&self) -> bool {
-        self.sender_busy() < 0.9 || self.backlog_drops > 0
+        self.sender_blocked() > 0.1 || self.backlog_drops > 0
     }
     /// Kernel time of the work CPU plus the tool's user time, per packet received by the
     /// node. Other processes' user time is left out: a busy machine disturbs it less.
@@ -323,7 +326,7 @@ impl Window {
 struct Snap {
     at: Instant,
     sent: u64,
-    thread_ns: u64,
+    sched: (u64, u64),
     g0: IfStats,
     s0: IfStats,
     d1: IfStats,
@@ -336,7 +339,7 @@ fn snap(bed: &Bed, sender: &Generator, tool_pid: u32) -> Snap {
     Snap {
         at: Instant::now(),
         sent: sender.sent(),
-        thread_ns: sender.cpu_ns(),
+        sched: sender.schedstat(),
         g0: if_stats(&bed.sender, "g0"),
         s0: if_stats(&bed.node, "s0"),
         d1: if_stats(&bed.dst, "d1"),
@@ -373,7 +376,8 @@ pub fn measure(
         production: b.d1.since(a.d1).rx_packets,
         target: b.c0.since(a.c0).rx_packets,
         cpu: b.cpu.since(a.cpu),
-        sender_thread_ns: b.thread_ns.saturating_sub(a.thread_ns),
+        sender_run_ns: b.sched.0.saturating_sub(a.sched.0),
+        sender_wait_ns: b.sched.1.saturating_sub(a.sched.1),
         tool_ns: (
             b.tool.0.saturating_sub(a.tool.0),
             b.tool.1.saturating_sub(a.tool.1),
@@ -653,7 +657,7 @@ impl Wire {
             let _ = writeln!(out, "{size}-byte frames:\n");
             let _ = writeln!(
                 out,
-                "| method | offered pps | sender thread busy | limited by | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none | of which the tool's process (ns) | agent eBPF (ns/frame): source programs / drop tracepoint |"
+                "| method | offered pps | sender blocked | limited by | backlog drops | production pps | vs none | target pps | vs mirred | CPU{WORK_CPU} busy | CPU/pkt (ns) | vs none | of which the tool's process (ns) | agent eBPF (ns/frame): source programs / drop tracepoint |"
             );
             let _ = writeln!(
                 out,
@@ -670,7 +674,7 @@ impl Wire {
                     "| {} | {} | {:.0} % | {} | {:.1} % | {} | {} | {} | {} | {:.0} % | {:.0} | {} | {:.0} | {} |",
                     m.name(),
                     human(w.pps(w.offered)),
-                    100.0 * w.sender_busy(),
+                    100.0 * w.sender_blocked(),
                     if w.receiver_bound() {
                         "receiver"
                     } else {
@@ -718,15 +722,16 @@ impl Wire {
         let _ = writeln!(
             out,
             "The generator alone (the node drops every frame as it arrives on `s0`): {} pps at \
-             64 B from one core, its thread busy {:.0} % of the time, {}. In the table, \
-             \"limited by\" says which side set the rate: the receiver when the sending thread \
-             ran less than 90 % of the window (it waited in `sendmmsg` for its socket's send \
-             buffer, which frames hold until the receiving side frees them) or the node's \
-             backlog dropped; else the sender. {receiver_bound} of {} rows were limited by the \
+             64 B from one core, its thread blocked {:.0} % of the time, {}. In the table, \
+             \"sender blocked\" is the share of the window the sending thread was neither \
+             running nor waiting for a CPU (/proc schedstat): it waited in `sendmmsg` for its \
+             socket's send buffer, which frames hold until the receiving side frees them. \
+             \"Limited by\" is the receiver when that share is above 10 % or the node's \
+             backlog dropped, else the sender. {receiver_bound} of {} rows were limited by the \
              receiving core, where production pps and target pps are the saturation \
              throughput of each method; in rows limited by the sender, compare CPU/pkt.\n",
             human(g.pps(g.offered)),
-            100.0 * g.sender_busy(),
+            100.0 * g.sender_blocked(),
             if g.receiver_bound() {
                 "so even a node doing nothing but drop keeps up with less than the sender could \
                  send: one sender core saturates the receiving core of this bed"
