@@ -66,6 +66,8 @@ pub struct StartOptions<'a> {
     pub args: &'a [&'a str],
     /// Mount a private bpffs for the pins (false: the agent finds no bpffs).
     pub bpffs: bool,
+    /// The agent's RUST_LOG.
+    pub rust_log: &'a str,
 }
 
 impl Default for StartOptions<'_> {
@@ -74,6 +76,7 @@ impl Default for StartOptions<'_> {
             wrapper: &[],
             args: &[],
             bpffs: true,
+            rust_log: "info",
         }
     }
 }
@@ -225,7 +228,7 @@ impl Agent {
             .arg("--pin-dir")
             .arg(bpf.join("mirror-agent"))
             .args(opts.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", opts.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -355,3 +355,56 @@ fn a_rejected_program_is_reported_and_the_agent_keeps_serving() {
     assert_eq!(status, 200);
     drop(agent);
 }
+
+/// A tunnel device taken down under the agent: every copy fails, which the session's error
+/// counter shows, and the program's own log message (aya-log, debug level) reaches the
+/// agent's log at its level.
+#[test]
+fn failed_copies_are_counted_and_the_programs_log_reaches_the_agent_log() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("plog"));
+    let mut agent = Agent::start_with(
+        &topo.node,
+        &fault_config(),
+        &dir,
+        &StartOptions {
+            rust_log: "debug",
+            ..StartOptions::default()
+        },
+    );
+    topo.node.exec(&["ip", "link", "set", "mirvx4789", "down"]);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    for _ in 0..5 {
+        client
+            .send_to(&[0u8; 200], (NODE_SRC_ADDR, 7000))
+            .expect("send");
+    }
+    agent.wait_for_log("clone to tunnel device", Duration::from_secs(5));
+    let line = agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("clone to tunnel device"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains("DEBUG"),
+        "forwarded at the program's level: {line}"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (_, text) = metrics_get(&topo.node, 9464, "/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            "mirror_session_errors_total{direction=\"ingress\",reason=\"clone_redirect\",session=\"tms-f\"}"
+        ),
+        5.0,
+        "each failed copy is counted"
+    );
+    drop(agent);
+}

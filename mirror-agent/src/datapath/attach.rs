@@ -111,6 +111,7 @@ pub struct Programs {
     /// Programs the kernel would not load, with its reason: their features are off, the rest
     /// of the agent works.
     pub rejected: BTreeMap<&'static str, String>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// The verifier's verdict, short enough for a session's state: the error and the log's tail.
@@ -139,7 +140,11 @@ fn rejection(e: &ProgramError) -> String {
 
 impl Programs {
     /// Loads (or adopts) the TC programs. A program the kernel rejects is recorded, not fatal.
-    pub fn load(mut ebpf: Ebpf, pins: Option<PinPaths>) -> Programs {
+    pub fn load(
+        mut ebpf: Ebpf,
+        pins: Option<PinPaths>,
+        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    ) -> Programs {
         let mut pinned_tc = BTreeMap::new();
         let mut rejected = BTreeMap::new();
         for name in TC_PROGRAMS {
@@ -181,7 +186,13 @@ impl Programs {
             pinned_drop: None,
             pins,
             rejected,
+            logger,
         }
+    }
+
+    /// The reader of the programs' log ring buffer, for whoever forwards it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     pub fn pins(&self) -> Option<&PinPaths> {

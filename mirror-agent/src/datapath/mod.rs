@@ -243,16 +243,27 @@ pub fn load(
     flow_table_size: u32,
     pins: Option<PinPaths>,
 ) -> Result<(Programs, Maps, FlowTables), DatapathError> {
+    // The programs' log statements below the agent's level cost a load and a compare; the
+    // level is fixed when a program is loaded (adopted programs keep theirs).
+    let log_level = program_log_level();
     let mut loader = aya::EbpfLoader::new();
     loader
         .map_max_entries("FLOWS_0", flow_table_size)
-        .map_max_entries("FLOWS_1", flow_table_size);
+        .map_max_entries("FLOWS_1", flow_table_size)
+        .override_global(aya_log::LEVEL, &log_level, false);
     if let Some(p) = &pins {
         for &name in pins::PINNED_MAPS {
             loader.map_pin_path(name, p.maps.join(name));
         }
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            None
+        }
+    };
     let maps = Maps::take(&mut ebpf)?;
     let flows = FlowTables::new(
         [
@@ -262,7 +273,48 @@ pub fn load(
         take_map(&mut ebpf, "FLOW_CTL")?,
         take_map(&mut ebpf, "FLOW_STATS")?,
     );
-    Ok((Programs::load(ebpf, pins), maps, flows))
+    Ok((Programs::load(ebpf, pins, logger), maps, flows))
+}
+
+/// aya-log's level numbering (error 1 … trace 5, 0 off) for the agent's tracing level.
+fn program_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// Forwards the programs' aya-log records to the agent's log (through the `log` bridge of
+/// tracing-subscriber) at their own level, whenever the ring buffer has some.
+fn forward_program_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // SAFETY: the logger owns the ring buffer's map fd and keeps it open, unchanged, for as
+    // long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// A program of a freshly loaded object (fixtures and benchmarks).
@@ -349,6 +401,12 @@ pub struct Datapath {
     drop_link: Option<DropLink>,
     /// Where the slot tables are saved, when the data path outlives the agent.
     state_dir: Option<PathBuf>,
+    /// Forwards the programs' aya-log records; ends with the runtime.
+    #[expect(
+        dead_code,
+        reason = "held so the task's handle lives as long as the data path"
+    )]
+    log_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Datapath {
@@ -367,14 +425,16 @@ impl Datapath {
     }
 
     fn assemble(
-        programs: Programs,
+        mut programs: Programs,
         maps: Maps,
         attach_mode: TcAttachMode,
         state_dir: Option<PathBuf>,
     ) -> Result<Datapath, DatapathError> {
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
+        let log_task = programs.take_logger().and_then(forward_program_logs);
         Ok(Datapath {
+            log_task,
             programs,
             maps,
             netlink,

@@ -42,6 +42,8 @@ pub const PINNED_MAPS: &[&str] = &[
     "FLOW_CTL",
     "FLOW_STATS",
     "SKB_LAYOUT",
+    // aya-log's ring buffer: adopted programs keep logging where the new agent reads.
+    "AYA_LOGS",
 ];
 
 #[derive(Debug, Error)]
