@@ -8,5 +8,6 @@ pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod pktgen;
+pub mod tcx;
 pub mod topology;
 pub mod traffic;

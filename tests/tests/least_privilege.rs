@@ -9,7 +9,7 @@
 use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
-    agent::Agent,
+    agent::{Agent, as_nobody_with, nobody_dir},
     capture::{self, Capture},
     netns::in_netns,
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
@@ -22,14 +22,8 @@ const CAP_MASK: u64 = (1 << 12) | (1 << 38) | (1 << 39);
 #[test]
 fn agent_runs_as_nobody_with_three_capabilities() {
     let topo = Topology::new();
-    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("lp"));
-    std::fs::create_dir_all(&dir).expect("agent dir");
     // nobody must own its state, socket and config directory.
-    std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&dir)
-        .status()
-        .expect("chown");
+    let dir = nobody_dir("lp");
     let config = config_with_collector(
         r#"
 [[filters]]
@@ -50,16 +44,8 @@ target_id = "tmt-col"
 sources = ["src0"]
 "#,
     );
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &format!("--inh-caps={CAPS}"),
-        &format!("--ambient-caps={CAPS}"),
-        &format!("--bounding-set={CAPS}"),
-        "--",
-    ];
+    let wrapper = as_nobody_with(CAPS);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_wrapped(&topo.node, &config, &dir, &wrapper);
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");

@@ -5,8 +5,8 @@
 //! Tool: promtool from Debian's prometheus package (cargo xtask setup installs it).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
+    io::Write as _,
+    net::UdpSocket,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -14,40 +14,13 @@ use std::{
 
 use mirror_tests::{
     agent::Agent,
+    http::{metric_value as value, metrics_get},
     netns::{NetNs, in_netns},
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
 
 fn get(ns: &NetNs, path: &str) -> (u16, String) {
-    in_netns(ns, || {
-        let mut s = TcpStream::connect(("127.0.0.1", 9464)).expect("metrics listener");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    })
-}
-
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+    metrics_get(ns, 9464, path)
 }
 
 #[test]

@@ -9,11 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_tests::{agent::Agent, http, pktgen::Generator};
+use mirror_tests::{http, pktgen::Generator};
 
 use crate::{
     common::{if_stats, machine, percentile},
-    wire::{Bed, WORK_CPU},
+    wire::{Bed, start_agent},
 };
 
 /// Polls the target's counter until it passes `base`; the time it did, or None after 2 s.
@@ -107,12 +107,7 @@ pub fn run(bed: &Bed, quick: bool) -> Control {
     let _ = bed.node.exec_status(&["ip", "link", "del", "vxm0"]);
 
     let dir = std::env::temp_dir().join(mirror_tests::netns::unique("cag"));
-    let agent = Agent::start_wrapped(
-        &bed.node,
-        CONFIG,
-        &dir,
-        &["taskset", "-c", &WORK_CPU.to_string()],
-    );
+    let agent = start_agent(bed, CONFIG, &dir);
     let list = agent.wait_settled(Duration::from_secs(20));
     assert_eq!(
         list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"], "Normal",

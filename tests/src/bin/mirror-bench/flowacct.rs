@@ -11,14 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_tests::{
-    agent::Agent,
-    pktgen::{DPORT, FIRST_SPORT, Generator, flow_packets},
-};
+use mirror_tests::pktgen::{DPORT, FIRST_SPORT, Generator, flow_packets};
 
 use crate::{
     common::{CpuTimes, cpu_times, human, machine, process_cpu, ratio},
-    wire::{Bed, FLOWS, METRICS, Proc, WORK_CPU, bpf_stats},
+    wire::{Bed, FLOWS, METRICS, Proc, WORK_CPU, bpf_stats, start_agent},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,11 +133,10 @@ fn nfdump_flows(dir: &Path) -> BTreeMap<u16, u64> {
 fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
     let dir = temp_dir("fag");
     let _cleanup = TempDir(dir.clone());
-    let agent = Agent::start_wrapped(
-        &bed.node,
+    let agent = start_agent(
+        bed,
         &format!("flow_drain_ms = 200\nmetrics_listen = \"{METRICS}\"\n"),
         &dir.join("agent"),
-        &["taskset", "-c", &WORK_CPU.to_string()],
     );
     let v = agent.call(
         "CreateFlowLog",

@@ -23,7 +23,7 @@ use std::{
 
 use mirror_agent::datapath::{PROG_EGRESS, PROG_FLOW_DROP, PROG_INGRESS};
 use mirror_tests::{
-    agent::Agent,
+    agent::{Agent, StartOptions},
     netns::{NetNs, in_netns},
     pktgen::{GenConfig, Generator},
 };
@@ -236,6 +236,22 @@ pub fn bpf_stats(bed: &Bed) -> (f64, f64, f64) {
         }
     }
     (tc, drop, runs)
+}
+
+/// The agent in the node namespace, pinned to the work CPU; it takes its data path with it
+/// when it stops (`--detach-on-exit`), so the next method measures without it.
+pub fn start_agent(bed: &Bed, config: &str, dir: &std::path::Path) -> Agent {
+    let cpu = WORK_CPU.to_string();
+    Agent::start_with(
+        &bed.node,
+        config,
+        dir,
+        &StartOptions {
+            wrapper: &["taskset", "-c", &cpu],
+            args: &["--detach-on-exit"],
+            ..StartOptions::default()
+        },
+    )
 }
 
 /// A process started for one method, stopped on drop (also when the bench panics).
@@ -539,12 +555,7 @@ fn set_up(bed: &Bed, m: Method) -> Guard<'_> {
         Method::Agent | Method::AgentTruncated => {
             let len = (m == Method::AgentTruncated).then_some(128);
             let dir = std::env::temp_dir().join(mirror_tests::netns::unique("wag"));
-            let agent = Agent::start_wrapped(
-                &bed.node,
-                &agent_config(len),
-                &dir,
-                &["taskset", "-c", &WORK_CPU.to_string()],
-            );
+            let agent = start_agent(bed, &agent_config(len), &dir);
             let list = agent.wait_settled(Duration::from_secs(20));
             // Created but not applied (e.g. no tunnel device) would measure nothing.
             assert_eq!(
