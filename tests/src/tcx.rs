@@ -44,3 +44,22 @@ pub fn program_loaded(id: u32) -> bool {
         .filter_map(Result::ok)
         .any(|p| p.id() == id)
 }
+
+/// Raw tracepoint links running a program named `name`, anywhere in the kernel (tests run one
+/// at a time, so these are the running test's).
+pub fn raw_tracepoint_links(name: &str) -> usize {
+    let ids: BTreeSet<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(name))
+        .map(|p| p.id())
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| {
+            matches!(
+                l.link_type(),
+                Ok(aya::programs::links::LinkType::RawTracePoint)
+            ) && ids.contains(&l.program_id())
+        })
+        .count()
+}

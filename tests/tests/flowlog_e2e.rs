@@ -16,6 +16,7 @@ use mirror_tests::{
     agent::Agent,
     capture::{self, Capture},
     netns::in_netns,
+    tcx::raw_tracepoint_links,
     topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, WL_ADDR, WL_ADDR6},
 };
 use serde_json::Value;
@@ -849,4 +850,35 @@ fn drops_in_other_namespaces_are_not_attributed_to_the_node() {
         rejects.is_empty(),
         "the workload's drops are not the node's: {rejects:?}"
     );
+}
+
+/// The drop tracepoint runs for every packet the host drops, so it is attached only while a
+/// flow log needs it: none at start, one with a flow log, none again once it is deleted.
+#[test]
+fn drop_accounting_is_attached_only_while_a_flow_log_exists() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    assert_eq!(
+        raw_tracepoint_links("flow_drop"),
+        0,
+        "no flow log, no tracepoint"
+    );
+    let id = create_flow_log(&agent, "src0", "All", "drops-on-demand");
+    assert_eq!(
+        raw_tracepoint_links("flow_drop"),
+        1,
+        "attached for the flow log"
+    );
+    agent.call(
+        "DeleteFlowLog",
+        &[("Version", "2020-04-01"), ("FlowLogId", &id)],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while raw_tracepoint_links("flow_drop") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tracepoint stays attached after the last flow log went"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

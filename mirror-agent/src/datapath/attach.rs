@@ -333,8 +333,9 @@ impl Programs {
     /// Loads and attaches the drop tracepoint, adopting a pinned link of the same program and
     /// replacing one of an older build (new first, then old: drops may count twice for a few
     /// microseconds rather than not at all).
-    pub fn attach_drop(&mut self) -> Result<DropLink, DatapathError> {
-        let pin = self.pins.as_ref().map(PinPaths::drop_link);
+    /// Loads the drop program (adopting this build's pinned one), without attaching it: a
+    /// kernel that rejects it is found at start, not when the first flow log arrives.
+    pub fn load_drop(&mut self) -> Result<Option<u32>, DatapathError> {
         let prog_pin = self.pins.as_ref().map(|p| p.progs.join(PROG_FLOW_DROP));
         if self.pinned_drop.is_none()
             && let Some(path) = prog_pin.as_ref().filter(|p| p.exists())
@@ -347,7 +348,7 @@ impl Programs {
                 ),
             }
         }
-        let ours = match &self.pinned_drop {
+        Ok(match &self.pinned_drop {
             Some(p) => p.info().ok().map(|i| i.id()),
             None => {
                 let prog: &mut RawTracePoint = self
@@ -369,7 +370,17 @@ impl Programs {
                 }
                 prog.info().ok().map(|i| i.id())
             }
-        };
+        })
+    }
+
+    /// Whether an earlier agent left the drop tracepoint attached (pinned).
+    pub fn drop_link_pinned(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| p.drop_link().exists())
+    }
+
+    pub fn attach_drop(&mut self) -> Result<DropLink, DatapathError> {
+        let pin = self.pins.as_ref().map(PinPaths::drop_link);
+        let ours = self.load_drop()?;
         let old = pin.as_ref().and_then(|p| PinnedLink::from_pin(p).ok());
         if let Some(old) = old {
             let fd = FdLink::from(old);

@@ -399,6 +399,8 @@ pub struct Datapath {
     /// Rule id → filter id, for metrics labels.
     rule_filter: BTreeMap<String, String>,
     drop_link: Option<DropLink>,
+    /// The drop program is loaded and the kernel's `sk_buff` layout known.
+    drop_available: bool,
     /// Where the slot tables are saved, when the data path outlives the agent.
     state_dir: Option<PathBuf>,
     /// Forwards the programs' aya-log records; ends with the runtime.
@@ -447,6 +449,7 @@ impl Datapath {
             tunnels: BTreeMap::new(),
             rule_filter: BTreeMap::new(),
             drop_link: None,
+            drop_available: false,
             state_dir,
         })
     }
@@ -676,19 +679,48 @@ impl Datapath {
         })
     }
 
-    /// Counts the node's dropped packets into the flow tables (REJECT flows) from the
-    /// `skb:kfree_skb` raw tracepoint, with the `sk_buff` layout read from the kernel's BTF.
+    /// Makes drop accounting available: dropped packets of flow-logged interfaces become
+    /// REJECT flows, counted from the `skb:kfree_skb` raw tracepoint with the `sk_buff` layout
+    /// read from the kernel's BTF. The program is loaded now (a rejection shows at start) but
+    /// attached only while a flow log exists: it runs for every packet the host drops.
     pub fn enable_drop_accounting(&mut self, layout: SkbLayout) -> Result<(), DatapathError> {
         self.maps
             .skb_layout
             .set(0, layout, 0)
             .map_err(map_err("SKB_LAYOUT"))?;
-        if self.drop_link.is_some() {
-            return Ok(());
+        self.programs.load_drop()?;
+        self.drop_available = true;
+        // What an earlier agent left counting goes on counting (no gap across a restart);
+        // the first apply detaches it if no flow log wants it any more.
+        if self.drop_link.is_none() && self.programs.drop_link_pinned() {
+            self.drop_link = Some(self.programs.attach_drop()?);
         }
-        self.drop_link = Some(self.programs.attach_drop()?);
-        info!("drop accounting attached to skb:kfree_skb");
         Ok(())
+    }
+
+    /// Attaches or detaches the drop tracepoint as flow logs need it.
+    fn sync_drop_accounting(&mut self, wanted: bool, report: &mut ApplyReport) {
+        match (wanted && self.drop_available, self.drop_link.is_some()) {
+            (true, false) => match self.programs.attach_drop() {
+                Ok(link) => {
+                    info!("drop accounting attached to skb:kfree_skb");
+                    self.drop_link = Some(link);
+                }
+                Err(e) => report.error(PROG_FLOW_DROP, format!("drop accounting: {e}")),
+            },
+            (false, true) => {
+                if let Some(link) = self.drop_link.take() {
+                    link.detach();
+                    info!("drop accounting detached: no flow log needs it");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the drop tracepoint is attached now.
+    pub fn drop_accounting_attached(&self) -> bool {
+        self.drop_link.is_some()
     }
 
     /// Source stats slots of the interfaces with a flow log, by interface index.
@@ -933,6 +965,8 @@ impl Datapath {
         for port in unused {
             self.remove_tunnel(port).await?;
         }
+        self.sync_drop_accounting(!desired.flow_interfaces.is_empty(), &mut report);
+
         // The next agent adopts from this; failing to save costs a gap then, not now.
         if let Err(e) = self.save() {
             report.error("datapath", e.to_string());
