@@ -317,6 +317,8 @@ pub struct Objects {
     pub sessions: Vec<Session>,
     /// Interfaces covered by an active flow log.
     pub flow_interfaces: Vec<String>,
+    /// Receivers (this node as a mirror target), interfaces resolved.
+    pub receivers: Vec<crate::datapath::receive::Receiver>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod flowtable;
+pub mod receive;
 mod slots;
 pub mod tunnel;
 
@@ -382,6 +383,8 @@ pub struct Datapath {
     /// Rule id → filter id, for metrics labels.
     rule_filter: BTreeMap<String, String>,
     drop_link: Option<aya::programs::raw_trace_point::RawTracePointLinkId>,
+    /// The receiving side (XDP and capture interfaces) of a mirror target.
+    pub receive: receive::Receive,
 }
 
 impl Datapath {
@@ -391,7 +394,8 @@ impl Datapath {
         attach_mode: TcAttachMode,
         flow_table_size: u32,
     ) -> Result<(Datapath, FlowTables), DatapathError> {
-        let (ebpf, maps, flows) = load(flow_table_size)?;
+        let (mut ebpf, maps, flows) = load(flow_table_size)?;
+        let receive = receive::Receive::new(&mut ebpf)?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         let datapath = Datapath {
@@ -407,6 +411,7 @@ impl Datapath {
             tunnels: BTreeMap::new(),
             rule_filter: BTreeMap::new(),
             drop_link: None,
+            receive,
         };
         Ok((datapath, flows))
     }
@@ -458,6 +463,14 @@ impl Datapath {
     /// A loaded program, e.g. for BPF_PROG_TEST_RUN.
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         classifier(&mut self.ebpf, name)
+    }
+
+    /// A loaded XDP program (the receiving side), e.g. for BPF_PROG_TEST_RUN.
+    pub fn xdp_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::programs::Xdp, DatapathError> {
+        receive::xdp(&mut self.ebpf, name)
     }
 
     /// Interfaces with the source programs attached.
@@ -662,6 +675,16 @@ impl Datapath {
         for port in unused {
             self.remove_tunnel(port).await?;
         }
+
+        // 8. Receivers (the target side).
+        self.receive
+            .apply(
+                &mut self.ebpf,
+                &self.netlink,
+                &desired.receivers,
+                &mut report,
+            )
+            .await?;
         Ok(report)
     }
 
@@ -800,6 +823,7 @@ impl Datapath {
         for port in ports {
             self.remove_tunnel(port).await?;
         }
+        self.receive.shutdown(&mut self.ebpf, &self.netlink).await?;
         Ok(())
     }
 

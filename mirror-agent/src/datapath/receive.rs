@@ -1,0 +1,640 @@
+//! The receiving side of a mirror target: `mirror_receive` in XDP on each receiving
+//! interface, and one capture veth pair per served VNI, made and owned by the agent.
+//!
+//! Frames of a VNI are redirected into the agent's end of its pair (`mrx<vni>-in`) and come
+//! out of the tools' end (`mrx<vni>`), where tcpdump, Zeek or Suricata read them. The tools'
+//! end carries `rx_pass`, an XDP program that passes everything: a veth accepts frames from
+//! XDP_REDIRECT (`ndo_xdp_xmit`) only while its peer runs NAPI, and an XDP program is the way
+//! to get NAPI without GRO (GRO would merge the mirrored TCP segments the tools must see as
+//! sent). See docs/architecture.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::{
+    Ebpf,
+    maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use mirror_ebpf::{
+    MAX_RX_INTERFACES, MAX_RX_VNIS, RxInterface, RxInterfaceStats, RxVni, RxVniKey, RxVniStats,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use super::{ApplyReport, DatapathError, Slots, ifindex, map_err, prog_err, zeroed_per_cpu};
+
+pub const PROG_RECEIVE: &str = "mirror_receive";
+pub const PROG_RX_PASS: &str = "rx_pass";
+
+/// What the reconciler wants received: the interface resolved to a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    pub id: String,
+    pub interface: String,
+    pub port: u16,
+    pub vnis: Vec<u32>,
+}
+
+/// The tools' end of a VNI's capture pair, e.g. `mrx100`.
+pub fn capture_name(vni: u32) -> String {
+    format!("mrx{vni}")
+}
+
+/// The agent's end, which frames are redirected into, e.g. `mrx100-in` (at most 14 bytes for
+/// the largest VNI, within the kernel's 15).
+pub fn capture_inner_name(vni: u32) -> String {
+    format!("mrx{vni}-in")
+}
+
+/// True for either end of an agent capture pair.
+pub fn is_capture_name(name: &str) -> bool {
+    let rest = name.strip_prefix("mrx").unwrap_or_default();
+    let digits = rest.strip_suffix("-in").unwrap_or(rest);
+    !digits.is_empty() && digits.parse::<u32>().is_ok()
+}
+
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error("netlink: {context}: {source}")]
+    Netlink {
+        context: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{0} exists and is not an agent capture pair")]
+    Foreign(String),
+    #[error("turning IPv6 off on {name}: {source}")]
+    Sysctl {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// How the receiving program runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// In the driver (veth, most physical NICs): before an skb exists.
+    Native,
+    /// In the stack (any interface): after the skb is built, slower.
+    Generic,
+}
+
+impl AttachedMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+struct Capture {
+    slot: u32,
+    /// The agent's end (redirect target) and the tools' end.
+    inner_ifindex: u32,
+    tool_ifindex: u32,
+    pass_link: XdpLinkId,
+}
+
+struct Attached {
+    interface: String,
+    ifindex: u32,
+    port: u16,
+    stats_slot: u32,
+    mode: AttachedMode,
+    link: XdpLinkId,
+    captures: BTreeMap<u32, Capture>,
+}
+
+/// Live view of a receiver for the API and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverStatus {
+    /// "native" or "generic"; empty while not attached.
+    pub mode: String,
+    pub interface: RxInterfaceStats,
+    /// By VNI: the capture interface and its counters.
+    pub vnis: BTreeMap<u32, (String, RxVniStats)>,
+}
+
+pub struct Receive {
+    interfaces: HashMap<MapData, u32, RxInterface>,
+    vnis: HashMap<MapData, RxVniKey, RxVni>,
+    capture: DevMapHash<MapData>,
+    interface_stats: PerCpuArray<MapData, RxInterfaceStats>,
+    vni_stats: PerCpuArray<MapData, RxVniStats>,
+    interface_slots: Slots,
+    vni_slots: Slots,
+    /// By receiver id.
+    attached: BTreeMap<String, Attached>,
+}
+
+pub(super) fn xdp<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+fn detach(ebpf: &mut Ebpf, name: &'static str, link: XdpLinkId) {
+    // The link may be gone with its interface already; nothing else to undo then.
+    if let Err(e) = xdp(ebpf, name).and_then(|p| p.detach(link).map_err(prog_err(name))) {
+        debug!(program = name, error = %e, "xdp detach");
+    }
+}
+
+impl Receive {
+    /// Takes the receiving maps and loads the two XDP programs (so the verifier speaks at
+    /// start, not at the first receiver).
+    pub fn new(ebpf: &mut Ebpf) -> Result<Receive, DatapathError> {
+        for name in [PROG_RECEIVE, PROG_RX_PASS] {
+            xdp(ebpf, name)?.load().map_err(prog_err(name))?;
+        }
+        Ok(Receive {
+            interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
+            vnis: super::take_map(ebpf, "RX_VNIS")?,
+            capture: super::take_map(ebpf, "RX_CAPTURE")?,
+            interface_stats: super::take_map(ebpf, "RX_INTERFACE_STATS")?,
+            vni_stats: super::take_map(ebpf, "RX_VNI_STATS")?,
+            interface_slots: Slots::new(MAX_RX_INTERFACES),
+            vni_slots: Slots::new(MAX_RX_VNIS),
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// Reconciles receivers: what is no longer wanted goes first (so a VNI or interface can
+    /// move between receivers), then each wanted one is made complete.
+    pub async fn apply(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netlink: &Handle,
+        desired: &[Receiver],
+        report: &mut ApplyReport,
+    ) -> Result<(), DatapathError> {
+        let wanted: BTreeMap<&str, &Receiver> =
+            desired.iter().map(|r| (r.id.as_str(), r)).collect();
+        let stale: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(id, a)| {
+                wanted.get(id.as_str()).is_none_or(|r| {
+                    r.interface != a.interface
+                        || r.port != a.port
+                        || ifindex(&a.interface) != Some(a.ifindex)
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.remove(ebpf, netlink, &id).await?;
+        }
+        for r in desired {
+            self.remove_stale_vnis(ebpf, netlink, r).await?;
+        }
+        for r in desired {
+            if let Err(e) = self.ensure(ebpf, netlink, r).await {
+                report.error(&r.id, e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_stale_vnis(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netlink: &Handle,
+        r: &Receiver,
+    ) -> Result<(), DatapathError> {
+        let Some(a) = self.attached.get_mut(&r.id) else {
+            return Ok(());
+        };
+        let gone: Vec<u32> = a
+            .captures
+            .iter()
+            .filter(|(vni, c)| {
+                !r.vnis.contains(vni)
+                    || ifindex(&capture_inner_name(**vni)) != Some(c.inner_ifindex)
+                    || ifindex(&capture_name(**vni)) != Some(c.tool_ifindex)
+            })
+            .map(|(vni, _)| *vni)
+            .collect();
+        let ifindex = a.ifindex;
+        for vni in gone {
+            if let Some(c) = a.captures.remove(&vni) {
+                drop_capture(
+                    ebpf,
+                    netlink,
+                    Maps {
+                        vnis: &mut self.vnis,
+                        capture: &mut self.capture,
+                    },
+                    &mut self.vni_slots,
+                    ifindex,
+                    vni,
+                    c,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netlink: &Handle,
+        r: &Receiver,
+    ) -> Result<(), DatapathError> {
+        let index = ifindex(&r.interface).ok_or_else(|| {
+            DatapathError::Netlink(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("receiving interface {} not found", r.interface),
+            ))
+        })?;
+        if !self.attached.contains_key(&r.id) {
+            let stats_slot =
+                self.interface_slots
+                    .get_or_alloc(&r.id)
+                    .ok_or_else(|| DatapathError::Map {
+                        name: "RX_INTERFACES",
+                        source: MapError::OutOfBounds {
+                            index: MAX_RX_INTERFACES,
+                            max_entries: MAX_RX_INTERFACES,
+                        },
+                    })?;
+            self.interface_stats
+                .set(stats_slot, zeroed_per_cpu()?, 0)
+                .map_err(map_err("RX_INTERFACE_STATS"))?;
+            // The map entry goes in before the program: attached first, it would only pass.
+            self.interfaces
+                .insert(
+                    index,
+                    RxInterface {
+                        port_be: r.port.to_be(),
+                        _pad: 0,
+                        stats_slot,
+                    },
+                    0,
+                )
+                .map_err(map_err("RX_INTERFACES"))?;
+            let (mode, link) = match attach_best(ebpf, index) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = self.interfaces.remove(&index);
+                    self.interface_slots.release(&r.id);
+                    return Err(e);
+                }
+            };
+            info!(receiver = %r.id, interface = %r.interface, mode = mode.as_str(), port = r.port, "receiving program attached");
+            self.attached.insert(
+                r.id.clone(),
+                Attached {
+                    interface: r.interface.clone(),
+                    ifindex: index,
+                    port: r.port,
+                    stats_slot,
+                    mode,
+                    link,
+                    captures: BTreeMap::new(),
+                },
+            );
+        }
+        let Some(a) = self.attached.get_mut(&r.id) else {
+            return Ok(());
+        };
+        let mut problems = Vec::new();
+        for &vni in &r.vnis {
+            if a.captures.contains_key(&vni) {
+                continue;
+            }
+            match add_capture(
+                ebpf,
+                netlink,
+                Maps {
+                    vnis: &mut self.vnis,
+                    capture: &mut self.capture,
+                },
+                &mut self.vni_slots,
+                &mut self.vni_stats,
+                a.ifindex,
+                vni,
+            )
+            .await
+            {
+                Ok(c) => {
+                    info!(receiver = %r.id, vni, capture = %capture_name(vni), "capture interface ready");
+                    a.captures.insert(vni, c);
+                }
+                Err(e) => problems.push(format!("VNI {vni}: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DatapathError::Netlink(std::io::Error::other(
+                problems.join("; "),
+            )))
+        }
+    }
+
+    async fn remove(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netlink: &Handle,
+        id: &str,
+    ) -> Result<(), DatapathError> {
+        let Some(mut a) = self.attached.remove(id) else {
+            return Ok(());
+        };
+        detach(ebpf, PROG_RECEIVE, a.link);
+        match self.interfaces.remove(&a.ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("RX_INTERFACES")(e)),
+        }
+        self.interface_slots.release(id);
+        for (vni, c) in std::mem::take(&mut a.captures) {
+            drop_capture(
+                ebpf,
+                netlink,
+                Maps {
+                    vnis: &mut self.vnis,
+                    capture: &mut self.capture,
+                },
+                &mut self.vni_slots,
+                a.ifindex,
+                vni,
+                c,
+            )
+            .await?;
+        }
+        info!(receiver = id, interface = %a.interface, "receiving program detached");
+        Ok(())
+    }
+
+    /// Detaches every receiver and deletes the capture interfaces.
+    pub async fn shutdown(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netlink: &Handle,
+    ) -> Result<(), DatapathError> {
+        let ids: Vec<String> = self.attached.keys().cloned().collect();
+        for id in ids {
+            self.remove(ebpf, netlink, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// Mode and counters of each attached receiver, summed over CPUs.
+    pub fn status(&self) -> BTreeMap<String, ReceiverStatus> {
+        let mut out = BTreeMap::new();
+        for (id, a) in &self.attached {
+            let mut st = ReceiverStatus {
+                mode: a.mode.as_str().to_string(),
+                ..ReceiverStatus::default()
+            };
+            if let Ok(values) = self.interface_stats.get(&a.stats_slot, 0) {
+                for v in values.iter() {
+                    st.interface.packets += v.packets;
+                    st.interface.not_mirror += v.not_mirror;
+                    st.interface.malformed += v.malformed;
+                    st.interface.unknown_vni += v.unknown_vni;
+                }
+            }
+            for (vni, c) in &a.captures {
+                let mut total = RxVniStats::default();
+                if let Ok(values) = self.vni_stats.get(&c.slot, 0) {
+                    for v in values.iter() {
+                        total.frames += v.frames;
+                        total.bytes += v.bytes;
+                        total.malformed += v.malformed;
+                        total.no_capture += v.no_capture;
+                        total.redirect_errors += v.redirect_errors;
+                    }
+                }
+                st.vnis.insert(*vni, (capture_name(*vni), total));
+            }
+            out.insert(id.clone(), st);
+        }
+        out
+    }
+
+    /// The VNIs' slots, for tests that read counters directly.
+    pub fn served(&self) -> BTreeSet<(u32, u32)> {
+        self.attached
+            .values()
+            .flat_map(|a| a.captures.iter().map(|(vni, c)| (*vni, c.slot)))
+            .collect()
+    }
+}
+
+/// Native XDP where the driver has it, generic otherwise.
+fn attach_best(ebpf: &mut Ebpf, index: u32) -> Result<(AttachedMode, XdpLinkId), DatapathError> {
+    let prog = xdp(ebpf, PROG_RECEIVE)?;
+    match prog.attach_to_if_index(index, XdpMode::Driver) {
+        Ok(link) => Ok((AttachedMode::Native, link)),
+        Err(native) => {
+            debug!(ifindex = index, error = %native, "no native XDP, trying generic");
+            let link = prog
+                .attach_to_if_index(index, XdpMode::Skb)
+                .map_err(|e: ProgramError| prog_err(PROG_RECEIVE)(e))?;
+            Ok((AttachedMode::Generic, link))
+        }
+    }
+}
+
+struct Maps<'a> {
+    vnis: &'a mut HashMap<MapData, RxVniKey, RxVni>,
+    capture: &'a mut DevMapHash<MapData>,
+}
+
+async fn add_capture(
+    ebpf: &mut Ebpf,
+    netlink: &Handle,
+    maps: Maps<'_>,
+    slots: &mut Slots,
+    stats: &mut PerCpuArray<MapData, RxVniStats>,
+    rx_ifindex: u32,
+    vni: u32,
+) -> Result<Capture, DatapathError> {
+    let (inner_ifindex, tool_ifindex) = ensure_pair(netlink, vni)
+        .await
+        .map_err(|e| DatapathError::Netlink(std::io::Error::other(e.to_string())))?;
+    let pass_link = xdp(ebpf, PROG_RX_PASS)?
+        .attach_to_if_index(tool_ifindex, XdpMode::Driver)
+        .map_err(prog_err(PROG_RX_PASS))?;
+    let key = vni_key(vni);
+    let Some(slot) = slots.get_or_alloc(&key) else {
+        detach(ebpf, PROG_RX_PASS, pass_link);
+        return Err(DatapathError::Map {
+            name: "RX_VNIS",
+            source: MapError::OutOfBounds {
+                index: MAX_RX_VNIS,
+                max_entries: MAX_RX_VNIS,
+            },
+        });
+    };
+    stats
+        .set(slot, zeroed_per_cpu()?, 0)
+        .map_err(map_err("RX_VNI_STATS"))?;
+    // Device first, then the VNI that points at it: the program never sees a dangling slot.
+    maps.capture
+        .insert(slot, inner_ifindex, None, 0)
+        .map_err(|e| DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {e}"))))?;
+    maps.vnis
+        .insert(
+            RxVniKey {
+                ifindex: rx_ifindex,
+                vni,
+            },
+            RxVni { slot },
+            0,
+        )
+        .map_err(map_err("RX_VNIS"))?;
+    Ok(Capture {
+        slot,
+        inner_ifindex,
+        tool_ifindex,
+        pass_link,
+    })
+}
+
+fn vni_key(vni: u32) -> String {
+    vni.to_string()
+}
+
+async fn drop_capture(
+    ebpf: &mut Ebpf,
+    netlink: &Handle,
+    maps: Maps<'_>,
+    slots: &mut Slots,
+    rx_ifindex: u32,
+    vni: u32,
+    c: Capture,
+) -> Result<(), DatapathError> {
+    match maps.vnis.remove(&RxVniKey {
+        ifindex: rx_ifindex,
+        vni,
+    }) {
+        Ok(()) | Err(MapError::KeyNotFound) => {}
+        Err(e) => return Err(map_err("RX_VNIS")(e)),
+    }
+    if let Err(e) = maps.capture.remove(c.slot) {
+        debug!(vni, error = %e, "RX_CAPTURE entry already gone");
+    }
+    slots.release(&vni_key(vni));
+    detach(ebpf, PROG_RX_PASS, c.pass_link);
+    if let Err(e) = delete_pair(netlink, vni).await {
+        warn!(vni, error = %e, "deleting capture interface");
+    }
+    info!(vni, capture = %capture_name(vni), "capture interface removed");
+    Ok(())
+}
+
+fn nl(context: String) -> impl FnOnce(rtnetlink::Error) -> CaptureError {
+    move |source| CaptureError::Netlink { context, source }
+}
+
+/// Creates the pair if it is missing, with IPv6 off (no router solicitations or MLD reports
+/// among the mirrored frames) and both ends up; returns (agent end, tools' end) indexes.
+async fn ensure_pair(netlink: &Handle, vni: u32) -> Result<(u32, u32), CaptureError> {
+    let (inner, tool) = (capture_inner_name(vni), capture_name(vni));
+    let found = (
+        super::tunnel::link_index(netlink, &inner)
+            .await
+            .map_err(nl(format!("looking up {inner}")))?,
+        super::tunnel::link_index(netlink, &tool)
+            .await
+            .map_err(nl(format!("looking up {tool}")))?,
+    );
+    let (inner_ifindex, tool_ifindex) = match found {
+        (Some(i), Some(t)) => (i, t),
+        (None, None) => {
+            netlink
+                .link()
+                .add(LinkMessageBuilder::<LinkVeth>::new(&inner, &tool).build())
+                .execute()
+                .await
+                .map_err(nl(format!("creating {inner}/{tool}")))?;
+            let i = super::tunnel::link_index(netlink, &inner)
+                .await
+                .map_err(nl(format!("looking up {inner}")))?
+                .ok_or_else(|| CaptureError::Foreign(inner.clone()))?;
+            let t = super::tunnel::link_index(netlink, &tool)
+                .await
+                .map_err(nl(format!("looking up {tool}")))?
+                .ok_or_else(|| CaptureError::Foreign(tool.clone()))?;
+            (i, t)
+        }
+        // Half a pair: one end was renamed or deleted under us; start over.
+        (Some(_), None) | (None, Some(_)) => {
+            delete_pair(netlink, vni).await?;
+            return Box::pin(ensure_pair(netlink, vni)).await;
+        }
+    };
+    for name in [&inner, &tool] {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        match std::fs::write(&path, "1") {
+            Ok(()) => {}
+            // No IPv6 in this kernel: nothing to silence.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CaptureError::Sysctl {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    for (name, index) in [(&inner, inner_ifindex), (&tool, tool_ifindex)] {
+        netlink
+            .link()
+            .set(
+                LinkMessageBuilder::<LinkUnspec>::new()
+                    .index(index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting {name} up")))?;
+    }
+    Ok((inner_ifindex, tool_ifindex))
+}
+
+async fn delete_pair(netlink: &Handle, vni: u32) -> Result<(), CaptureError> {
+    // Deleting either end of a veth pair deletes both.
+    for name in [capture_inner_name(vni), capture_name(vni)] {
+        if let Some(index) = super::tunnel::link_index(netlink, &name)
+            .await
+            .map_err(nl(format!("looking up {name}")))?
+        {
+            netlink
+                .link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(nl(format!("deleting {name}")))?;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_names_fit_the_kernel_limit_and_are_recognised() {
+        assert_eq!(capture_name(100), "mrx100");
+        assert_eq!(capture_inner_name(100), "mrx100-in");
+        assert!(capture_inner_name(16_777_215).len() <= 15);
+        assert!(is_capture_name("mrx16777215-in"));
+        assert!(is_capture_name("mrx7"));
+        assert!(!is_capture_name("mrx"));
+        assert!(!is_capture_name("mrxa-in"));
+        assert!(!is_capture_name("eth0"));
+    }
+}
