@@ -1,0 +1,419 @@
+//! End to end on the receiving side: a source node's agent mirrors real traffic to a target
+//! node whose agent terminates it in XDP; tcpdump on each VNI's capture interface sees the
+//! frames the source saw, byte for byte (cut to PacketLength where the session truncates).
+//! Also the receiver API: create, list with state and counters, bad input, delete.
+//!
+//! Kernel requirements: root; network namespaces, veth, VXLAN (external mode) and TCX or
+//! clsact on the source node; XDP on the target (native on veth, 5.9+ for veth to veth
+//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+). Tools: tcpdump.
+
+use std::{net::UdpSocket, thread, time::Duration};
+
+use mirror_tests::{
+    agent::Agent,
+    capture::{self, Capture},
+    http::{json, rpc_get_params},
+    netns::{NetNs, in_netns},
+    topology::{NODE_SRC_ADDR, Topology, WL_ADDR, config_with_collector},
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+const FULL_PORT: u16 = 7100;
+const CUT_PORT: u16 = 7200;
+const CUT_LEN: usize = 96;
+
+const SOURCE_CONFIG: &str = r#"
+[[filters]]
+id = "tmf-full"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7100/7100"
+
+[[filters]]
+id = "tmf-cut"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7200/7200"
+
+[[sessions]]
+id = "tms-full"
+priority = 1
+virtual_network_id = 100
+enabled = true
+filter_id = "tmf-full"
+target_id = "tmt-col"
+sources = ["src0"]
+
+[[sessions]]
+id = "tms-cut"
+priority = 2
+virtual_network_id = 200
+packet_length = 96
+enabled = true
+filter_id = "tmf-cut"
+target_id = "tmt-col"
+sources = ["src0"]
+"#;
+
+/// The target node (the collector namespace) serves both VNIs on col0.
+const TARGET_CONFIG: &str = r#"
+[[receivers]]
+id = "tmrcv-col"
+interface = "col0"
+virtual_network_ids = [100, 200]
+"#;
+
+fn receivers(agent: &Agent) -> Vec<Value> {
+    agent.call("ListTrafficMirrorReceivers", &[])["TrafficMirrorReceivers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls until the receiver is Created with its program attached (the mode is published
+/// with the counters, once a second).
+fn wait_attached(agent: &Agent, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = receivers(agent)
+            .into_iter()
+            .find(|r| r["TrafficMirrorReceiverId"] == id);
+        if let Some(r) = &found
+            && r["TrafficMirrorReceiverStatus"] == "Created"
+            && r["XdpMode"].as_str().is_some_and(|m| !m.is_empty())
+        {
+            return r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver {id} not attached within {WAIT:?}: {found:?}\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn vni_counters(r: &Value, vni: u64) -> Value {
+    r["Captures"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["VirtualNetworkId"] == vni))
+        .cloned()
+        .unwrap_or_else(|| panic!("no capture entry for VNI {vni}: {r}"))
+}
+
+fn dst_port(frame: &[u8]) -> Option<u16> {
+    // Plain Ethernet + IPv4 without options, as the workload sends.
+    (frame.len() >= 38 && frame[12..14] == [0x08, 0x00] && frame[23] == 17)
+        .then(|| u16::from_be_bytes([frame[36], frame[37]]))
+}
+
+fn link_exists(ns: &NetNs, name: &str) -> bool {
+    ns.exec_status(&["ip", "link", "show", name])
+        .status
+        .success()
+}
+
+#[test]
+fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
+    let topo = Topology::new();
+    let target = Agent::start(&topo.col, TARGET_CONFIG);
+    let rx = wait_attached(&target, "tmrcv-col");
+    // col0 is a veth, which has native XDP.
+    assert_eq!(rx["XdpMode"], "native", "{rx}");
+    for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
+        assert!(
+            link_exists(&topo.col, name),
+            "capture interface {name} missing"
+        );
+    }
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+
+    // Sinks so the node answers no ICMP for the test's datagrams.
+    let _sinks = in_netns(&topo.node, || {
+        [FULL_PORT, CUT_PORT].map(|p| UdpSocket::bind((NODE_SRC_ADDR, p)).expect("node sink"))
+    });
+    let mut on_source = Capture::start(
+        &topo.node,
+        "src0",
+        &format!("udp dst port {FULL_PORT} or udp dst port {CUT_PORT}"),
+    );
+    let mut full = Capture::start(&topo.col, "mrx100", "");
+    let mut cut = Capture::start(&topo.col, "mrx200", "");
+
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    const EACH: usize = 5;
+    for i in 0..EACH {
+        let small: Vec<u8> = (0..200).map(|b| (b + i) as u8).collect();
+        let large: Vec<u8> = (0..700).map(|b| (b * 3 + i) as u8).collect();
+        client
+            .send_to(&small, (NODE_SRC_ADDR, FULL_PORT))
+            .expect("send to the full-frame session");
+        client
+            .send_to(&large, (NODE_SRC_ADDR, CUT_PORT))
+            .expect("send to the truncating session");
+    }
+    on_source.wait_for_frames(2 * EACH, WAIT);
+    full.wait_for_frames(EACH, WAIT);
+    cut.wait_for_frames(EACH, WAIT);
+    // Anything late (a stray frame) would show up as a mismatch below.
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, full_pcap, cut_pcap) = (on_source.stop(), full.stop(), cut.stop());
+    let sent = capture::frames(&src_pcap);
+    let got_full = capture::frames(&full_pcap);
+    let got_cut = capture::frames(&cut_pcap);
+
+    let want_full: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|f| dst_port(f) == Some(FULL_PORT))
+        .cloned()
+        .collect();
+    let want_cut: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|f| dst_port(f) == Some(CUT_PORT))
+        .map(|f| f[..CUT_LEN.min(f.len())].to_vec())
+        .collect();
+    assert_eq!(want_full.len(), EACH, "source capture");
+    assert_eq!(want_cut.len(), EACH, "source capture");
+    assert_eq!(
+        got_full, want_full,
+        "mrx100 must carry exactly the frames of VNI 100 as the source saw them"
+    );
+    assert_eq!(
+        got_cut, want_cut,
+        "mrx200 must carry the frames of VNI 200 cut to {CUT_LEN} bytes"
+    );
+    for p in [src_pcap, full_pcap, cut_pcap] {
+        capture::remove(&p);
+    }
+
+    // The counters of List match what arrived (published once a second).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let (a, b) = (vni_counters(&r, 100), vni_counters(&r, 200));
+        let bytes_full: usize = want_full.iter().map(Vec::len).sum();
+        let bytes_cut: usize = want_cut.iter().map(Vec::len).sum();
+        if a["Frames"] == EACH as u64
+            && a["Bytes"] == bytes_full as u64
+            && b["Frames"] == EACH as u64
+            && b["Bytes"] == bytes_cut as u64
+        {
+            assert_eq!(a["CaptureInterface"], "mrx100");
+            assert_eq!(b["CaptureInterface"], "mrx200");
+            for c in [&a, &b] {
+                assert_eq!(c["Malformed"], 0, "{r}");
+                assert_eq!(c["NoCaptureInterface"], 0, "{r}");
+                assert_eq!(c["RedirectErrors"], 0, "{r}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver counters never matched the traffic: {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // Stopping the target agent removes its capture interfaces and detaches XDP.
+    drop(source);
+    target.stop();
+    for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
+        assert!(
+            !link_exists(&topo.col, name),
+            "{name} left behind after the agent stopped"
+        );
+    }
+    let col0 = topo.col.exec(&["ip", "link", "show", "col0"]);
+    assert!(
+        !String::from_utf8_lossy(&col0.stdout).contains("xdp"),
+        "XDP still attached to col0 after stop"
+    );
+}
+
+/// Parameters of a bad create, and the status and code they must get.
+type BadInput<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+
+fn rpc_error(agent: &Agent, params: &[(&str, &str)]) -> (u16, String) {
+    let r = rpc_get_params(&agent.socket, params);
+    let body = json(&r);
+    (
+        r.status,
+        body["Code"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
+    let ns = mirror_tests::topology::quiet_netns(
+        "rxa",
+        &[
+            ("rx0", "rx1", "198.18.40.1/24"),
+            ("rx2", "rx3", "198.18.41.1/24"),
+        ],
+    );
+    let agent = Agent::start(&ns, "");
+    let created = agent.call(
+        "CreateTrafficMirrorReceiver",
+        &[
+            ("NetworkInterfaceId", "rx0"),
+            ("VirtualNetworkIds.1", "301"),
+            ("VirtualNetworkIds.2", "300"),
+            ("TrafficMirrorReceiverName", "tools"),
+        ],
+    );
+    let id = created["TrafficMirrorReceiverId"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    assert!(id.starts_with("tmrcv-"), "{created}");
+    let r = wait_attached(&agent, &id);
+    assert_eq!(r["NetworkInterfaceId"], "rx0");
+    assert_eq!(r["DestinationPort"], 4789);
+    assert_eq!(r["VirtualNetworkIds"], serde_json::json!([300, 301]));
+    assert_eq!(r["TrafficMirrorReceiverName"], "tools");
+    assert_eq!(r["TrafficMirrorReceiverBusinessStatus"], "Normal", "{r}");
+    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in"] {
+        assert!(link_exists(&ns, name), "capture interface {name} missing");
+    }
+    let rx0 = ns.exec(&["ip", "link", "show", "rx0"]);
+    assert!(
+        String::from_utf8_lossy(&rx0.stdout).contains("xdp"),
+        "no XDP program on rx0: {}",
+        String::from_utf8_lossy(&rx0.stdout)
+    );
+
+    let create = "CreateTrafficMirrorReceiver";
+    let bad: &[BadInput] = &[
+        (&[("VirtualNetworkIds.1", "5")], 400, "MissingParameter"),
+        (&[("NetworkInterfaceId", "rx2")], 400, "MissingParameter"),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "16777216"),
+            ],
+            400,
+            "InvalidVirtualNetworkId.Malformed",
+        ),
+        (
+            &[("NetworkInterfaceId", "rx2"), ("VirtualNetworkIds.1", "x")],
+            400,
+            "InvalidVirtualNetworkId.Malformed",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "7"),
+                ("VirtualNetworkIds.2", "7"),
+            ],
+            400,
+            "DuplicatedParam.VirtualNetworkIds",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "nosuch0"),
+                ("VirtualNetworkIds.1", "7"),
+            ],
+            400,
+            "ResourceNotFound.NetworkInterface",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "7"),
+                ("DestinationPort", "0"),
+            ],
+            400,
+            "InvalidDestinationPort.Malformed",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "300"),
+            ],
+            409,
+            "InvalidVirtualNetworkId.Conflict",
+        ),
+        (
+            &[("NetworkInterfaceId", "rx0"), ("VirtualNetworkIds.1", "7")],
+            400,
+            "ResourceAlreadyAssociated.NetworkInterface",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "mrx300"),
+                ("VirtualNetworkIds.1", "7"),
+            ],
+            400,
+            "InvalidParameter.NetworkInterfaceId",
+        ),
+    ];
+    for (params, status, code) in bad {
+        let mut all = vec![("Action", create)];
+        all.extend_from_slice(params);
+        assert_eq!(
+            rpc_error(&agent, &all),
+            (*status, code.to_string()),
+            "{params:?}"
+        );
+    }
+    assert_eq!(
+        rpc_error(
+            &agent,
+            &[
+                ("Action", "DeleteTrafficMirrorReceiver"),
+                ("TrafficMirrorReceiverId", "tmrcv-nosuch")
+            ]
+        ),
+        (400, "ResourceNotFound.TrafficMirrorReceiver".to_string())
+    );
+    // DryRun validates and changes nothing.
+    assert_eq!(
+        rpc_error(
+            &agent,
+            &[
+                ("Action", create),
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "9"),
+                ("DryRun", "true")
+            ]
+        ),
+        (400, "DryRunOperation".to_string())
+    );
+    assert_eq!(
+        receivers(&agent).len(),
+        1,
+        "bad input must not change state"
+    );
+    assert!(!link_exists(&ns, "mrx9"));
+
+    agent.call(
+        "DeleteTrafficMirrorReceiver",
+        &[("TrafficMirrorReceiverId", &id)],
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !receivers(&agent).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver not deleted: {:?}",
+            receivers(&agent)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in"] {
+        assert!(!link_exists(&ns, name), "{name} left behind after delete");
+    }
+    let rx0 = ns.exec(&["ip", "link", "show", "rx0"]);
+    assert!(
+        !String::from_utf8_lossy(&rx0.stdout).contains("xdp"),
+        "XDP still attached to rx0 after delete"
+    );
+    agent.stop();
+}
