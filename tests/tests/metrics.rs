@@ -4,50 +4,17 @@
 //! Kernel requirements: as mirror_e2e.rs; BPF run-time stats (BPF_ENABLE_STATS, 5.8+).
 //! Tool: promtool from Debian's prometheus package (cargo xtask setup installs it).
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
     agent::Agent,
     netns::{NetNs, in_netns},
+    prom::{self, value},
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
 
 fn get(ns: &NetNs, path: &str) -> (u16, String) {
-    in_netns(ns, || {
-        let mut s = TcpStream::connect(("127.0.0.1", 9464)).expect("metrics listener");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    })
-}
-
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+    prom::get(ns, "127.0.0.1:9464", path)
 }
 
 #[test]
@@ -102,26 +69,7 @@ sources = ["src0"]
     let (status, text) = get(&topo.node, "/metrics");
     assert_eq!(status, 200);
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feeding promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    prom::promtool_check(&text);
 
     let session = "{direction=\"ingress\",session=\"tms-m\"}";
     assert_eq!(

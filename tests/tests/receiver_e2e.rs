@@ -14,6 +14,7 @@ use mirror_tests::{
     capture::{self, Capture},
     http::{json, rpc_get_params},
     netns::{NetNs, in_netns},
+    prom::{self, value},
     topology::{NODE_SRC_ADDR, Topology, WL_ADDR, config_with_collector},
 };
 use serde_json::Value;
@@ -62,6 +63,8 @@ sources = ["src0"]
 
 /// The target node (the collector namespace) serves both VNIs on col0.
 const TARGET_CONFIG: &str = r#"
+metrics_listen = "127.0.0.1:9464"
+
 [[receivers]]
 id = "tmrcv-col"
 interface = "col0"
@@ -221,6 +224,45 @@ fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
         );
         thread::sleep(Duration::from_millis(200));
     }
+
+    // The same counters in Prometheus, promtool clean (published with the List counters).
+    let (status, text) = prom::get(&topo.col, "127.0.0.1:9464", "/metrics");
+    assert_eq!(status, 200);
+    prom::promtool_check(&text);
+    let vni100 = "{receiver=\"tmrcv-col\",vni=\"100\"}";
+    let vni200 = "{receiver=\"tmrcv-col\",vni=\"200\"}";
+    assert_eq!(
+        value(&text, &format!("mirror_receive_frames_total{vni100}")),
+        EACH as f64
+    );
+    assert_eq!(
+        value(&text, &format!("mirror_receive_frames_total{vni200}")),
+        EACH as f64
+    );
+    assert_eq!(
+        value(&text, &format!("mirror_receive_bytes_total{vni200}")),
+        (EACH * CUT_LEN) as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receive_errors_total{reason=\"redirect\",receiver=\"tmrcv-col\",vni=\"100\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receiver_attached{mode=\"native\",receiver=\"tmrcv-col\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "mirror_receive_packets_total{receiver=\"tmrcv-col\"}"
+        ) >= 10.0
+    );
 
     // Stopping the target agent removes its capture interfaces and detaches XDP.
     drop(source);
@@ -394,6 +436,36 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
     );
     assert!(!link_exists(&ns, "mrx9"));
 
+    // The CLI's friendly subcommands: create prints the id, list a row per VNI.
+    let out = agent.cli(&["receiver", "create", "--interface", "rx2", "--vni", "400"]);
+    assert_eq!(
+        out.code, 0,
+        "receiver create: {} {}",
+        out.stdout, out.stderr
+    );
+    let cli_id = out.stdout.trim().to_string();
+    assert!(cli_id.starts_with("tmrcv-"), "{}", out.stdout);
+    wait_attached(&agent, &cli_id);
+    let table = agent.cli(&["receiver", "list"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.contains(&cli_id))
+        .unwrap_or_else(|| panic!("no row for {cli_id}:\n{}", table.stdout));
+    for field in ["rx2", "4789", "400", "mrx400", "Created"] {
+        assert!(
+            row.split_whitespace().any(|c| c == field),
+            "{field} not in {row:?}"
+        );
+    }
+    let out = agent.cli(&["receiver", "delete", &cli_id]);
+    assert_eq!(
+        out.code, 0,
+        "receiver delete: {} {}",
+        out.stdout, out.stderr
+    );
+
     agent.call(
         "DeleteTrafficMirrorReceiver",
         &[("TrafficMirrorReceiverId", &id)],
@@ -407,7 +479,7 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in"] {
+    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in", "mrx400"] {
         assert!(!link_exists(&ns, name), "{name} left behind after delete");
     }
     let rx0 = ns.exec(&["ip", "link", "show", "rx0"]);
