@@ -15,7 +15,9 @@ use mirror_tests::{
     http::{json, rpc_get_params},
     netns::{NetNs, in_netns},
     prom::{self, value},
-    topology::{NODE_SRC_ADDR, Topology, WL_ADDR, config_with_collector},
+    topology::{
+        COLLECTOR_ADDR, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR, config_with_collector,
+    },
 };
 use serde_json::Value;
 
@@ -61,15 +63,19 @@ target_id = "tmt-col"
 sources = ["src0"]
 "#;
 
-/// The target node (the collector namespace) serves both VNIs on col0.
-const TARGET_CONFIG: &str = r#"
+/// The target node (the collector namespace) serves both VNIs on `interface`.
+fn target_config(interface: &str) -> String {
+    format!(
+        r#"
 metrics_listen = "127.0.0.1:9464"
 
 [[receivers]]
 id = "tmrcv-col"
-interface = "col0"
+interface = "{interface}"
 virtual_network_ids = [100, 200]
-"#;
+"#
+    )
+}
 
 fn receivers(agent: &Agent) -> Vec<Value> {
     agent.call("ListTrafficMirrorReceivers", &[])["TrafficMirrorReceivers"]
@@ -121,13 +127,42 @@ fn link_exists(ns: &NetNs, name: &str) -> bool {
         .success()
 }
 
+/// col0 is a veth, which has native XDP.
 #[test]
 fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
     let topo = Topology::new();
-    let target = Agent::start(&topo.col, TARGET_CONFIG);
+    mirror_to_receiver(&topo, "col0", "native");
+}
+
+/// A bridge has no native XDP: the receiver falls back to generic mode, and the frames still
+/// arrive byte-identical.
+#[test]
+fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
+    let topo = Topology::new();
+    // The target's address moves from col0 to a bridge with col0 as its port.
+    let col = &topo.col;
+    col.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    col.exec(&["ip", "addr", "flush", "dev", "col0"]);
+    col.exec(&["ip", "link", "set", "col0", "master", "br0"]);
+    col.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{COLLECTOR_ADDR}/24"),
+        "dev",
+        "br0",
+    ]);
+    col.exec(&["ip", "link", "set", "br0", "up"]);
+    col.exec(&["ip", "route", "replace", "default", "via", NODE_UP_ADDR]);
+    mirror_to_receiver(&topo, "br0", "generic");
+}
+
+/// The source agent mirrors two sessions to the target, whose agent receives on
+/// `receiving` in XDP `mode`.
+fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str) {
+    let mut target = Agent::start(&topo.col, &target_config(receiving));
     let rx = wait_attached(&target, "tmrcv-col");
-    // col0 is a veth, which has native XDP.
-    assert_eq!(rx["XdpMode"], "native", "{rx}");
+    assert_eq!(rx["XdpMode"], mode, "{rx}");
     for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
         assert!(
             link_exists(&topo.col, name),
@@ -253,7 +288,7 @@ fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
     assert_eq!(
         value(
             &text,
-            "mirror_receiver_attached{mode=\"native\",receiver=\"tmrcv-col\"}"
+            &format!("mirror_receiver_attached{{mode=\"{mode}\",receiver=\"tmrcv-col\"}}")
         ),
         1.0
     );
@@ -264,6 +299,22 @@ fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
         ) >= 10.0
     );
 
+    // A reload that drops VNI 200 from the file removes its capture pair, keeps VNI 100's.
+    target.reload(&target_config(receiving).replace("[100, 200]", "[100]"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while link_exists(&topo.col, "mrx200") || link_exists(&topo.col, "mrx200-in") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mrx200 still there after the reload dropped VNI 200\n{}",
+            target.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(link_exists(&topo.col, "mrx100"), "mrx100 must stay");
+    let r = wait_attached(&target, "tmrcv-col");
+    assert_eq!(r["VirtualNetworkIds"], serde_json::json!([100]), "{r}");
+    assert_eq!(r["XdpMode"], mode, "{r}");
+
     // Stopping the target agent removes its capture interfaces and detaches XDP.
     drop(source);
     target.stop();
@@ -273,10 +324,10 @@ fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
             "{name} left behind after the agent stopped"
         );
     }
-    let col0 = topo.col.exec(&["ip", "link", "show", "col0"]);
+    let link = topo.col.exec(&["ip", "link", "show", receiving]);
     assert!(
-        !String::from_utf8_lossy(&col0.stdout).contains("xdp"),
-        "XDP still attached to col0 after stop"
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still attached to {receiving} after stop"
     );
 }
 
