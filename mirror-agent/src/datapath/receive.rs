@@ -36,6 +36,12 @@ pub struct Receiver {
     pub vnis: Vec<u32>,
 }
 
+/// MTU of both ends of a capture pair. The kernel here delivers redirected frames longer
+/// than the pair's MTU (receiver_e2e sends 2942- and 4042-byte frames), but tools size their
+/// buffers from it (Suricata's default packet size follows the interface MTU), and a session
+/// may mirror up to 9000 bytes of a jumbo frame (PacketLength).
+pub const CAPTURE_MTU: u32 = 9216;
+
 /// The tools' end of a VNI's capture pair, e.g. `mrx100`.
 pub fn capture_name(vni: u32) -> String {
     format!("mrx{vni}")
@@ -537,7 +543,8 @@ fn nl(context: String) -> impl FnOnce(rtnetlink::Error) -> CaptureError {
 }
 
 /// Creates the pair if it is missing, with IPv6 off (no router solicitations or MLD reports
-/// among the mirrored frames) and both ends up; returns (agent end, tools' end) indexes.
+/// among the mirrored frames), room for jumbo frames, and both ends up; returns (agent end,
+/// tools' end) indexes.
 async fn ensure_pair(netlink: &Handle, vni: u32) -> Result<(u32, u32), CaptureError> {
     let (inner, tool) = (capture_inner_name(vni), capture_name(vni));
     let found = (
@@ -593,6 +600,7 @@ async fn ensure_pair(netlink: &Handle, vni: u32) -> Result<(u32, u32), CaptureEr
             .set(
                 LinkMessageBuilder::<LinkUnspec>::new()
                     .index(index)
+                    .mtu(CAPTURE_MTU)
                     .up()
                     .build(),
             )

@@ -45,7 +45,10 @@ pub fn mirror_receive(ctx: XdpContext) -> u32 {
     try_mirror_receive(&ctx).unwrap_or(XDP_PASS)
 }
 
-#[xdp]
+/// Declared frags-aware (`xdp.frags`): it never reads the packet, and a veth whose XDP
+/// program is not frags-aware refuses a peer MTU above about one page, which would cap the
+/// frames a capture pair can carry below the 9000 bytes a session may mirror.
+#[xdp(frags)]
 pub fn rx_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
