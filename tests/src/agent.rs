@@ -29,6 +29,9 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// A running agent; stopped with SIGTERM (then SIGKILL) on drop.
+/// The capabilities the agent runs with at least privilege (setpriv spelling).
+pub const LEAST_CAPS: [&str; 3] = ["+bpf", "+net_admin", "+perfmon"];
+
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
@@ -120,6 +123,32 @@ impl Agent {
         };
         agent.wait_for_log("datapath ready", Duration::from_secs(30));
         agent
+    }
+
+    /// Starts the agent as `nobody` with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (ambient,
+    /// bounding set cut to them), through setpriv; its directory is owned by nobody.
+    pub fn start_least_privileged(ns: &NetNs, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(crate::netns::unique("lp"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        // nobody must own its state, socket and config directory.
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown of {}", dir.display());
+        let caps = format!("-all,{}", LEAST_CAPS.join(","));
+        let wrapper = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "--",
+        ];
+        Agent::start_wrapped(ns, config, &dir, &wrapper)
     }
 
     /// Waits for a log line containing `needle`; panics with the whole log on timeout or exit.

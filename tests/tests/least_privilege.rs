@@ -15,21 +15,12 @@ use mirror_tests::{
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
 
-const CAPS: &str = "-all,+bpf,+net_admin,+perfmon";
 /// CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
 const CAP_MASK: u64 = (1 << 12) | (1 << 38) | (1 << 39);
 
 #[test]
 fn agent_runs_as_nobody_with_three_capabilities() {
     let topo = Topology::new();
-    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("lp"));
-    std::fs::create_dir_all(&dir).expect("agent dir");
-    // nobody must own its state, socket and config directory.
-    std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&dir)
-        .status()
-        .expect("chown");
     let config = config_with_collector(
         r#"
 [[filters]]
@@ -50,17 +41,7 @@ target_id = "tmt-col"
 sources = ["src0"]
 "#,
     );
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &format!("--inh-caps={CAPS}"),
-        &format!("--ambient-caps={CAPS}"),
-        &format!("--bounding-set={CAPS}"),
-        "--",
-    ];
-    let agent = Agent::start_wrapped(&topo.node, &config, &dir, &wrapper);
+    let agent = Agent::start_least_privileged(&topo.node, &config);
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let field = |name: &str| {

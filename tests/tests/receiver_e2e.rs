@@ -567,3 +567,28 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
     );
     agent.stop();
 }
+
+/// The receiver needs no more than the agent's three capabilities: as `nobody` with CAP_BPF,
+/// CAP_NET_ADMIN and CAP_PERFMON it attaches XDP, makes the capture pairs (CAP_NET_ADMIN also
+/// covers their per-interface IPv6 sysctl in its own namespace) and removes them on stop.
+/// Tool: setpriv (util-linux).
+#[test]
+fn receiver_runs_with_the_agents_three_capabilities() {
+    let topo = Topology::new();
+    let target = Agent::start_least_privileged(&topo.col, &target_config("col0"));
+    let r = wait_attached(&target, "tmrcv-col");
+    assert_eq!(r["XdpMode"], "native", "{r}");
+    assert_eq!(
+        r["TrafficMirrorReceiverBusinessStatus"],
+        "Normal",
+        "{r}\n{}",
+        target.log_text()
+    );
+    for name in ["mrx100", "mrx200"] {
+        assert!(link_exists(&topo.col, name), "{name} missing");
+    }
+    target.stop();
+    for name in ["mrx100", "mrx200"] {
+        assert!(!link_exists(&topo.col, name), "{name} left behind");
+    }
+}

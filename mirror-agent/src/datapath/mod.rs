@@ -68,6 +68,8 @@ pub enum DatapathError {
     Netlink(#[from] std::io::Error),
     #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
+    #[error(transparent)]
+    Capture(#[from] receive::CaptureError),
     #[error("reading possible CPUs: {0}")]
     Cpus(std::io::Error),
 }

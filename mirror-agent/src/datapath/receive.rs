@@ -464,30 +464,59 @@ async fn add_capture(
     rx_ifindex: u32,
     vni: u32,
 ) -> Result<Capture, DatapathError> {
-    let (inner_ifindex, tool_ifindex) = ensure_pair(netlink, vni)
-        .await
-        .map_err(|e| DatapathError::Netlink(std::io::Error::other(e.to_string())))?;
+    let (inner_ifindex, tool_ifindex) = ensure_pair(netlink, vni).await?;
     let pass_link = xdp(ebpf, PROG_RX_PASS)?
         .attach_to_if_index(tool_ifindex, XdpMode::Driver)
         .map_err(prog_err(PROG_RX_PASS))?;
     let key = vni_key(vni);
-    let Some(slot) = slots.get_or_alloc(&key) else {
-        detach(ebpf, PROG_RX_PASS, pass_link);
-        return Err(DatapathError::Map {
+    let placed = match slots.get_or_alloc(&key) {
+        Some(slot) => place_vni(maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot),
+        None => Err(DatapathError::Map {
             name: "RX_VNIS",
             source: MapError::OutOfBounds {
                 index: MAX_RX_VNIS,
                 max_entries: MAX_RX_VNIS,
             },
-        });
+        }),
     };
+    match placed {
+        Ok(slot) => Ok(Capture {
+            slot,
+            inner_ifindex,
+            tool_ifindex,
+            pass_link,
+        }),
+        Err(e) => {
+            // The pair stays (the next pass reuses it); what points at it goes.
+            slots.release(&key);
+            detach(ebpf, PROG_RX_PASS, pass_link);
+            Err(e)
+        }
+    }
+}
+
+/// Counters from zero, then the device, then the VNI that points at it: the program never
+/// sees a dangling slot.
+fn place_vni(
+    maps: Maps<'_>,
+    stats: &mut PerCpuArray<MapData, RxVniStats>,
+    rx_ifindex: u32,
+    vni: u32,
+    slot: u32,
+    inner_ifindex: u32,
+) -> Result<(), DatapathError> {
     stats
         .set(slot, zeroed_per_cpu()?, 0)
         .map_err(map_err("RX_VNI_STATS"))?;
-    // Device first, then the VNI that points at it: the program never sees a dangling slot.
     maps.capture
         .insert(slot, inner_ifindex, None, 0)
-        .map_err(|e| DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {e}"))))?;
+        .map_err(|e| match e {
+            aya::maps::xdp::XdpMapError::MapError(source) => DatapathError::Map {
+                name: "RX_CAPTURE",
+                source,
+            },
+            other => DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {other}"))),
+        })?;
     maps.vnis
         .insert(
             RxVniKey {
@@ -497,13 +526,7 @@ async fn add_capture(
             RxVni { slot },
             0,
         )
-        .map_err(map_err("RX_VNIS"))?;
-    Ok(Capture {
-        slot,
-        inner_ifindex,
-        tool_ifindex,
-        pass_link,
-    })
+        .map_err(map_err("RX_VNIS"))
 }
 
 fn vni_key(vni: u32) -> String {
