@@ -375,21 +375,35 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
         ],
     );
     let agent = Agent::start(&ns, "");
-    let created = agent.call(
-        "CreateTrafficMirrorReceiver",
-        &[
-            ("NetworkInterfaceId", "rx0"),
-            ("VirtualNetworkIds.1", "301"),
-            ("VirtualNetworkIds.2", "300"),
-            ("TrafficMirrorReceiverName", "tools"),
-        ],
-    );
+    let params = [
+        ("NetworkInterfaceId", "rx0"),
+        ("VirtualNetworkIds.1", "301"),
+        ("VirtualNetworkIds.2", "300"),
+        ("TrafficMirrorReceiverName", "tools"),
+        ("ClientToken", "rx-token-1"),
+    ];
+    let created = agent.call("CreateTrafficMirrorReceiver", &params);
     let id = created["TrafficMirrorReceiverId"]
         .as_str()
         .expect("an id")
         .to_string();
     assert!(id.starts_with("tmrcv-"), "{created}");
     let r = wait_attached(&agent, &id);
+    // The same ClientToken and parameters: the first answer again, nothing made twice.
+    let again = agent.call("CreateTrafficMirrorReceiver", &params);
+    assert_eq!(
+        again["TrafficMirrorReceiverId"],
+        created["TrafficMirrorReceiverId"]
+    );
+    assert_eq!(again["RequestId"], created["RequestId"]);
+    let mut other = vec![("Action", "CreateTrafficMirrorReceiver")];
+    other.extend_from_slice(&params);
+    other[2] = ("VirtualNetworkIds.1", "302");
+    assert_eq!(
+        rpc_error(&agent, &other),
+        (400, "IdempotentParameterMismatch".to_string())
+    );
+    assert_eq!(receivers(&agent).len(), 1);
     assert_eq!(r["NetworkInterfaceId"], "rx0");
     assert_eq!(r["DestinationPort"], 4789);
     assert_eq!(r["VirtualNetworkIds"], serde_json::json!([300, 301]));
