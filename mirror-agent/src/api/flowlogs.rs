@@ -329,14 +329,6 @@ pub fn describe(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Api
     }))
 }
 
-/// Loopback and the agent's own devices (VXLAN tunnels, capture pairs, which carry copies of
-/// traffic already counted where it was real) are never covered by subnet or vpc flow logs.
-fn is_agent_device(name: &str) -> bool {
-    name == "lo"
-        || crate::datapath::tunnel::is_device_name(name)
-        || crate::datapath::receive::is_capture_name(name)
-}
-
 /// The interfaces a flow log covers now.
 pub fn interfaces(
     f: &FlowLogRecord,
@@ -353,7 +345,7 @@ pub fn interfaces(
             };
             links_now
                 .iter()
-                .filter(|l| !is_agent_device(&l.name))
+                .filter(|l| !links::is_agent_device(&l.name))
                 .filter(|l| {
                     links::interface_addresses(&l.name)
                         .iter()
@@ -364,7 +356,7 @@ pub fn interfaces(
         }
         _ => links_now
             .iter()
-            .filter(|l| !is_agent_device(&l.name))
+            .filter(|l| !links::is_agent_device(&l.name))
             .map(|l| l.name.clone())
             .collect(),
     }
