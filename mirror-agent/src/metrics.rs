@@ -297,7 +297,7 @@ impl Metrics {
             receive_errors: counter(
                 &r,
                 "mirror_receive_errors_total",
-                "Mirror traffic of a served VNI not delivered: malformed, no_capture_interface (passed), redirect (dropped).",
+                "Mirror traffic of a served VNI not delivered: malformed and no_capture_interface (passed untouched), redirect (outer headers could not be removed).",
                 &["receiver", "vni", "reason"],
             ),
             receiver_attached: {

@@ -379,8 +379,8 @@ pub struct RxVniStats {
     pub malformed: u64,
     /// The VNI is served but its capture interface is missing from `RX_CAPTURE` (passed).
     pub no_capture: u64,
-    /// The outer headers could not be removed or the redirect was refused (dropped: the
-    /// frame was already changed).
+    /// The outer headers could not be removed (passed if nothing was changed yet, dropped
+    /// otherwise). Transmit failures after the program returned are the kernel's to count.
     pub redirect_errors: u64,
 }
 
