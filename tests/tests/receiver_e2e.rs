@@ -16,7 +16,8 @@ use mirror_tests::{
     netns::{NetNs, in_netns},
     prom::{self, value},
     topology::{
-        COLLECTOR_ADDR, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR, config_with_collector,
+        COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR,
+        config_with_collector,
     },
 };
 use serde_json::Value;
@@ -605,4 +606,80 @@ fn receiver_runs_with_the_agents_three_capabilities() {
     for name in ["mrx100", "mrx200"] {
         assert!(!link_exists(&topo.col, name), "{name} left behind");
     }
+}
+
+/// An IPv6 target: the copies arrive with an IPv6 outer header, and the receiver decapsulates
+/// them as it does IPv4 ones (byte-identical frames, cut to PacketLength 64).
+#[test]
+fn copies_to_an_ipv6_target_arrive_byte_identical() {
+    const PORT6: u16 = 7300;
+    let topo = Topology::new();
+    let target = Agent::start(
+        &topo.col,
+        r#"
+[[receivers]]
+id = "tmrcv-v6"
+interface = "col0"
+virtual_network_ids = [300]
+"#,
+    );
+    wait_attached(&target, "tmrcv-v6");
+    let source_config = format!(
+        r#"
+[[targets]]
+id = "tmt-v6"
+destination_ip = "{COLLECTOR_ADDR6}"
+
+[[filters]]
+id = "tmf-v6"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "{PORT6}/{PORT6}"
+
+[[sessions]]
+id = "tms-v6"
+priority = 1
+virtual_network_id = 300
+packet_length = 64
+enabled = true
+filter_id = "tmf-v6"
+target_id = "tmt-v6"
+sources = ["src0"]
+"#
+    );
+    let source = Agent::start(&topo.node, &source_config);
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, PORT6)).expect("node sink")
+    });
+    let mut on_source = Capture::start(&topo.node, "src0", &format!("udp dst port {PORT6}"));
+    let mut got = Capture::start(&topo.col, "mrx300", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    for i in 0..5u8 {
+        client
+            .send_to(&[i; 300], (NODE_SRC_ADDR, PORT6))
+            .expect("send");
+    }
+    on_source.wait_for_frames(5, WAIT);
+    got.wait_for_frames(5, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, got_pcap) = (on_source.stop(), got.stop());
+    let want: Vec<Vec<u8>> = capture::frames(&src_pcap)
+        .iter()
+        .map(|f| f[..64].to_vec())
+        .collect();
+    assert_eq!(want.len(), 5);
+    assert_eq!(
+        capture::frames(&got_pcap),
+        want,
+        "mrx300 must carry the frames cut to 64 bytes"
+    );
+    capture::remove(&src_pcap);
+    capture::remove(&got_pcap);
+    drop(source);
+    target.stop();
 }
