@@ -64,6 +64,8 @@ pub struct FileConfig {
     pub api_listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub pin_dir: Option<PathBuf>,
+    /// Detach and unpin everything on SIGTERM instead of leaving it for the next agent.
+    pub detach_on_exit: Option<bool>,
     pub log_format: Option<LogFormat>,
     /// Bearer token the TCP API listener requires (also MIRROR_AGENT_API_TOKEN).
     pub api_token: Option<String>,

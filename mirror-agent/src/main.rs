@@ -17,7 +17,7 @@ use mirror_agent::{
     api::server,
     btf, cli,
     config::{self, FileConfig, LogFormat},
-    datapath::{Datapath, TcAttachMode},
+    datapath::{self, Datapath, Persistence, TcAttachMode},
     declared, flowlog, links,
     reconciler::Reconciler,
     service::Service,
@@ -40,6 +40,9 @@ struct Cli {
 enum Command {
     /// Run the agent in the foreground.
     Run(RunArgs),
+    /// Remove every program, link, map, pin and tunnel device an agent left running (after
+    /// SIGTERM the data path stays up for the next agent), then exit. Stop the agent first.
+    Cleanup(CleanupArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -58,13 +61,71 @@ struct RunArgs {
     api_listen: Option<SocketAddr>,
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// bpffs directory where programs, links and maps are pinned so they outlive the agent.
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// On SIGTERM/SIGINT detach and remove everything instead of leaving the data path
+    /// running for the next agent.
+    #[arg(long)]
+    detach_on_exit: bool,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// How programs attach to interfaces: auto (TCX on 6.6+, else clsact), tcx or clsact.
     #[arg(long, value_enum)]
     tc_attach: Option<TcAttachMode>,
+}
+
+#[derive(Args, Debug)]
+struct CleanupArgs {
+    /// The config file the agent ran with (for state_dir, pin_dir and api_socket).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+}
+
+/// `mirror-agent cleanup`: refuses while an agent answers on the socket (it would re-create
+/// what we remove), then removes what agents left running.
+async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let file = load_file(args.config.as_ref())?;
+    let run = RunArgs {
+        config: None,
+        state_dir: args.state_dir,
+        api_socket: args.api_socket,
+        api_listen: None,
+        metrics_listen: None,
+        pin_dir: args.pin_dir,
+        detach_on_exit: false,
+        log_format: None,
+        tc_attach: None,
+    };
+    let settings = settings(&run, &file);
+    if tokio::net::UnixStream::connect(&settings.api_socket)
+        .await
+        .is_ok()
+    {
+        anyhow::bail!(
+            "an agent is running (it answers on {}); stop it first",
+            settings.api_socket.display()
+        );
+    }
+    let removed = datapath::cleanup(&Persistence {
+        pin_dir: settings.pin_dir.clone(),
+        state_dir: settings.state_dir.clone(),
+    })
+    .await
+    .context("cleanup")?;
+    if removed.is_empty() {
+        println!("nothing to remove");
+    }
+    for r in removed {
+        println!("removed {r}");
+    }
+    Ok(())
 }
 
 /// Settings after merging flags over the file over built-in defaults.
@@ -74,11 +135,8 @@ struct Settings {
     api_socket: PathBuf,
     api_listen: Option<String>,
     metrics_listen: Option<String>,
-    #[expect(
-        dead_code,
-        reason = "pinning arrives with issue 5; the flag is stable now"
-    )]
     pin_dir: PathBuf,
+    detach_on_exit: bool,
     log_format: LogFormat,
     tc_attach: TcAttachMode,
 }
@@ -108,6 +166,7 @@ fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
             .clone()
             .or_else(|| file.pin_dir.clone())
             .unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
+        detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
     }
@@ -199,18 +258,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("MIRROR_AGENT_API_TOKEN").ok())
         .filter(|t| !t.is_empty());
 
-    let (mut datapath, flow_tables) = Datapath::new(
+    let health = Arc::new(mirror_agent::metrics::Health::default());
+    let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
         file.flow_table_size
             .unwrap_or(mirror_ebpf::DEFAULT_FLOW_TABLE_SIZE),
+        &Persistence {
+            pin_dir: settings.pin_dir.clone(),
+            state_dir: settings.state_dir.clone(),
+        },
     )
     .context("loading the eBPF programs")?;
+    if let Some(why) = &opened.unpinned {
+        health.add_fault(false, why.clone());
+    }
+    let mut loaded: Vec<(&str, bool)> = Vec::new();
+    for name in datapath::attach::TC_PROGRAMS {
+        let rejected = opened.rejected.get(name);
+        loaded.push((name, rejected.is_none()));
+        if let Some(why) = rejected {
+            health.add_fault(true, format!("program {name} {why}"));
+        }
+    }
+    if opened.adopted > 0 {
+        info!(
+            links = opened.adopted,
+            "adopted the data path an earlier agent left running"
+        );
+    }
     // Dropped packets become REJECT flows; without BTF the rest of flow logging still works.
     let drop_reasons = match drop_layout() {
         Ok((layout, reasons)) => {
-            if let Err(e) = datapath.enable_drop_accounting(layout) {
-                warn!("drop accounting unavailable: {e}");
-            }
+            let ok = match datapath.enable_drop_accounting(layout) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("drop accounting unavailable: {e}");
+                    health.add_fault(false, format!("drop accounting unavailable: {e}"));
+                    false
+                }
+            };
+            loaded.push((datapath::PROG_FLOW_DROP, ok));
             reasons
         }
         Err(e) => {
@@ -242,6 +329,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&link_cache),
         Arc::clone(&wake),
     ));
+    svc.metrics
+        .datapath_pinned
+        .set(i64::from(opened.unpinned.is_none()));
+    for (name, ok) in loaded {
+        svc.metrics
+            .program_loaded
+            .with_label_values(&[name])
+            .set(i64::from(ok));
+    }
     let plan = Arc::new(RwLock::new(flowlog::runner::Plan::default()));
     let (passes_tx, mut passes) = tokio::sync::watch::channel(0u64);
     let started = Arc::new(AtomicU64::new(0));
@@ -302,7 +398,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = &settings.metrics_listen {
         let addr: std::net::SocketAddr = addr
             .parse()
@@ -311,7 +406,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics listener {addr}"))?;
         info!(%addr, "metrics listening");
-        let app = server::metrics_router(Arc::clone(&svc.metrics), Arc::clone(&ready));
+        let app = server::metrics_router(Arc::clone(&svc.metrics), Arc::clone(&health));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 error!("metrics server stopped: {e}");
@@ -328,7 +423,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     declare(&store, &svc, &file, &started, &mut passes).await?;
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    health
+        .reconciled
+        .store(true, std::sync::atomic::Ordering::SeqCst);
 
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -349,11 +446,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    info!("stopping: detaching programs and removing tunnel devices");
     let _ = stop_tx.send(true);
     let _ = runner.await;
     let mut datapath = reconciler.await.context("reconciler task")?;
-    datapath.shutdown().await.context("shutting down")?;
+    if settings.detach_on_exit || !datapath.is_pinned() {
+        info!("stopping: detaching programs, removing tunnel devices and pins");
+        datapath.shutdown().await.context("shutting down")?;
+    } else {
+        info!(
+            pin_dir = %settings.pin_dir.display(),
+            "stopping: the data path keeps running for the next agent (`mirror-agent cleanup` removes it)"
+        );
+        datapath.leave().context("saving the data path state")?;
+    }
     let _ = std::fs::remove_file(&settings.api_socket);
     Ok(())
 }
@@ -364,6 +469,20 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Client(c) => return cli::run(&cli.client, c),
         Command::Run(args) => args,
+        Command::Cleanup(args) => {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")
+                .and_then(|rt| rt.block_on(cleanup(args)));
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mirror-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

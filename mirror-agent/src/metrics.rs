@@ -12,6 +12,61 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// What the probes report: reconciled yet, and the data path's faults.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub reconciled: std::sync::atomic::AtomicBool,
+    faults: Mutex<Vec<Fault>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Mirroring cannot work (a program the kernel rejected), not merely degraded.
+    pub fatal: bool,
+    pub message: String,
+}
+
+impl Health {
+    pub fn add_fault(&self, fatal: bool, message: impl Into<String>) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.push(Fault {
+                fatal,
+                message: message.into(),
+            });
+        }
+    }
+
+    pub fn faults(&self) -> Vec<Fault> {
+        self.faults.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    pub fn faults_text(&self) -> String {
+        self.faults()
+            .iter()
+            .map(|f| {
+                let kind = if f.fatal { "fault" } else { "degraded" };
+                format!("{kind}: {}\n", f.message)
+            })
+            .collect()
+    }
+
+    /// Ready once the store is reconciled into the kernel and the programs it needs loaded.
+    pub fn readiness(&self) -> (bool, String) {
+        use std::sync::atomic::Ordering;
+        let faults = self.faults_text();
+        if !self.reconciled.load(Ordering::SeqCst) {
+            return (
+                false,
+                format!("not ready: programs or store not reconciled yet\n{faults}"),
+            );
+        }
+        if self.faults().iter().any(|f| f.fatal) {
+            return (false, format!("not ready\n{faults}"));
+        }
+        (true, format!("ready\n{faults}"))
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub session_packets: IntCounterVec,
@@ -46,6 +101,8 @@ pub struct Metrics {
     pub receive_bytes: IntCounterVec,
     pub receive_errors: IntCounterVec,
     pub receiver_attached: IntGaugeVec,
+    pub datapath_pinned: IntGauge,
+    pub program_loaded: IntGaugeVec,
     last: Mutex<HashMap<String, u64>>,
 }
 
@@ -307,6 +364,29 @@ impl Metrics {
                         "1 while the receiving program is attached, with its XDP mode (native or generic).",
                     ),
                     &["receiver", "mode"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            datapath_pinned: {
+                let g = IntGauge::new(
+                    "mirror_datapath_pinned",
+                    "1 when programs, links and maps are pinned in bpffs and outlive the agent; 0 when they go with it (bpffs missing).",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            program_loaded: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "mirror_bpf_program_loaded",
+                        "1 when the kernel accepted the program, 0 when it rejected it.",
+                    ),
+                    &["program"],
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
                 r.register(Box::new(g.clone()))

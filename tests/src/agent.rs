@@ -29,9 +29,6 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// A running agent; stopped with SIGTERM (then SIGKILL) on drop.
-/// The capabilities the agent runs with at least privilege (setpriv spelling).
-pub const LEAST_CAPS: [&str; 3] = ["+bpf", "+net_admin", "+perfmon"];
-
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
@@ -41,6 +38,113 @@ pub struct Agent {
     pub socket: PathBuf,
     /// Keep the directory (state, config, socket) when dropped: a restart reuses it.
     keep_dir: bool,
+}
+
+/// The directory of an agent that is gone but left state and pins for a restart. Dropped, it
+/// unmounts the pins and removes the directory, so a failing test leaves nothing behind; an
+/// agent restarted in it removes it first when that agent drops.
+pub struct KeptDir(PathBuf);
+
+impl std::ops::Deref for KeptDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        Agent::remove_dir(&self.0);
+    }
+}
+
+/// How `Agent::start_with` starts the agent.
+pub struct StartOptions<'a> {
+    /// A command the agent runs under (e.g. `setpriv … --`).
+    pub wrapper: &'a [&'a str],
+    /// Extra `mirror-agent run` flags.
+    pub args: &'a [&'a str],
+    /// Mount a private bpffs for the pins (false: the agent finds no bpffs).
+    pub bpffs: bool,
+    /// The agent's RUST_LOG.
+    pub rust_log: &'a str,
+}
+
+impl Default for StartOptions<'_> {
+    fn default() -> Self {
+        StartOptions {
+            wrapper: &[],
+            args: &[],
+            bpffs: true,
+            rust_log: "info",
+        }
+    }
+}
+
+/// A `setpriv` wrapper running the agent as `nobody` with exactly `caps` (setpriv syntax,
+/// e.g. `-all,+bpf,+net_admin`): inheritable, ambient and bounding sets.
+pub fn as_nobody_with(caps: &str) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+        format!("--bounding-set={caps}"),
+        "--".into(),
+    ]
+}
+
+/// A fresh agent directory owned by `nobody`, for agents run `as_nobody_with`.
+pub fn nobody_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(crate::netns::unique(prefix));
+    std::fs::create_dir_all(&dir).expect("agent dir");
+    let status = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown {}", dir.display());
+    dir
+}
+
+/// Mounts a fresh bpffs instance at `dir` unless one is there already.
+pub fn mount_bpffs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("bpffs mount point");
+    if is_bpffs(dir) {
+        return;
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir)
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "mounting bpffs at {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn is_bpffs(dir: &std::path::Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) into a zeroed struct we own, on a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe4a11 }
+}
+
+/// Unmounts an agent directory's bpffs: the pins go, and with them whatever the agents
+/// left attached.
+pub fn unmount_bpffs(agent_dir: &std::path::Path) {
+    let bpf = agent_dir.join("bpf");
+    if let Ok(c) = std::ffi::CString::new(bpf.as_os_str().as_encoded_bytes()) {
+        // SAFETY: umount2(2) on a NUL-terminated path; failure (not mounted) is fine.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 /// What the CLI printed and how it exited.
@@ -71,8 +175,35 @@ impl Agent {
         dir: &std::path::Path,
         wrapper: &[&str],
     ) -> Agent {
+        Agent::start_with(
+            ns,
+            config,
+            dir,
+            &StartOptions {
+                wrapper,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// Starts the agent with everything a test may vary.
+    pub fn start_with(
+        ns: &NetNs,
+        config: &str,
+        dir: &std::path::Path,
+        opts: &StartOptions<'_>,
+    ) -> Agent {
+        let wrapper = opts.wrapper;
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
+        // Each agent pins into its own bpffs instance: `ip netns exec` remounts /sys, hiding
+        // /sys/fs/bpf, and tests must not see each other's pins. Mounted before the agent
+        // starts, since `ip netns exec` copies the mount table at that moment. A restarted
+        // agent (same dir) finds the mount, and what the previous one pinned, in place.
+        let bpf = dir.join("bpf");
+        if opts.bpffs {
+            mount_bpffs(&bpf);
+        }
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).expect("writing the agent config");
         let state_dir = dir.join("state");
@@ -94,7 +225,10 @@ impl Agent {
             // Each agent its own socket: tests run agents in several namespaces of one host.
             .arg("--api-socket")
             .arg(dir.join("api.sock"))
-            .env("RUST_LOG", "info")
+            .arg("--pin-dir")
+            .arg(bpf.join("mirror-agent"))
+            .args(opts.args)
+            .env("RUST_LOG", opts.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -123,32 +257,6 @@ impl Agent {
         };
         agent.wait_for_log("datapath ready", Duration::from_secs(30));
         agent
-    }
-
-    /// Starts the agent as `nobody` with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (ambient,
-    /// bounding set cut to them), through setpriv; its directory is owned by nobody.
-    pub fn start_least_privileged(ns: &NetNs, config: &str) -> Agent {
-        let dir = std::env::temp_dir().join(crate::netns::unique("lp"));
-        std::fs::create_dir_all(&dir).expect("agent dir");
-        // nobody must own its state, socket and config directory.
-        let chown = std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
-        assert!(chown.success(), "chown of {}", dir.display());
-        let caps = format!("-all,{}", LEAST_CAPS.join(","));
-        let wrapper = [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &format!("--inh-caps={caps}"),
-            &format!("--ambient-caps={caps}"),
-            &format!("--bounding-set={caps}"),
-            "--",
-        ];
-        Agent::start_wrapped(ns, config, &dir, &wrapper)
     }
 
     /// Waits for a log line containing `needle`; panics with the whole log on timeout or exit.
@@ -218,11 +326,11 @@ impl Agent {
     }
 
     /// `kill -9`: no cleanup of any kind; the directory is kept for a restart.
-    pub fn kill9(mut self) -> PathBuf {
+    pub fn kill9(mut self) -> KeptDir {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
         self.keep_dir = true;
-        self.dir()
+        KeptDir(self.dir())
     }
 
     /// Runs the CLI against this agent's socket: `mirror-agent --socket … <args>`.
@@ -279,10 +387,45 @@ impl Agent {
         }
     }
 
-    /// SIGTERM and wait: the agent detaches everything it attached.
+    /// SIGTERM and wait: the agent leaves the data path running for the next one (unless it
+    /// runs with `--detach-on-exit`). The directory and its pins go when the `Agent` drops.
     pub fn stop(mut self) -> String {
         self.stop_inner();
         self.log_text()
+    }
+
+    /// SIGTERM and wait, keeping the directory (and its pins): what the agent left running
+    /// stays, for a restart or `cleanup` to find.
+    pub fn terminate(mut self) -> KeptDir {
+        self.stop_inner();
+        self.keep_dir = true;
+        KeptDir(self.dir())
+    }
+
+    /// `mirror-agent cleanup` for the agent that ran in `dir`, inside `ns`.
+    pub fn cleanup(ns: &NetNs, dir: &std::path::Path) -> CliOutput {
+        let out = ns
+            .command(agent_binary().to_str().expect("utf-8 path"))
+            .arg("cleanup")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--pin-dir")
+            .arg(dir.join("bpf").join("mirror-agent"))
+            .arg("--api-socket")
+            .arg(dir.join("api.sock"))
+            .output()
+            .expect("running mirror-agent cleanup");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Unmounts and removes a directory an agent left with `terminate` or `kill9`.
+    pub fn remove_dir(dir: &std::path::Path) {
+        unmount_bpffs(dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn stop_inner(&mut self) {
@@ -307,6 +450,7 @@ impl Drop for Agent {
         if !self.keep_dir
             && let Some(dir) = self.config.parent()
         {
+            unmount_bpffs(dir);
             let _ = std::fs::remove_dir_all(dir);
         }
     }

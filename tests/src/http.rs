@@ -282,6 +282,69 @@ pub fn json(r: &Response) -> Value {
         .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {} {:?}", r.status, r.body))
 }
 
+/// GET `path` from an agent's metrics listener on 127.0.0.1:`port` inside `ns`: (status, body).
+pub fn metrics_get(ns: &crate::netns::NetNs, port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    crate::netns::in_netns(ns, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// The value of the series that starts with `series` (name and labels) in a scrape.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+/// Panics with promtool's complaints unless `promtool check metrics` accepts `text`.
+pub fn promtool_check(text: &str) {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,6 @@ pub mod capture;
 pub mod http;
 pub mod netns;
 pub mod packets;
-pub mod prom;
+pub mod tcx;
 pub mod topology;
 pub mod traffic;

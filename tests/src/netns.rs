@@ -333,3 +333,11 @@ where
             .unwrap_or_else(|payload| panic::resume_unwind(payload))
     })
 }
+
+/// The index of interface `name` in the calling thread's namespace.
+pub fn ifindex_in_current(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex(3) on a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}

@@ -1,7 +1,9 @@
 //! Faults stay contained: each is reported (state, metrics) while the agent keeps serving and
 //! everything else keeps working.
 //!
-//! Kernel requirements: as mirror_e2e.rs and flowlog_e2e.rs; tmpfs for a small filesystem.
+//! Kernel requirements: as mirror_e2e.rs and flowlog_e2e.rs; tmpfs for a small filesystem;
+//! the verifier's rule that pointer arithmetic on packets needs CAP_PERFMON (5.8+) for the
+//! rejected-program test. Tool: setpriv (util-linux).
 
 use std::{
     net::UdpSocket,
@@ -10,9 +12,11 @@ use std::{
 };
 
 use mirror_tests::{
-    agent::Agent,
+    agent::{Agent, StartOptions, as_nobody_with, nobody_dir},
+    capture::{self, Capture},
+    http::{metric_value, metrics_get},
     netns::in_netns,
-    topology::{NODE_SRC_ADDR, Topology, WL_ADDR},
+    topology::{NODE_SRC_ADDR, Topology, WL_ADDR, config_with_collector},
 };
 
 /// A target without a route: the session says why, other sessions are unaffected, and the
@@ -194,4 +198,213 @@ fn full_disk_for_the_file_sink_is_reported_and_retried() {
     );
     drop(agent);
     drop(guard);
+}
+
+const FAULT_CONFIG: &str = r#"
+[[filters]]
+id = "tmf-f"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7000/7000"
+
+[[sessions]]
+id = "tms-f"
+priority = 1
+virtual_network_id = 61
+packet_length = 64
+enabled = true
+filter_id = "tmf-f"
+target_id = "tmt-col"
+sources = ["src0"]
+"#;
+
+fn fault_config() -> String {
+    format!(
+        "metrics_listen = \"127.0.0.1:9464\"\n{}",
+        config_with_collector(FAULT_CONFIG)
+    )
+}
+
+/// Sends `n` datagrams to the node's port 7000 and returns the copies the collector saw.
+fn mirrored(topo: &Topology, n: usize) -> usize {
+    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    for _ in 0..n {
+        client
+            .send_to(&[0u8; 200], (NODE_SRC_ADDR, 7000))
+            .expect("send");
+    }
+    cap.wait_for_frames(n, Duration::from_secs(3));
+    thread::sleep(Duration::from_millis(200));
+    let pcap = cap.stop();
+    let copies = capture::vxlan_copies(&pcap, 4789).len();
+    capture::remove(&pcap);
+    copies
+}
+
+/// bpffs not mounted where the pins go: the agent says so (log, /healthz, metric), mirrors
+/// anyway, and since nothing can outlive it, detaches everything on SIGTERM.
+#[test]
+fn bpffs_missing_is_reported_and_mirroring_works_unpinned() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("nbpf"));
+    let config = fault_config();
+    let agent = Agent::start_with(
+        &topo.node,
+        &config,
+        &dir,
+        &StartOptions {
+            bpffs: false,
+            ..StartOptions::default()
+        },
+    );
+    assert!(
+        agent.log_text().contains("is not on a bpffs mount"),
+        "the log names the fault:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(mirrored(&topo, 10), 10, "mirroring works without pins");
+    let (status, health) = metrics_get(&topo.node, 9464, "/healthz");
+    assert_eq!(status, 200, "healthz");
+    assert!(
+        health.contains("degraded:") && health.contains("bpffs"),
+        "/healthz names the fault: {health}"
+    );
+    let (status, ready) = metrics_get(&topo.node, 9464, "/readyz");
+    assert_eq!(status, 200, "still ready (degraded, not broken): {ready}");
+    let (_, text) = metrics_get(&topo.node, 9464, "/metrics");
+    assert_eq!(metric_value(&text, "mirror_datapath_pinned "), 0.0);
+    let dir = agent.terminate();
+    let left = topo
+        .node
+        .exec(&["tc", "filter", "show", "dev", "src0", "ingress"]);
+    assert!(
+        mirror_tests::tcx::attached(&topo.node, "src0").is_empty() && left.stdout.is_empty(),
+        "an unpinned agent detaches on SIGTERM"
+    );
+    Agent::remove_dir(&dir);
+}
+
+/// Programs the kernel rejects (here: the verifier refuses the TC programs to an agent
+/// without CAP_PERFMON, an easy mistake in a manifest): the session fails with the verifier's
+/// reason, the metric and /readyz show it, and the API, the store and the metrics keep
+/// serving.
+#[test]
+fn a_rejected_program_is_reported_and_the_agent_keeps_serving() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let dir = nobody_dir("rej");
+    let wrapper = as_nobody_with("-all,+bpf,+net_admin");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let config = fault_config();
+    let agent = Agent::start_with(
+        &topo.node,
+        &config,
+        &dir,
+        &StartOptions {
+            wrapper: &wrapper,
+            ..StartOptions::default()
+        },
+    );
+    let list = agent.call("ListTrafficMirrorSessions", &[]);
+    let session = &list["TrafficMirrorSessions"][0];
+    assert_eq!(
+        session["TrafficMirrorSessionBusinessStatus"], "FailedToApply",
+        "{list}"
+    );
+    assert!(
+        session["TrafficMirrorSessionErrors"]
+            .to_string()
+            .contains("rejected by the kernel"),
+        "the session carries the kernel's reason: {session}"
+    );
+    assert!(
+        agent.log_text().contains("rejected by the kernel"),
+        "{}",
+        agent.log_text()
+    );
+    let (_, text) = metrics_get(&topo.node, 9464, "/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            "mirror_bpf_program_loaded{program=\"mirror_ingress\"}"
+        ),
+        0.0
+    );
+    let (status, ready) = metrics_get(&topo.node, 9464, "/readyz");
+    assert_eq!(
+        status, 503,
+        "not ready while mirroring cannot work: {ready}"
+    );
+    assert!(ready.contains("mirror_ingress"), "{ready}");
+    // The API and the store keep working.
+    let t = agent.call(
+        "CreateTrafficMirrorTarget",
+        &[("DestinationIp", "198.18.20.2")],
+    );
+    assert!(t["TrafficMirrorTargetId"].is_string(), "{t}");
+    let (status, _) = metrics_get(&topo.node, 9464, "/healthz");
+    assert_eq!(status, 200);
+    drop(agent);
+}
+
+/// A tunnel device taken down under the agent: every copy fails, which the session's error
+/// counter shows, and the program's own log message (aya-log, debug level) reaches the
+/// agent's log at its level.
+#[test]
+fn failed_copies_are_counted_and_the_programs_log_reaches_the_agent_log() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("plog"));
+    let mut agent = Agent::start_with(
+        &topo.node,
+        &fault_config(),
+        &dir,
+        &StartOptions {
+            rust_log: "debug",
+            ..StartOptions::default()
+        },
+    );
+    topo.node.exec(&["ip", "link", "set", "mirvx4789", "down"]);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
+    });
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    for _ in 0..5 {
+        client
+            .send_to(&[0u8; 200], (NODE_SRC_ADDR, 7000))
+            .expect("send");
+    }
+    agent.wait_for_log("clone to tunnel device", Duration::from_secs(5));
+    let line = agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("clone to tunnel device"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains("DEBUG"),
+        "forwarded at the program's level: {line}"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (_, text) = metrics_get(&topo.node, 9464, "/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            "mirror_session_errors_total{direction=\"ingress\",reason=\"clone_redirect\",session=\"tms-f\"}"
+        ),
+        5.0,
+        "each failed copy is counted"
+    );
+    drop(agent);
 }

@@ -9,18 +9,21 @@
 use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
-    agent::Agent,
+    agent::{Agent, as_nobody_with, nobody_dir},
     capture::{self, Capture},
     netns::in_netns,
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
 
+const CAPS: &str = "-all,+bpf,+net_admin,+perfmon";
 /// CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
 const CAP_MASK: u64 = (1 << 12) | (1 << 38) | (1 << 39);
 
 #[test]
 fn agent_runs_as_nobody_with_three_capabilities() {
     let topo = Topology::new();
+    // nobody must own its state, socket and config directory.
+    let dir = nobody_dir("lp");
     let config = config_with_collector(
         r#"
 [[filters]]
@@ -41,7 +44,9 @@ target_id = "tmt-col"
 sources = ["src0"]
 "#,
     );
-    let agent = Agent::start_least_privileged(&topo.node, &config);
+    let wrapper = as_nobody_with(CAPS);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let agent = Agent::start_wrapped(&topo.node, &config, &dir, &wrapper);
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let field = |name: &str| {

@@ -8,13 +8,13 @@ use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
     agent::Agent,
+    http::{metric_value as value, metrics_get, promtool_check},
     netns::{NetNs, in_netns},
-    prom::{self, value},
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
 
 fn get(ns: &NetNs, path: &str) -> (u16, String) {
-    prom::get(ns, "127.0.0.1:9464", path)
+    metrics_get(ns, 9464, path)
 }
 
 #[test]
@@ -69,7 +69,7 @@ sources = ["src0"]
     let (status, text) = get(&topo.node, "/metrics");
     assert_eq!(status, 200);
 
-    prom::promtool_check(&text);
+    promtool_check(&text);
 
     let session = "{direction=\"ingress\",session=\"tms-m\"}";
     assert_eq!(

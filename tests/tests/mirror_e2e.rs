@@ -539,17 +539,52 @@ sources = ["src0"]
     capture::remove(&pcap);
     assert_eq!(copies.len(), 20, "10 ingress + 10 egress copies");
     assert!(copies.iter().all(|c| c.vni == 5 && c.inner.len() == 64));
-    agent.stop();
-    for dir in ["ingress", "egress"] {
+    let filters = |dir: &str| {
         let out = topo
             .node
             .exec(&["tc", "filter", "show", "dev", "src0", dir]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !text.contains("mirror_"),
-            "agent filter left on src0 {dir}: {text}"
-        );
-    }
+        // One line per filter; the program's name appears twice on it.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("mirror_"))
+            .count()
+    };
+
+    // SIGTERM leaves the cls_bpf filters in their qdisc, still mirroring; a new agent adopts
+    // them in place (one filter per direction, not two) and `cleanup` removes them.
+    let config = std::fs::read_to_string(&agent.config).expect("agent config");
+    let dir = agent.terminate();
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (1, 1),
+        "left running"
+    );
+    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    udp_exchange(&topo, 7001, 5, 300, true);
+    cap.wait_for_frames(10, WAIT);
+    let pcap = cap.stop();
+    assert_eq!(
+        capture::vxlan_copies(&pcap, 4789).len(),
+        10,
+        "copies while no agent runs"
+    );
+    capture::remove(&pcap);
+    let agent = Agent::start_in(&topo.node, &config, &dir);
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (1, 1),
+        "adopted, not attached a second time"
+    );
+    let dir = agent.terminate();
+    let out = Agent::cleanup(&topo.node, &dir);
+    Agent::remove_dir(&dir);
+    assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (0, 0),
+        "cleanup removes the filters: {}",
+        out.stdout
+    );
 }
 
 /// An IPv6 target, and whole frames (no PacketLength) cut only where they would not fit the

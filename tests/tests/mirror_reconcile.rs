@@ -7,38 +7,15 @@
 
 use std::{collections::BTreeSet, net::UdpSocket, thread, time::Duration};
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use mirror_tests::{
     agent::Agent,
     capture::{self, Capture},
-    netns::{NetNs, in_netns},
+    netns::in_netns,
     packets::summarize,
+    tcx::attached,
     topology::{NODE_SRC_ADDR, NODE_SRC1_ADDR, Topology, config_with_collector},
     traffic::Stream,
 };
-
-/// The TCX programs attached to `dev` (attach point, name, id), asked from the kernel
-/// (BPF_PROG_QUERY). Debian 12's bpftool predates TCX and cannot list them per device.
-fn attached(ns: &NetNs, dev: &str) -> BTreeSet<(String, String, u32)> {
-    in_netns(ns, || {
-        let mut progs = BTreeSet::new();
-        for (kind, attach) in [
-            ("ingress", TcAttachType::Ingress),
-            ("egress", TcAttachType::Egress),
-        ] {
-            let (_, infos) = SchedClassifier::query_tcx(dev, attach)
-                .unwrap_or_else(|e| panic!("querying TCX {kind} of {dev}: {e}"));
-            for info in infos {
-                progs.insert((
-                    kind.to_string(),
-                    info.name_as_str().unwrap_or_default().to_string(),
-                    info.id(),
-                ));
-            }
-        }
-        progs
-    })
-}
 
 fn config(s1_vni: u32, s1_sources: &str, with_s2: bool) -> String {
     let s2 = if with_s2 {

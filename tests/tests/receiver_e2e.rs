@@ -10,11 +10,10 @@
 use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
-    agent::Agent,
+    agent::{Agent, StartOptions, as_nobody_with, nobody_dir},
     capture::{self, Capture},
-    http::{json, rpc_get_params},
+    http::{json, metric_value as value, metrics_get, promtool_check, rpc_get_params},
     netns::{NetNs, in_netns},
-    prom::{self, value},
     topology::{
         COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR,
         config_with_collector,
@@ -284,9 +283,9 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     }
 
     // The same counters in Prometheus, promtool clean (published with the List counters).
-    let (status, text) = prom::get(&topo.col, "127.0.0.1:9464", "/metrics");
+    let (status, text) = metrics_get(&topo.col, 9464, "/metrics");
     assert_eq!(status, 200);
-    prom::promtool_check(&text);
+    promtool_check(&text);
     let vni100 = "{receiver=\"tmrcv-col\",vni=\"100\"}";
     let vni200 = "{receiver=\"tmrcv-col\",vni=\"200\"}";
     assert_eq!(
@@ -338,20 +337,49 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     assert_eq!(r["VirtualNetworkIds"], serde_json::json!([100]), "{r}");
     assert_eq!(r["XdpMode"], mode, "{r}");
 
-    // Stopping the target agent removes its capture interfaces and detaches XDP.
+    // SIGTERM: the receiving program (not pinned) goes with the agent, the capture pair
+    // stays for the tools reading it; the next agent takes it over as it is.
     drop(source);
-    target.stop();
-    for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
-        assert!(
-            !link_exists(&topo.col, name),
-            "{name} left behind after the agent stopped"
-        );
-    }
-    let link = topo.col.exec(&["ip", "link", "show", receiving]);
+    let config = std::fs::read_to_string(target.dir().join("agent.toml")).expect("config");
+    let dir = target.terminate();
+    let has_xdp = |dev: &str| {
+        let link = topo.col.exec(&["ip", "link", "show", dev]);
+        String::from_utf8_lossy(&link.stdout).contains("xdp")
+    };
     assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        !has_xdp(receiving),
         "XDP still attached to {receiving} after stop"
     );
+    let mrx100 = capture_index(&topo.col, "mrx100");
+    let next = Agent::start_in(&topo.col, &config, &dir);
+    wait_attached(&next, "tmrcv-col");
+    assert!(has_xdp(receiving), "the next agent attaches again");
+    assert_eq!(
+        capture_index(&topo.col, "mrx100"),
+        mrx100,
+        "the next agent takes the capture interface over instead of re-creating it"
+    );
+    let dir = next.terminate();
+    // cleanup removes what the agents left, capture pairs included.
+    let out = Agent::cleanup(&topo.col, &dir);
+    assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("mrx100"),
+        "cleanup output: {}",
+        out.stdout
+    );
+    for name in ["mrx100", "mrx100-in"] {
+        assert!(
+            !link_exists(&topo.col, name),
+            "{name} left behind after cleanup"
+        );
+    }
+}
+
+/// The interface index of a capture interface, from inside its namespace.
+fn capture_index(ns: &NetNs, name: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{name}/ifindex")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Parameters of a bad create, and the status and code they must get.
@@ -590,7 +618,19 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
 #[test]
 fn receiver_runs_with_the_agents_three_capabilities() {
     let topo = Topology::new();
-    let target = Agent::start_least_privileged(&topo.col, &target_config("col0"));
+    let wrapper = as_nobody_with("-all,+bpf,+net_admin,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // --detach-on-exit: the stop below removes the capture pairs, as nobody too.
+    let target = Agent::start_with(
+        &topo.col,
+        &target_config("col0"),
+        &nobody_dir("rxl"),
+        &StartOptions {
+            wrapper: &wrapper,
+            args: &["--detach-on-exit"],
+            ..StartOptions::default()
+        },
+    );
     let r = wait_attached(&target, "tmrcv-col");
     assert_eq!(r["XdpMode"], "native", "{r}");
     assert_eq!(

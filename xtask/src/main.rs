@@ -302,6 +302,8 @@ fn lab() -> Result<()> {
         .arg(dir.join("state"))
         .arg("--api-socket")
         .arg(&socket)
+        // A throwaway lab: nothing may outlive it.
+        .arg("--detach-on-exit")
         .stderr(std::fs::File::create(dir.join("agent.log")).context("agent log")?)
         .spawn()
         .context("starting the agent")?;

@@ -132,12 +132,14 @@ async fn handle(
     respond(rendered.status, rendered.content_type, rendered.body)
 }
 
-/// `/metrics`, `/healthz` and `/readyz` on the metrics listener.
+/// `/metrics`, `/healthz` and `/readyz` on the metrics listener. Both probes name the
+/// data path's faults in their body; only those that stop mirroring make `/readyz` fail.
 pub fn metrics_router(
     metrics: Arc<crate::metrics::Metrics>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<crate::metrics::Health>,
 ) -> Router {
     use axum::routing::get;
+    let readyz = Arc::clone(&health);
     Router::new()
         .route(
             "/metrics",
@@ -149,19 +151,22 @@ pub fn metrics_router(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let body = format!("ok\n{}", health.faults_text());
+                async move { body }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(std::sync::atomic::Ordering::SeqCst);
+                let (ready, why) = readyz.readiness();
                 async move {
                     if ready {
-                        (StatusCode::OK, "ready\n")
+                        (StatusCode::OK, why)
                     } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: programs or store not reconciled yet\n",
-                        )
+                        (StatusCode::SERVICE_UNAVAILABLE, why)
                     }
                 }
             }),

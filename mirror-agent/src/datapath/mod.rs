@@ -3,8 +3,10 @@
 //! Changes never reload a program: sources are attached or detached one interface at a time,
 //! and sessions, filters and targets are map writes. See docs/architecture.md.
 
+pub mod attach;
 pub mod encode;
 pub mod flowtable;
+pub mod pins;
 pub mod receive;
 mod slots;
 pub mod tunnel;
@@ -12,16 +14,13 @@ pub mod tunnel;
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{
-        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-    },
-    util::KernelVersion,
+    programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use mirror_ebpf::{
     DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
@@ -29,22 +28,21 @@ use mirror_ebpf::{
     SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
 };
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     config::Objects,
     model::{Direction, Session, Target},
 };
+pub use attach::{
+    DropLink, PROG_EGRESS, PROG_ENCAP, PROG_FLOW_DROP, PROG_INGRESS, Programs, TcAttachMode, TcLink,
+};
 pub use flowtable::FlowTables;
+use pins::{PinPaths, SavedDatapath, SavedSource, SavedTunnel};
 pub use slots::Slots;
 
 /// The compiled programs, built by build.rs with aya-build.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
-
-pub const PROG_INGRESS: &str = "mirror_ingress";
-pub const PROG_EGRESS: &str = "mirror_egress";
-pub const PROG_ENCAP: &str = "mirror_encap";
-pub const PROG_FLOW_DROP: &str = "flow_drop";
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
@@ -72,6 +70,15 @@ pub enum DatapathError {
     Capture(#[from] receive::CaptureError),
     #[error("reading possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error("program {name} {reason}")]
+    Rejected { name: &'static str, reason: String },
+    #[error("link {what}: {reason}")]
+    Link { what: String, reason: String },
+    #[error("saving the data path state in {path}: {source}")]
+    Save {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -232,18 +239,34 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Loads the object and the three TC programs into the kernel (not attached); each flow
-/// table gets `flow_table_size` entries.
-pub fn load(flow_table_size: u32) -> Result<(Ebpf, Maps, FlowTables), DatapathError> {
-    let mut ebpf = aya::EbpfLoader::new()
+/// Loads the object into the kernel: maps (reused from `pins` when it has them) and the TC
+/// programs (adopted from `pins` when this build pinned them). Each flow table gets
+/// `flow_table_size` entries.
+pub fn load(
+    flow_table_size: u32,
+    pins: Option<PinPaths>,
+) -> Result<(Programs, Maps, FlowTables), DatapathError> {
+    // The programs' log statements below the agent's level cost a load and a compare; the
+    // level is fixed when a program is loaded (adopted programs keep theirs).
+    let log_level = program_log_level();
+    let mut loader = aya::EbpfLoader::new();
+    loader
         .map_max_entries("FLOWS_0", flow_table_size)
         .map_max_entries("FLOWS_1", flow_table_size)
-        .load(EBPF_OBJECT)?;
-    for name in [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP] {
-        classifier(&mut ebpf, name)?
-            .load()
-            .map_err(prog_err(name))?;
+        .override_global(aya_log::LEVEL, &log_level, false);
+    if let Some(p) = &pins {
+        for &name in pins::PINNED_MAPS {
+            loader.map_pin_path(name, p.maps.join(name));
+        }
     }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            None
+        }
+    };
     let maps = Maps::take(&mut ebpf)?;
     let flows = FlowTables::new(
         [
@@ -253,78 +276,52 @@ pub fn load(flow_table_size: u32) -> Result<(Ebpf, Maps, FlowTables), DatapathEr
         take_map(&mut ebpf, "FLOW_CTL")?,
         take_map(&mut ebpf, "FLOW_STATS")?,
     );
-    Ok((ebpf, maps, flows))
+    Ok((Programs::load(ebpf, pins, logger), maps, flows))
 }
 
-pub fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?
-        .try_into()
-        .map_err(prog_err(name))
-}
-
-/// How programs are attached to interfaces.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TcAttachMode {
-    /// TCX where the kernel has it (6.6+), clsact otherwise.
-    #[default]
-    Auto,
-    Tcx,
-    /// A clsact qdisc and a direct-action cls_bpf filter over netlink, as before TCX. The
-    /// qdisc is left in place on detach: other software may have filters on it.
-    Clsact,
-}
-
-impl TcAttachMode {
-    fn uses_tcx(self) -> bool {
-        match self {
-            TcAttachMode::Tcx => true,
-            TcAttachMode::Clsact => false,
-            TcAttachMode::Auto => {
-                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
-            }
-        }
+/// aya-log's level numbering (error 1 … trace 5, 0 off) for the agent's tracing level.
+fn program_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
     }
 }
 
-/// Attaches with TCX where the kernel has it (6.6+), so we coexist with other TC programs
-/// (Cilium, ...) without owning a qdisc; otherwise through a clsact qdisc over netlink.
-fn attach(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    ifname: &str,
-    attach_type: TcAttachType,
-    mode: TcAttachMode,
-) -> Result<SchedClassifierLinkId, DatapathError> {
-    let options = if mode.uses_tcx() {
-        TcAttachOptions::TcxOrder(LinkOrder::default())
-    } else {
-        if let Err(e) = tc::qdisc_add_clsact(ifname) {
-            // EEXIST: the qdisc is already there, which is what we want.
-            if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
-            {
-                debug!(ifname, error = %e, "adding clsact qdisc");
-            }
-        }
-        TcAttachOptions::Netlink(NlOptions::default())
+/// Forwards the programs' aya-log records to the agent's log (through the `log` bridge of
+/// tracing-subscriber) at their own level, whenever the ring buffer has some.
+fn forward_program_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // SAFETY: the logger owns the ring buffer's map fd and keeps it open, unchanged, for as
+    // long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
     };
-    classifier(ebpf, name)?
-        .attach_with_options(ifname, attach_type, options)
-        .map_err(prog_err(name))
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
-fn detach(ebpf: &mut Ebpf, name: &'static str, link: SchedClassifierLinkId) {
-    // The link may already be gone with its interface; nothing else to undo then.
-    match classifier(ebpf, name).map(|p| p.detach(link)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(program = name, error = %e, "detach"),
-        Err(e) => debug!(program = name, error = %e, "detach"),
-    }
-}
+/// A program of a freshly loaded object (fixtures and benchmarks).
+pub use attach::classifier_in as classifier;
 
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -337,12 +334,32 @@ struct AttachedSource {
     ifindex: u32,
     stats_slot: u32,
     flow_log: bool,
-    links: [SchedClassifierLinkId; DIRECTIONS],
+    links: [TcLink; DIRECTIONS],
 }
 
 struct TunnelDevice {
     ifindex: u32,
-    link: SchedClassifierLinkId,
+    link: TcLink,
+}
+
+/// Where the data path keeps what must outlive the agent.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// bpffs directory for maps, programs and links (`--pin-dir`).
+    pub pin_dir: PathBuf,
+    /// The agent's state directory, for the slot tables (`--state-dir`).
+    pub state_dir: PathBuf,
+}
+
+/// How `Datapath::open` found the kernel.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    /// Why nothing is pinned, when it is not (bpffs missing, ...).
+    pub unpinned: Option<String>,
+    /// Programs the kernel rejected, with its reason.
+    pub rejected: BTreeMap<String, String>,
+    /// Links taken over from an earlier agent.
+    pub adopted: usize,
 }
 
 /// Snapshot of the data path's counters (see `Datapath::counters`).
@@ -372,7 +389,7 @@ impl ApplyReport {
 
 /// The loaded data path and what is attached where.
 pub struct Datapath {
-    ebpf: Ebpf,
+    programs: Programs,
     pub maps: Maps,
     netlink: rtnetlink::Handle,
     attach_mode: TcAttachMode,
@@ -384,24 +401,47 @@ pub struct Datapath {
     tunnels: BTreeMap<u16, TunnelDevice>,
     /// Rule id → filter id, for metrics labels.
     rule_filter: BTreeMap<String, String>,
-    drop_link: Option<aya::programs::raw_trace_point::RawTracePointLinkId>,
+    drop_link: Option<DropLink>,
+    /// Where the slot tables are saved, when the data path outlives the agent.
+    state_dir: Option<PathBuf>,
+    /// Forwards the programs' aya-log records; ends with the runtime.
+    #[expect(
+        dead_code,
+        reason = "held so the task's handle lives as long as the data path"
+    )]
+    log_task: Option<tokio::task::JoinHandle<()>>,
     /// The receiving side (XDP and capture interfaces) of a mirror target.
     pub receive: receive::Receive,
 }
 
 impl Datapath {
-    /// Loads the programs. Needs a tokio runtime for netlink. The flow tables go to whoever
-    /// drains them (the flow-log runner).
+    /// Loads the programs without pins: everything goes with this process (fixtures and
+    /// benchmarks). Needs a tokio runtime for netlink. The flow tables go to whoever drains
+    /// them (the flow-log runner).
     pub fn new(
         attach_mode: TcAttachMode,
         flow_table_size: u32,
     ) -> Result<(Datapath, FlowTables), DatapathError> {
-        let (mut ebpf, maps, flows) = load(flow_table_size)?;
-        let receive = receive::Receive::new(&mut ebpf)?;
+        let (programs, maps, flows) = load(flow_table_size, None)?;
+        Ok((
+            Datapath::assemble(programs, maps, attach_mode, None)?,
+            flows,
+        ))
+    }
+
+    fn assemble(
+        mut programs: Programs,
+        maps: Maps,
+        attach_mode: TcAttachMode,
+        state_dir: Option<PathBuf>,
+    ) -> Result<Datapath, DatapathError> {
+        let receive = receive::Receive::new(programs.ebpf_mut())?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        let datapath = Datapath {
-            ebpf,
+        let log_task = programs.take_logger().and_then(forward_program_logs);
+        Ok(Datapath {
+            log_task,
+            programs,
             maps,
             netlink,
             attach_mode,
@@ -413,9 +453,234 @@ impl Datapath {
             tunnels: BTreeMap::new(),
             rule_filter: BTreeMap::new(),
             drop_link: None,
+            state_dir,
             receive,
+        })
+    }
+
+    /// Loads the data path for the agent: maps and programs pinned under the pin directory,
+    /// and whatever an earlier agent left attached (its links, slots and counters) adopted, so
+    /// a restart or an upgrade leaves no gap. Without bpffs it runs unpinned and says why; a
+    /// program the kernel rejects disables what needs it, not the agent.
+    pub fn open(
+        attach_mode: TcAttachMode,
+        flow_table_size: u32,
+        persist: &Persistence,
+    ) -> Result<(Datapath, FlowTables, OpenReport), DatapathError> {
+        let mut report = OpenReport::default();
+        let pins = match PinPaths::prepare(
+            &persist.pin_dir,
+            EBPF_OBJECT,
+            &[("FLOWS_0", flow_table_size), ("FLOWS_1", flow_table_size)],
+        ) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!("{e}");
+                report.unpinned = Some(e.to_string());
+                None
+            }
         };
-        Ok((datapath, flows))
+        // Maps that already existed carry an earlier agent's configuration and counters; the
+        // saved slot tables describe them only then.
+        let maps_reused = pins
+            .as_ref()
+            .is_some_and(|p| pins::PINNED_MAPS.iter().all(|m| p.maps.join(m).exists()));
+        let (programs, maps, flows) = load(flow_table_size, pins.clone())?;
+        report.rejected = programs
+            .rejected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let mut dp =
+            Datapath::assemble(programs, maps, attach_mode, Some(persist.state_dir.clone()))?;
+        let saved = match SavedDatapath::read(&persist.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("ignoring the saved data path state: {e}");
+                None
+            }
+        };
+        if let Some(saved) = saved {
+            report.adopted = dp.adopt(saved, pins.as_ref(), maps_reused);
+        }
+        if let Some(p) = &pins {
+            dp.remove_orphan_links(p);
+            // Links of older builds now run this build's programs; the old programs and maps
+            // go once their last user does.
+            for dir in p.stale_dirs() {
+                info!(pin = %dir.display(), "removing pins of an earlier build");
+                remove_pins(&dir);
+            }
+        }
+        dp.save()?;
+        Ok((dp, flows, report))
+    }
+
+    /// Takes over what an earlier agent left: slot tables (when the maps are the same ones),
+    /// source and tunnel links. Returns the number of links adopted.
+    fn adopt(&mut self, saved: SavedDatapath, pins: Option<&PinPaths>, maps_reused: bool) -> usize {
+        let same_maps = maps_reused && pins.is_some_and(|p| p.maps == saved.maps);
+        if same_maps {
+            self.sessions = Slots::restore(MAX_SESSIONS, saved.sessions);
+            self.filters = Slots::restore(MAX_FILTERS, saved.filters);
+            self.rules = Slots::restore(MAX_RULE_SLOTS, saved.rules);
+        }
+        let mut adopted = 0;
+        for (ifname, src) in saved.sources {
+            if ifindex(&ifname) != Some(src.ifindex) {
+                // Gone, or another interface under the same name: its links died with it.
+                for l in &src.links {
+                    if let pins::SavedLink::Pin { path } = l {
+                        let _ = pins::remove(path);
+                    }
+                }
+                continue;
+            }
+            let [ing, eg] = &src.links;
+            let ingress = self
+                .programs
+                .adopt(PROG_INGRESS, ing, &ifname, TcAttachType::Ingress);
+            let egress = self
+                .programs
+                .adopt(PROG_EGRESS, eg, &ifname, TcAttachType::Egress);
+            match (ingress, egress) {
+                (Ok(Some(i)), Ok(Some(e))) => {
+                    let stats_slot = if same_maps {
+                        self.sources.restore_one(&ifname, src.stats_slot)
+                    } else {
+                        self.sources.get_or_alloc(&ifname)
+                    };
+                    let Some(stats_slot) = stats_slot else {
+                        i.detach();
+                        e.detach();
+                        continue;
+                    };
+                    adopted += 2;
+                    self.attached.insert(
+                        ifname,
+                        AttachedSource {
+                            ifindex: src.ifindex,
+                            stats_slot,
+                            flow_log: src.flow_log,
+                            links: [i, e],
+                        },
+                    );
+                }
+                (i, e) => {
+                    warn!(source = %ifname, "cannot adopt its links; they are re-made");
+                    for link in [i, e].into_iter().flatten().flatten() {
+                        link.detach();
+                    }
+                }
+            }
+        }
+        for (port, t) in saved.tunnels {
+            let name = tunnel::device_name(port);
+            if ifindex(&name) != Some(t.ifindex) {
+                if let pins::SavedLink::Pin { path } = &t.link {
+                    let _ = pins::remove(path);
+                }
+                continue;
+            }
+            match self
+                .programs
+                .adopt(PROG_ENCAP, &t.link, &name, TcAttachType::Egress)
+            {
+                Ok(Some(link)) => {
+                    adopted += 1;
+                    self.tunnels.insert(
+                        port,
+                        TunnelDevice {
+                            ifindex: t.ifindex,
+                            link,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => warn!(device = %name, "cannot adopt its link: {e}"),
+            }
+        }
+        adopted
+    }
+
+    /// Link pins nobody accounts for (an agent killed between attaching and saving, or a lost
+    /// state directory): without this they would mirror a second time beside our new links.
+    fn remove_orphan_links(&mut self, pins: &PinPaths) {
+        let mut known: BTreeSet<PathBuf> = BTreeSet::new();
+        for a in self.attached.values() {
+            for l in &a.links {
+                if let Some(pins::SavedLink::Pin { path }) = l.saved() {
+                    known.insert(path);
+                }
+            }
+        }
+        for t in self.tunnels.values() {
+            if let Some(pins::SavedLink::Pin { path }) = t.link.saved() {
+                known.insert(path);
+            }
+        }
+        // The drop link is adopted by `enable_drop_accounting`, by its fixed name.
+        known.insert(pins.drop_link());
+        let Ok(entries) = std::fs::read_dir(&pins.links) else {
+            return;
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if !known.contains(&path) {
+                info!(pin = %path.display(), "removing a link no agent accounts for");
+                let _ = pins::remove(&path);
+            }
+        }
+    }
+
+    /// Saves the slot tables and links for the next agent.
+    pub fn save(&self) -> Result<(), DatapathError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let saved = SavedDatapath {
+            maps: self
+                .programs
+                .pins()
+                .map(|p| p.maps.clone())
+                .unwrap_or_default(),
+            sessions: self.sessions.table(),
+            filters: self.filters.table(),
+            rules: self.rules.table(),
+            sources: self
+                .attached
+                .iter()
+                .filter_map(|(name, a)| {
+                    let [i, e] = &a.links;
+                    Some((
+                        name.clone(),
+                        SavedSource {
+                            ifindex: a.ifindex,
+                            stats_slot: a.stats_slot,
+                            flow_log: a.flow_log,
+                            links: [i.saved()?, e.saved()?],
+                        },
+                    ))
+                })
+                .collect(),
+            tunnels: self
+                .tunnels
+                .iter()
+                .filter_map(|(port, t)| {
+                    Some((
+                        *port,
+                        SavedTunnel {
+                            ifindex: t.ifindex,
+                            link: t.link.saved()?,
+                        },
+                    ))
+                })
+                .collect(),
+            drop_link: self.drop_link.as_ref().and_then(DropLink::path),
+        };
+        saved.write(dir).map_err(|source| DatapathError::Save {
+            path: dir.join(pins::STATE_FILE),
+            source,
+        })
     }
 
     /// Counts the node's dropped packets into the flow tables (REJECT flows) from the
@@ -428,15 +693,7 @@ impl Datapath {
         if self.drop_link.is_some() {
             return Ok(());
         }
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(PROG_FLOW_DROP)
-            .ok_or(DatapathError::MissingProgram(PROG_FLOW_DROP))?
-            .try_into()
-            .map_err(prog_err(PROG_FLOW_DROP))?;
-        prog.load().map_err(prog_err(PROG_FLOW_DROP))?;
-        let link = prog.attach("kfree_skb").map_err(prog_err(PROG_FLOW_DROP))?;
-        self.drop_link = Some(link);
+        self.drop_link = Some(self.programs.attach_drop()?);
         info!("drop accounting attached to skb:kfree_skb");
         Ok(())
     }
@@ -464,7 +721,14 @@ impl Datapath {
 
     /// A loaded program, e.g. for BPF_PROG_TEST_RUN.
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
-        classifier(&mut self.ebpf, name)
+        self.programs.classifier(name)
+    }
+
+    /// Pin path of a source link, when the data path is pinned.
+    fn source_pin(&self, ifname: &str, dir: Direction) -> Option<PathBuf> {
+        self.programs
+            .pins()
+            .map(|p| p.source_link(ifname, dir.as_str()))
     }
 
     /// A loaded XDP program (the receiving side), e.g. for BPF_PROG_TEST_RUN.
@@ -472,7 +736,7 @@ impl Datapath {
         &mut self,
         name: &'static str,
     ) -> Result<&mut aya::programs::Xdp, DatapathError> {
-        receive::xdp(&mut self.ebpf, name)
+        receive::xdp(self.programs.ebpf_mut(), name)
     }
 
     /// Interfaces with the source programs attached.
@@ -495,9 +759,12 @@ impl Datapath {
             .filter_map(|s| targets.get(s.target_id.as_str()))
             .map(|t| t.destination_port)
             .collect();
+        let mut tunnel_errors: BTreeMap<u16, String> = BTreeMap::new();
         for &port in &ports {
             if let Err(e) = self.ensure_tunnel(port).await {
-                report.error(&tunnel::device_name(port), e.to_string());
+                let msg = format!("tunnel device {}: {e}", tunnel::device_name(port));
+                report.error(&tunnel::device_name(port), msg.clone());
+                tunnel_errors.insert(port, msg);
             }
         }
 
@@ -544,7 +811,11 @@ impl Datapath {
                 continue;
             };
             let Some(tunnel) = self.tunnels.get(&target.destination_port) else {
-                report.error(&session.id, "no tunnel device for its target");
+                let why = tunnel_errors
+                    .get(&target.destination_port)
+                    .cloned()
+                    .unwrap_or_else(|| "no tunnel device for its target".to_string());
+                report.error(&session.id, why);
                 continue;
             };
             let tunnel_ifindex = tunnel.ifindex;
@@ -681,12 +952,16 @@ impl Datapath {
         // 8. Receivers (the target side).
         self.receive
             .apply(
-                &mut self.ebpf,
+                self.programs.ebpf_mut(),
                 &self.netlink,
                 &desired.receivers,
                 &mut report,
             )
             .await?;
+        // The next agent adopts from this; failing to save costs a gap then, not now.
+        if let Err(e) = self.save() {
+            report.error("datapath", e.to_string());
+        }
         Ok(report)
     }
 
@@ -697,17 +972,18 @@ impl Datapath {
             Some(_) => {
                 // Re-created under us: the old link went with the old device.
                 if let Some(old) = self.tunnels.remove(&port) {
-                    detach(&mut self.ebpf, PROG_ENCAP, old.link);
+                    old.link.detach();
                 }
             }
             None => {}
         }
-        let link = attach(
-            &mut self.ebpf,
+        let pin = self.programs.pins().map(|p| p.encap_link(port));
+        let link = self.programs.attach(
             PROG_ENCAP,
             &tunnel::device_name(port),
             TcAttachType::Egress,
             self.attach_mode,
+            pin,
         )?;
         info!(device = %tunnel::device_name(port), ifindex, "tunnel device ready");
         self.tunnels.insert(port, TunnelDevice { ifindex, link });
@@ -716,7 +992,7 @@ impl Datapath {
 
     async fn remove_tunnel(&mut self, port: u16) -> Result<(), DatapathError> {
         if let Some(t) = self.tunnels.remove(&port) {
-            detach(&mut self.ebpf, PROG_ENCAP, t.link);
+            t.link.detach();
         }
         tunnel::delete_device(&self.netlink, port).await?;
         Ok(())
@@ -760,12 +1036,12 @@ impl Datapath {
         cfg.stats_slot = stats_slot;
         // The map entry goes in first: a program attached before it would just pass packets.
         self.maps.set_source(index, cfg)?;
-        let ingress = attach(
-            &mut self.ebpf,
+        let ingress = self.programs.attach(
             PROG_INGRESS,
             ifname,
             TcAttachType::Ingress,
             self.attach_mode,
+            self.source_pin(ifname, Direction::Ingress),
         );
         let ingress = match ingress {
             Ok(l) => l,
@@ -775,16 +1051,16 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let egress = match attach(
-            &mut self.ebpf,
+        let egress = match self.programs.attach(
             PROG_EGRESS,
             ifname,
             TcAttachType::Egress,
             self.attach_mode,
+            self.source_pin(ifname, Direction::Egress),
         ) {
             Ok(l) => l,
             Err(e) => {
-                detach(&mut self.ebpf, PROG_INGRESS, ingress);
+                ingress.detach();
                 let _ = self.maps.clear_source(index);
                 self.sources.release(ifname);
                 return Err(e);
@@ -808,15 +1084,20 @@ impl Datapath {
             return Ok(());
         };
         let [ingress, egress] = a.links;
-        detach(&mut self.ebpf, PROG_INGRESS, ingress);
-        detach(&mut self.ebpf, PROG_EGRESS, egress);
+        ingress.detach();
+        egress.detach();
         self.maps.clear_source(a.ifindex)?;
         self.sources.release(ifname);
         info!(source = ifname, "source detached");
         Ok(())
     }
 
-    /// Detaches everything and deletes the tunnel devices.
+    /// Whether the data path outlives this process (pinned in bpffs).
+    pub fn is_pinned(&self) -> bool {
+        self.programs.pins().is_some()
+    }
+
+    /// Detaches everything and deletes the tunnel devices, the pins and the saved state.
     pub async fn shutdown(&mut self) -> Result<(), DatapathError> {
         for name in self.attached_sources() {
             self.remove_source(&name)?;
@@ -825,8 +1106,36 @@ impl Datapath {
         for port in ports {
             self.remove_tunnel(port).await?;
         }
-        self.receive.shutdown(&mut self.ebpf, &self.netlink).await?;
+        self.receive
+            .shutdown(self.programs.ebpf_mut(), &self.netlink)
+            .await?;
+        if let Some(l) = self.drop_link.take() {
+            l.detach();
+        }
+        if let Some(p) = self.programs.pins() {
+            remove_pins(&p.root);
+        }
+        if let Some(dir) = &self.state_dir {
+            let _ = SavedDatapath::remove(dir);
+        }
         Ok(())
+    }
+
+    /// Leaves everything running for the next agent (a rolling update): links stay pinned,
+    /// cls_bpf filters stay in their qdiscs, and the slot tables are saved. Receivers' XDP
+    /// links are not pinned and go with this process; their capture interfaces stay, so tools
+    /// reading them keep running, and the next agent takes them over.
+    pub fn leave(mut self) -> Result<(), DatapathError> {
+        let saved = self.save();
+        for (_, a) in std::mem::take(&mut self.attached) {
+            for l in a.links {
+                l.leave();
+            }
+        }
+        for (_, t) in std::mem::take(&mut self.tunnels) {
+            t.link.leave();
+        }
+        saved
     }
 
     /// Every counter the data path keeps, by object, for metrics.
@@ -852,15 +1161,7 @@ impl Datapath {
                 c.rules.push((filter, id, hits));
             }
         }
-        for (name, prog) in self.ebpf.programs() {
-            if let Ok(info) = prog.info() {
-                c.programs.push((
-                    name.to_string(),
-                    info.run_time().as_nanos() as u64,
-                    info.run_count(),
-                ));
-            }
-        }
+        c.programs = self.programs.stats();
         c
     }
 
@@ -871,6 +1172,97 @@ impl Datapath {
 
     pub fn direction_name(dir: usize) -> &'static str {
         Direction::ALL[dir].as_str()
+    }
+}
+
+/// Removes what agents left running under `persist` (`mirror-agent cleanup`): cls_bpf filters
+/// named in the saved state, every pin (links detach, programs and maps go once unused), the
+/// tunnel devices, and the saved state. Returns what it removed, for the operator.
+pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError> {
+    let mut removed = Vec::new();
+    let saved = SavedDatapath::read(&persist.state_dir)
+        .map_err(|source| DatapathError::Save {
+            path: persist.state_dir.join(pins::STATE_FILE),
+            source,
+        })?
+        .unwrap_or_default();
+    let mut netlink_links: Vec<(String, TcAttachType, u16, u32)> = Vec::new();
+    for (ifname, src) in &saved.sources {
+        for (link, dir) in src
+            .links
+            .iter()
+            .zip([TcAttachType::Ingress, TcAttachType::Egress])
+        {
+            if let pins::SavedLink::Netlink { priority, handle } = link {
+                netlink_links.push((ifname.clone(), dir, *priority, *handle));
+            }
+        }
+    }
+    let mut ports: BTreeSet<u16> = saved.tunnels.keys().copied().collect();
+    for (port, t) in &saved.tunnels {
+        if let pins::SavedLink::Netlink { priority, handle } = &t.link {
+            netlink_links.push((
+                tunnel::device_name(*port),
+                TcAttachType::Egress,
+                *priority,
+                *handle,
+            ));
+        }
+    }
+    for (ifname, dir, priority, handle) in netlink_links {
+        if let Ok(link) = aya::programs::tc::SchedClassifierLink::attached(
+            &ifname,
+            dir,
+            priority,
+            aya::programs::tc::TcHandle::from(handle),
+            None,
+        ) {
+            // Dropping the handle removes the filter; it may be gone with its interface.
+            drop(link);
+            removed.push(format!("cls_bpf filter on {ifname} ({dir:?})"));
+        }
+    }
+    // Tunnel devices also from the link pins, in case the saved state was lost.
+    if let Ok(entries) = std::fs::read_dir(persist.pin_dir.join("links")) {
+        for e in entries.filter_map(Result::ok) {
+            if let Some(port) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("encap-"))
+                .and_then(|p| p.parse().ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    if persist.pin_dir.exists() {
+        pins::remove(&persist.pin_dir).map_err(|source| DatapathError::Save {
+            path: persist.pin_dir.clone(),
+            source,
+        })?;
+        removed.push(format!("pins under {}", persist.pin_dir.display()));
+    }
+    let (connection, netlink, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    for port in ports {
+        let name = tunnel::device_name(port);
+        if ifindex(&name).is_some() {
+            tunnel::delete_device(&netlink, port).await?;
+            removed.push(format!("tunnel device {name}"));
+        }
+    }
+    removed.extend(receive::remove_all_captures(&netlink).await?);
+    SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Save {
+        path: persist.state_dir.join(pins::STATE_FILE),
+        source,
+    })?;
+    Ok(removed)
+}
+
+/// Removes a pin directory; links in it detach, programs and maps go once nothing uses them.
+pub fn remove_pins(root: &Path) {
+    if let Err(e) = pins::remove(root) {
+        warn!(pin_dir = %root.display(), "removing pins: {e}");
     }
 }
 

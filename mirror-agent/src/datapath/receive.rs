@@ -123,6 +123,8 @@ pub struct ReceiverStatus {
 }
 
 pub struct Receive {
+    /// Why receivers cannot work here (an XDP program the kernel rejected).
+    unavailable: Option<String>,
     interfaces: HashMap<MapData, u32, RxInterface>,
     vnis: HashMap<MapData, RxVniKey, RxVni>,
     capture: DevMapHash<MapData>,
@@ -153,12 +155,18 @@ fn detach(ebpf: &mut Ebpf, name: &'static str, link: XdpLinkId) {
 
 impl Receive {
     /// Takes the receiving maps and loads the two XDP programs (so the verifier speaks at
-    /// start, not at the first receiver).
+    /// start, not at the first receiver). A program the kernel rejects disables receivers,
+    /// not the agent: each receiver then reports why.
     pub fn new(ebpf: &mut Ebpf) -> Result<Receive, DatapathError> {
+        let mut unavailable = None;
         for name in [PROG_RECEIVE, PROG_RX_PASS] {
-            xdp(ebpf, name)?.load().map_err(prog_err(name))?;
+            if let Err(e) = xdp(ebpf, name)?.load() {
+                warn!(program = name, "receivers are unavailable: {e}");
+                unavailable = Some(format!("program {name} rejected by the kernel: {e}"));
+            }
         }
         Ok(Receive {
+            unavailable,
             interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
             vnis: super::take_map(ebpf, "RX_VNIS")?,
             capture: super::take_map(ebpf, "RX_CAPTURE")?,
@@ -179,6 +187,12 @@ impl Receive {
         desired: &[Receiver],
         report: &mut ApplyReport,
     ) -> Result<(), DatapathError> {
+        if let Some(why) = &self.unavailable {
+            for r in desired {
+                report.error(&r.id, why.clone());
+            }
+            return Ok(());
+        }
         let wanted: BTreeMap<&str, &Receiver> =
             desired.iter().map(|r| (r.id.as_str(), r)).collect();
         let stale: Vec<String> = self
@@ -632,6 +646,29 @@ async fn ensure_pair(netlink: &Handle, vni: u32) -> Result<(u32, u32), CaptureEr
             .map_err(nl(format!("setting {name} up")))?;
     }
     Ok((inner_ifindex, tool_ifindex))
+}
+
+/// Deletes every agent capture pair in this namespace (`mirror-agent cleanup`: what a
+/// stopped agent left for its successor); returns what it removed.
+pub async fn remove_all_captures(netlink: &Handle) -> Result<Vec<String>, CaptureError> {
+    let links = crate::links::dump(netlink)
+        .await
+        .map_err(nl("listing interfaces".into()))?;
+    let mut removed = Vec::new();
+    for name in links.iter().map(|l| &l.name) {
+        let vni = name
+            .strip_prefix("mrx")
+            .and_then(|r| r.strip_suffix("-in"))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(vni) = vni.filter(|_| is_capture_name(name)) {
+            delete_pair(netlink, vni).await?;
+            removed.push(format!(
+                "capture interfaces {} and {name}",
+                capture_name(vni)
+            ));
+        }
+    }
+    Ok(removed)
 }
 
 async fn delete_pair(netlink: &Handle, vni: u32) -> Result<(), CaptureError> {

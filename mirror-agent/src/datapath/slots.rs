@@ -21,6 +21,35 @@ impl Slots {
         }
     }
 
+    /// Slots as an earlier agent left them: the free list is every gap below the highest.
+    pub fn restore(capacity: u32, by_id: BTreeMap<String, u32>) -> Self {
+        let mut s = Slots::new(capacity);
+        for (id, slot) in by_id {
+            s.restore_one(&id, slot);
+        }
+        s
+    }
+
+    /// Gives `id` exactly `slot` (an adopted object keeps its counters); `None` if taken or
+    /// out of range.
+    pub fn restore_one(&mut self, id: &str, slot: u32) -> Option<u32> {
+        if slot >= self.capacity || self.by_id.values().any(|s| *s == slot) {
+            return self.get_or_alloc(id);
+        }
+        while self.next <= slot {
+            self.free.insert(self.next);
+            self.next += 1;
+        }
+        self.free.remove(&slot);
+        self.by_id.insert(id.to_string(), slot);
+        Some(slot)
+    }
+
+    /// id → slot, for saving.
+    pub fn table(&self) -> BTreeMap<String, u32> {
+        self.by_id.clone()
+    }
+
     pub fn get(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()
     }
@@ -67,5 +96,15 @@ mod tests {
         assert_eq!(s.release("a"), Some(0));
         assert_eq!(s.get_or_alloc("c"), Some(0));
         assert_eq!(s.get("b"), Some(1));
+    }
+
+    #[test]
+    fn restored_slots_keep_their_numbers_and_gaps_are_free() {
+        let table = BTreeMap::from([("a".to_string(), 0), ("c".to_string(), 2)]);
+        let mut s = Slots::restore(4, table.clone());
+        assert_eq!(s.table(), table);
+        assert_eq!(s.get_or_alloc("b"), Some(1));
+        assert_eq!(s.get_or_alloc("d"), Some(3));
+        assert_eq!(s.get_or_alloc("e"), None);
     }
 }

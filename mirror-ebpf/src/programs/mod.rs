@@ -20,6 +20,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
+use aya_log_ebpf::{debug, warn};
 use mirror_ebpf::{
     ACTION_ACCEPT, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, ERR_NO_SESSION, ERR_TRUNCATE,
     ERR_TUNNEL_KEY, FLOW_ACCEPT, FilterConfig, FlowKey, MAX_FILTERS, MAX_RULE_SLOTS,
@@ -301,8 +302,13 @@ fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet
             stats.copies += 1;
             true
         }
-        Err(_) => {
+        Err(e) => {
             stats.errors[ERR_CLONE] += 1;
+            // Debug: a tunnel device that is down fails every copy; the counter is the alarm.
+            debug!(
+                ctx,
+                "session slot {}: clone to tunnel device {} failed: {}", slot, tunnel, e
+            );
             false
         }
     }
@@ -351,6 +357,14 @@ fn try_mirror_encap(ctx: &TcContext) -> Result<(), ()> {
         let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) };
         if ret != 0 {
             stats.errors[ERR_TRUNCATE] += 1;
+            warn!(
+                ctx,
+                "session slot {}: cutting a copy of {} bytes to {} failed: {}",
+                slot,
+                len,
+                new_len,
+                ret
+            );
             return Err(());
         }
     }
@@ -384,6 +398,10 @@ fn try_mirror_encap(ctx: &TcContext) -> Result<(), ()> {
     };
     if ret != 0 {
         stats.errors[ERR_TUNNEL_KEY] += 1;
+        warn!(
+            ctx,
+            "session slot {}: setting the tunnel key failed: {}", slot, ret
+        );
         return Err(());
     }
     Ok(())

@@ -1,0 +1,520 @@
+//! The programs and their attachments as objects the agent owns: loaded fresh or adopted from
+//! pins, attached with TCX (pinned when bpffs is there) or cls_bpf, and either detached or
+//! left running when the agent goes.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        raw_trace_point::RawTracePointLink,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    },
+    util::KernelVersion,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    DatapathError,
+    pins::{PinPaths, SavedLink},
+    prog_err,
+};
+
+pub const PROG_INGRESS: &str = "mirror_ingress";
+pub const PROG_EGRESS: &str = "mirror_egress";
+pub const PROG_ENCAP: &str = "mirror_encap";
+pub const PROG_FLOW_DROP: &str = "flow_drop";
+pub const TC_PROGRAMS: [&str; 3] = [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP];
+
+/// How programs are attached to interfaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachMode {
+    /// TCX where the kernel has it (6.6+), clsact otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    /// A clsact qdisc and a direct-action cls_bpf filter over netlink, as before TCX. The
+    /// qdisc is left in place on detach: other software may have filters on it.
+    Clsact,
+}
+
+impl TcAttachMode {
+    fn uses_tcx(self) -> bool {
+        match self {
+            TcAttachMode::Tcx => true,
+            TcAttachMode::Clsact => false,
+            TcAttachMode::Auto => {
+                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+            }
+        }
+    }
+}
+
+/// A TC attachment of ours.
+#[derive(Debug)]
+pub enum TcLink {
+    /// A TCX link pinned in bpffs: it stays attached until the pin is removed.
+    Pinned { link: PinnedLink, path: PathBuf },
+    /// A TCX link without a pin (no bpffs) or a cls_bpf filter: detached on drop.
+    Owned(SchedClassifierLink),
+}
+
+impl TcLink {
+    /// What a later agent needs to adopt this link; `None` for a TCX link that dies with us.
+    pub fn saved(&self) -> Option<SavedLink> {
+        match self {
+            TcLink::Pinned { path, .. } => Some(SavedLink::Pin { path: path.clone() }),
+            TcLink::Owned(l) => match (l.priority(), l.handle()) {
+                (Ok(priority), Ok(handle)) => Some(SavedLink::Netlink {
+                    priority,
+                    handle: handle.into(),
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    /// Detaches now.
+    pub fn detach(self) {
+        match self {
+            TcLink::Pinned { link, path } => match link.unpin() {
+                // The last reference goes with the returned FdLink: the link detaches.
+                Ok(fd) => drop(fd),
+                Err(e) => warn!(pin = %path.display(), "removing pinned link: {e}"),
+            },
+            TcLink::Owned(l) => drop(l),
+        }
+    }
+
+    /// Leaves the program attached after this process exits, where the kernel can keep it.
+    pub fn leave(self) {
+        match self {
+            // The pin holds the link.
+            TcLink::Pinned { .. } => {}
+            // A cls_bpf filter lives in the qdisc; only dropping our handle would remove it.
+            TcLink::Owned(l) if l.priority().is_ok() => std::mem::forget(l),
+            // An unpinned TCX link cannot outlive its file descriptor.
+            TcLink::Owned(l) => drop(l),
+        }
+    }
+}
+
+/// The loaded programs: adopted from pins when this very build pinned them, loaded otherwise.
+pub struct Programs {
+    ebpf: Ebpf,
+    pinned_tc: BTreeMap<&'static str, SchedClassifier>,
+    pinned_drop: Option<RawTracePoint>,
+    pins: Option<PinPaths>,
+    /// Programs the kernel would not load, with its reason: their features are off, the rest
+    /// of the agent works.
+    pub rejected: BTreeMap<&'static str, String>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The verifier's verdict, short enough for a session's state: the error and the log's tail.
+fn rejection(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // The verdict is the last line before the statistics the verifier appends.
+            let log = verifier_log.to_string();
+            let verdict = log
+                .lines()
+                .map(str::trim)
+                .rfind(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("processed ")
+                })
+                .unwrap_or("");
+            format!("rejected by the kernel ({io_error}): {verdict}")
+        }
+        other => format!("rejected by the kernel: {other}"),
+    }
+}
+
+impl Programs {
+    /// Loads (or adopts) the TC programs. A program the kernel rejects is recorded, not fatal.
+    pub fn load(
+        mut ebpf: Ebpf,
+        pins: Option<PinPaths>,
+        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    ) -> Programs {
+        let mut pinned_tc = BTreeMap::new();
+        let mut rejected = BTreeMap::new();
+        for name in TC_PROGRAMS {
+            if let Some(p) = &pins {
+                let path = p.progs.join(name);
+                if path.exists() {
+                    match SchedClassifier::from_pin(&path) {
+                        Ok(prog) => {
+                            debug!(program = name, "adopted from its pin");
+                            pinned_tc.insert(name, prog);
+                            continue;
+                        }
+                        Err(e) => warn!(program = name, "cannot adopt the pinned program: {e}"),
+                    }
+                }
+            }
+            let prog = match classifier_in(&mut ebpf, name) {
+                Ok(p) => p,
+                Err(e) => {
+                    rejected.insert(name, e.to_string());
+                    continue;
+                }
+            };
+            if let Err(e) = prog.load() {
+                let why = rejection(&e);
+                tracing::error!(program = name, "{why}");
+                rejected.insert(name, why);
+                continue;
+            }
+            if let Some(p) = &pins
+                && let Err(e) = prog.pin(p.progs.join(name))
+            {
+                warn!(program = name, "pinning: {e}");
+            }
+        }
+        Programs {
+            ebpf,
+            pinned_tc,
+            pinned_drop: None,
+            pins,
+            rejected,
+            logger,
+        }
+    }
+
+    /// The reader of the programs' log ring buffer, for whoever forwards it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    pub fn pins(&self) -> Option<&PinPaths> {
+        self.pins.as_ref()
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// A loaded TC program.
+    pub fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DatapathError> {
+        if let Some(why) = self.rejected.get(name) {
+            return Err(DatapathError::Rejected {
+                name,
+                reason: why.clone(),
+            });
+        }
+        if let Some(p) = self.pinned_tc.get_mut(name) {
+            return Ok(p);
+        }
+        classifier_in(&mut self.ebpf, name)
+    }
+
+    /// The kernel id of a loaded program.
+    pub fn program_id(&mut self, name: &'static str) -> Option<u32> {
+        self.classifier(name).ok()?.info().ok().map(|i| i.id())
+    }
+
+    /// Attaches `name` to `ifname` and takes the link out of aya's bookkeeping (whose drop
+    /// would detach it); with TCX and bpffs, pins it at `pin`.
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        attach_type: TcAttachType,
+        mode: TcAttachMode,
+        pin: Option<PathBuf>,
+    ) -> Result<TcLink, DatapathError> {
+        let tcx = mode.uses_tcx();
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                // EEXIST: the qdisc is already there, which is what we want.
+                if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+                {
+                    debug!(ifname, error = %e, "adding clsact qdisc");
+                }
+            }
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        let prog = self.classifier(name)?;
+        let id = prog
+            .attach_with_options(ifname, attach_type, options)
+            .map_err(prog_err(name))?;
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        match (tcx, pin) {
+            (true, Some(path)) => pin_tc(name, link, path),
+            _ => Ok(TcLink::Owned(link)),
+        }
+    }
+
+    /// Takes over a link an earlier agent left, switching it atomically to our program when it
+    /// runs another one (an upgrade). `None` when the link is gone.
+    pub fn adopt(
+        &mut self,
+        name: &'static str,
+        saved: &SavedLink,
+        ifname: &str,
+        attach_type: TcAttachType,
+    ) -> Result<Option<TcLink>, DatapathError> {
+        let ours = self.program_id(name);
+        match saved {
+            SavedLink::Pin { path } => {
+                let Ok(pinned) = PinnedLink::from_pin(path) else {
+                    return Ok(None);
+                };
+                let fd = FdLink::from(pinned);
+                let running = fd.info().ok().map(|i| i.program_id());
+                if running.is_some() && running == ours {
+                    let link = PinnedLink::from_pin(path).map_err(|e| DatapathError::Link {
+                        what: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    return Ok(Some(TcLink::Pinned {
+                        link,
+                        path: path.clone(),
+                    }));
+                }
+                let link = SchedClassifierLink::try_from(fd).map_err(|e| DatapathError::Link {
+                    what: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let prog = self.classifier(name)?;
+                let id = prog.attach_to_link(link).map_err(prog_err(name))?;
+                // The pin still names the same link, which now runs our program.
+                let _ = prog.take_link(id).map_err(prog_err(name))?;
+                info!(
+                    program = name,
+                    ifname, "pinned link switched to this build's program"
+                );
+                let link = PinnedLink::from_pin(path).map_err(|e| DatapathError::Link {
+                    what: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(TcLink::Pinned {
+                    link,
+                    path: path.clone(),
+                }))
+            }
+            SavedLink::Netlink { priority, handle } => {
+                let link = SchedClassifierLink::attached(
+                    ifname,
+                    attach_type,
+                    *priority,
+                    TcHandle::from(*handle),
+                    None,
+                )
+                .map_err(DatapathError::Netlink)?;
+                // A cls_bpf filter tells us nothing cheaply about its program: replace it with
+                // ours in place (same priority and handle), which is atomic for the qdisc.
+                let prog = self.classifier(name)?;
+                let id = prog.attach_to_link(link).map_err(prog_err(name))?;
+                let link = prog.take_link(id).map_err(prog_err(name))?;
+                Ok(Some(TcLink::Owned(link)))
+            }
+        }
+    }
+
+    /// Loads and attaches the drop tracepoint, adopting a pinned link of the same program and
+    /// replacing one of an older build (new first, then old: drops may count twice for a few
+    /// microseconds rather than not at all).
+    pub fn attach_drop(&mut self) -> Result<DropLink, DatapathError> {
+        let pin = self.pins.as_ref().map(PinPaths::drop_link);
+        let prog_pin = self.pins.as_ref().map(|p| p.progs.join(PROG_FLOW_DROP));
+        if self.pinned_drop.is_none()
+            && let Some(path) = prog_pin.as_ref().filter(|p| p.exists())
+        {
+            match RawTracePoint::from_pin(path) {
+                Ok(p) => self.pinned_drop = Some(p),
+                Err(e) => warn!(
+                    program = PROG_FLOW_DROP,
+                    "cannot adopt the pinned program: {e}"
+                ),
+            }
+        }
+        let ours = match &self.pinned_drop {
+            Some(p) => p.info().ok().map(|i| i.id()),
+            None => {
+                let prog: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut(PROG_FLOW_DROP)
+                    .ok_or(DatapathError::MissingProgram(PROG_FLOW_DROP))?
+                    .try_into()
+                    .map_err(prog_err(PROG_FLOW_DROP))?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| DatapathError::Rejected {
+                        name: PROG_FLOW_DROP,
+                        reason: rejection(&e),
+                    })?;
+                    if let Some(path) = &prog_pin
+                        && let Err(e) = prog.pin(path)
+                    {
+                        warn!(program = PROG_FLOW_DROP, "pinning: {e}");
+                    }
+                }
+                prog.info().ok().map(|i| i.id())
+            }
+        };
+        let old = pin.as_ref().and_then(|p| PinnedLink::from_pin(p).ok());
+        if let Some(old) = old {
+            let fd = FdLink::from(old);
+            if ours.is_some()
+                && fd.info().ok().map(|i| i.program_id()) == ours
+                && let Some(path) = &pin
+                && let Ok(link) = PinnedLink::from_pin(path)
+            {
+                return Ok(DropLink::Pinned {
+                    link,
+                    path: path.clone(),
+                });
+            }
+            // Another build's program: attach ours, then let the old link go.
+            let new = self.attach_drop_new(None)?;
+            if let Some(path) = &pin {
+                let _ = super::pins::remove(path);
+            }
+            drop(fd);
+            return match (new, &pin) {
+                (DropLink::Owned(l), Some(path)) => pin_drop(l, path.clone()),
+                (other, _) => Ok(other),
+            };
+        }
+        self.attach_drop_new(pin)
+    }
+
+    fn attach_drop_new(&mut self, pin: Option<PathBuf>) -> Result<DropLink, DatapathError> {
+        let prog: &mut RawTracePoint = match &mut self.pinned_drop {
+            Some(p) => p,
+            None => self
+                .ebpf
+                .program_mut(PROG_FLOW_DROP)
+                .ok_or(DatapathError::MissingProgram(PROG_FLOW_DROP))?
+                .try_into()
+                .map_err(prog_err(PROG_FLOW_DROP))?,
+        };
+        let id = prog.attach("kfree_skb").map_err(prog_err(PROG_FLOW_DROP))?;
+        let link = prog.take_link(id).map_err(prog_err(PROG_FLOW_DROP))?;
+        match pin {
+            Some(path) => pin_drop(link, path),
+            None => Ok(DropLink::Owned(link)),
+        }
+    }
+
+    /// Kernel run-time statistics of every loaded program: (name, run time ns, runs).
+    pub fn stats(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        for (name, prog) in &self.pinned_tc {
+            if let Ok(info) = prog.info() {
+                out.push((
+                    name.to_string(),
+                    info.run_time().as_nanos() as u64,
+                    info.run_count(),
+                ));
+            }
+        }
+        if let Some(prog) = &self.pinned_drop
+            && let Ok(info) = prog.info()
+        {
+            out.push((
+                PROG_FLOW_DROP.to_string(),
+                info.run_time().as_nanos() as u64,
+                info.run_count(),
+            ));
+        }
+        for (name, prog) in self.ebpf.programs() {
+            let adopted = self.pinned_tc.contains_key(name)
+                || (name == PROG_FLOW_DROP && self.pinned_drop.is_some());
+            if adopted {
+                continue;
+            }
+            if let Ok(info) = prog.info() {
+                out.push((
+                    name.to_string(),
+                    info.run_time().as_nanos() as u64,
+                    info.run_count(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+pub fn classifier_in<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+fn pin_tc(
+    name: &'static str,
+    link: SchedClassifierLink,
+    path: PathBuf,
+) -> Result<TcLink, DatapathError> {
+    // A pin left by a crashed agent for a link that no longer exists would make BPF_OBJ_PIN
+    // fail with EEXIST.
+    let _ = super::pins::remove(&path);
+    let fd = FdLink::try_from(link).map_err(|e| DatapathError::Link {
+        what: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let link = fd.pin(&path).map_err(|e| DatapathError::Link {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(TcLink::Pinned { link, path })
+}
+
+/// The drop tracepoint's link.
+#[derive(Debug)]
+pub enum DropLink {
+    Pinned { link: PinnedLink, path: PathBuf },
+    Owned(RawTracePointLink),
+}
+
+impl DropLink {
+    pub fn detach(self) {
+        match self {
+            DropLink::Pinned { link, path } => match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => warn!(pin = %path.display(), "removing pinned link: {e}"),
+            },
+            DropLink::Owned(l) => drop(l),
+        }
+    }
+
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            DropLink::Pinned { path, .. } => Some(path.clone()),
+            DropLink::Owned(_) => None,
+        }
+    }
+}
+
+fn pin_drop(link: RawTracePointLink, path: PathBuf) -> Result<DropLink, DatapathError> {
+    let _ = super::pins::remove(&path);
+    let fd = FdLink::from(link);
+    let link = fd.pin(&path).map_err(|e| DatapathError::Link {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(DropLink::Pinned { link, path })
+}
