@@ -337,30 +337,57 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     assert_eq!(r["VirtualNetworkIds"], serde_json::json!([100]), "{r}");
     assert_eq!(r["XdpMode"], mode, "{r}");
 
-    // SIGTERM: the receiving program (not pinned) goes with the agent, the capture pair
-    // stays for the tools reading it; the next agent takes it over as it is.
-    drop(source);
+    // SIGTERM: everything stays attached (pinned), and frames keep arriving on mrx100 while
+    // no target agent runs.
     let config = std::fs::read_to_string(target.dir().join("agent.toml")).expect("config");
     let dir = target.terminate();
-    let has_xdp = |dev: &str| {
-        let link = topo.col.exec(&["ip", "link", "show", dev]);
-        String::from_utf8_lossy(&link.stdout).contains("xdp")
+    let xdp_programs = |dev: &str| {
+        let link = topo.col.exec(&["ip", "-d", "link", "show", dev]);
+        String::from_utf8_lossy(&link.stdout)
+            .lines()
+            .filter(|l| l.contains("prog/xdp"))
+            .count()
     };
-    assert!(
-        !has_xdp(receiving),
-        "XDP still attached to {receiving} after stop"
+    assert_eq!(
+        xdp_programs(receiving),
+        1,
+        "XDP left on {receiving} after stop"
     );
     let mrx100 = capture_index(&topo.col, "mrx100");
+    let during = |what: &str| {
+        let mut cap = Capture::start(&topo.col, "mrx100", "");
+        for i in 0..3u8 {
+            client
+                .send_to(&[i; 100], (NODE_SRC_ADDR, FULL_PORT))
+                .expect("send");
+        }
+        cap.wait_for_frames(3, WAIT);
+        let pcap = cap.stop();
+        let n = capture::frames(&pcap).len();
+        capture::remove(&pcap);
+        assert_eq!(n, 3, "frames on mrx100 {what}");
+    };
+    during("with no target agent running");
+
+    // The next agent takes the links and the capture pair over: one program still, the same
+    // interface, frames still flowing.
     let next = Agent::start_in(&topo.col, &config, &dir);
     wait_attached(&next, "tmrcv-col");
-    assert!(has_xdp(receiving), "the next agent attaches again");
+    assert!(
+        next.log_text().contains("XDP link taken over"),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(xdp_programs(receiving), 1, "one program on {receiving}");
     assert_eq!(
         capture_index(&topo.col, "mrx100"),
         mrx100,
         "the next agent takes the capture interface over instead of re-creating it"
     );
+    during("after the next agent took over");
     let dir = next.terminate();
-    // cleanup removes what the agents left, capture pairs included.
+    drop(source);
+    // cleanup removes what the agents left: the XDP links and the capture pairs too.
     let out = Agent::cleanup(&topo.col, &dir);
     assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
     assert!(
@@ -374,6 +401,11 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
             "{name} left behind after cleanup"
         );
     }
+    assert_eq!(
+        xdp_programs(receiving),
+        0,
+        "XDP left on {receiving} after cleanup"
+    );
 }
 
 /// The interface index of a capture interface, from inside its namespace.

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod flowtable;
 pub mod pins;
 pub mod receive;
+mod rxlinks;
 mod slots;
 pub mod tunnel;
 
@@ -435,7 +436,8 @@ impl Datapath {
         attach_mode: TcAttachMode,
         state_dir: Option<PathBuf>,
     ) -> Result<Datapath, DatapathError> {
-        let receive = receive::Receive::new(programs.ebpf_mut())?;
+        let rx_pins = programs.pins().map(|p| p.root.join("rx-links"));
+        let receive = receive::Receive::new(programs.ebpf_mut(), rx_pins)?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         let log_task = programs.take_logger().and_then(forward_program_logs);
@@ -1123,8 +1125,8 @@ impl Datapath {
 
     /// Leaves everything running for the next agent (a rolling update): links stay pinned,
     /// cls_bpf filters stay in their qdiscs, and the slot tables are saved. Receivers' XDP
-    /// links are not pinned and go with this process; their capture interfaces stay, so tools
-    /// reading them keep running, and the next agent takes them over.
+    /// links stay pinned and their capture interfaces stay, so tools reading them keep
+    /// receiving; the next agent takes both over.
     pub fn leave(mut self) -> Result<(), DatapathError> {
         let saved = self.save();
         for (_, a) in std::mem::take(&mut self.attached) {

@@ -8,12 +8,15 @@
 //! to get NAPI without GRO (GRO would merge the mirrored TCP segments the tools must see as
 //! sent). See docs/architecture.md.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
     maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{Xdp, XdpMode},
 };
 use mirror_ebpf::{
     MAX_RX_INTERFACES, MAX_RX_VNIS, RxInterface, RxInterfaceStats, RxVni, RxVniKey, RxVniStats,
@@ -22,7 +25,11 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::{ApplyReport, DatapathError, Slots, ifindex, map_err, prog_err, zeroed_per_cpu};
+use super::{
+    ApplyReport, DatapathError, Slots, ifindex, map_err, prog_err,
+    rxlinks::{self, RxLink},
+    zeroed_per_cpu,
+};
 
 pub const PROG_RECEIVE: &str = "mirror_receive";
 pub const PROG_RX_PASS: &str = "rx_pass";
@@ -99,7 +106,7 @@ struct Capture {
     /// The agent's end (redirect target) and the tools' end.
     inner_ifindex: u32,
     tool_ifindex: u32,
-    pass_link: XdpLinkId,
+    pass_link: RxLink,
 }
 
 struct Attached {
@@ -108,7 +115,7 @@ struct Attached {
     port: u16,
     stats_slot: u32,
     mode: AttachedMode,
-    link: XdpLinkId,
+    link: RxLink,
     captures: BTreeMap<u32, Capture>,
 }
 
@@ -125,6 +132,8 @@ pub struct ReceiverStatus {
 pub struct Receive {
     /// Why receivers cannot work here (an XDP program the kernel rejected).
     unavailable: Option<String>,
+    /// Where the XDP links are pinned (`<pin_dir>/rx-links`), when the data path is pinned.
+    pin_dir: Option<PathBuf>,
     interfaces: HashMap<MapData, u32, RxInterface>,
     vnis: HashMap<MapData, RxVniKey, RxVni>,
     capture: DevMapHash<MapData>,
@@ -146,18 +155,11 @@ pub(super) fn xdp<'a>(
         .map_err(prog_err(name))
 }
 
-fn detach(ebpf: &mut Ebpf, name: &'static str, link: XdpLinkId) {
-    // The link may be gone with its interface already; nothing else to undo then.
-    if let Err(e) = xdp(ebpf, name).and_then(|p| p.detach(link).map_err(prog_err(name))) {
-        debug!(program = name, error = %e, "xdp detach");
-    }
-}
-
 impl Receive {
     /// Takes the receiving maps and loads the two XDP programs (so the verifier speaks at
     /// start, not at the first receiver). A program the kernel rejects disables receivers,
     /// not the agent: each receiver then reports why.
-    pub fn new(ebpf: &mut Ebpf) -> Result<Receive, DatapathError> {
+    pub fn new(ebpf: &mut Ebpf, pin_dir: Option<PathBuf>) -> Result<Receive, DatapathError> {
         let mut unavailable = None;
         for name in [PROG_RECEIVE, PROG_RX_PASS] {
             if let Err(e) = xdp(ebpf, name)?.load() {
@@ -165,8 +167,16 @@ impl Receive {
                 unavailable = Some(format!("program {name} rejected by the kernel: {e}"));
             }
         }
+        let pin_dir = pin_dir.filter(|dir| match std::fs::create_dir_all(dir) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(dir = %dir.display(), "receivers' XDP links go with the agent: {e}");
+                false
+            }
+        });
         Ok(Receive {
             unavailable,
+            pin_dir,
             interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
             vnis: super::take_map(ebpf, "RX_VNIS")?,
             capture: super::take_map(ebpf, "RX_CAPTURE")?,
@@ -249,8 +259,8 @@ impl Receive {
                     Maps {
                         vnis: &mut self.vnis,
                         capture: &mut self.capture,
+                        slots: &mut self.vni_slots,
                     },
-                    &mut self.vni_slots,
                     ifindex,
                     vni,
                     c,
@@ -261,6 +271,9 @@ impl Receive {
         Ok(())
     }
 
+    /// Makes a receiver complete: its interface entry, a capture pair per VNI, then the
+    /// program (fresh, or an earlier agent's link switched to ours once the maps it will read
+    /// are filled).
     async fn ensure(
         &mut self,
         ebpf: &mut Ebpf,
@@ -273,35 +286,91 @@ impl Receive {
                 format!("receiving interface {} not found", r.interface),
             ))
         })?;
-        if !self.attached.contains_key(&r.id) {
-            let stats_slot =
-                self.interface_slots
-                    .get_or_alloc(&r.id)
-                    .ok_or_else(|| DatapathError::Map {
-                        name: "RX_INTERFACES",
-                        source: MapError::OutOfBounds {
-                            index: MAX_RX_INTERFACES,
-                            max_entries: MAX_RX_INTERFACES,
+        let mut fresh = None;
+        let stats_slot = match self.attached.get(&r.id) {
+            Some(a) => a.stats_slot,
+            None => {
+                let slot =
+                    self.interface_slots
+                        .get_or_alloc(&r.id)
+                        .ok_or_else(|| DatapathError::Map {
+                            name: "RX_INTERFACES",
+                            source: MapError::OutOfBounds {
+                                index: MAX_RX_INTERFACES,
+                                max_entries: MAX_RX_INTERFACES,
+                            },
+                        })?;
+                self.interface_stats
+                    .set(slot, zeroed_per_cpu()?, 0)
+                    .map_err(map_err("RX_INTERFACE_STATS"))?;
+                // Before the program: attached first, it would only pass.
+                self.interfaces
+                    .insert(
+                        index,
+                        RxInterface {
+                            port_be: r.port.to_be(),
+                            _pad: 0,
+                            stats_slot: slot,
                         },
-                    })?;
-            self.interface_stats
-                .set(stats_slot, zeroed_per_cpu()?, 0)
-                .map_err(map_err("RX_INTERFACE_STATS"))?;
-            // The map entry goes in before the program: attached first, it would only pass.
-            self.interfaces
-                .insert(
-                    index,
-                    RxInterface {
-                        port_be: r.port.to_be(),
-                        _pad: 0,
-                        stats_slot,
-                    },
-                    0,
-                )
-                .map_err(map_err("RX_INTERFACES"))?;
-            let (mode, link) = match attach_best(ebpf, index) {
+                        0,
+                    )
+                    .map_err(map_err("RX_INTERFACES"))?;
+                fresh = Some(BTreeMap::new());
+                slot
+            }
+        };
+        let mut problems = Vec::new();
+        for &vni in &r.vnis {
+            let captures = match (&mut fresh, self.attached.get_mut(&r.id)) {
+                (Some(c), _) => c,
+                (None, Some(a)) => &mut a.captures,
+                (None, None) => break,
+            };
+            if captures.contains_key(&vni) {
+                continue;
+            }
+            match add_capture(
+                ebpf,
+                netlink,
+                Maps {
+                    vnis: &mut self.vnis,
+                    capture: &mut self.capture,
+                    slots: &mut self.vni_slots,
+                },
+                &mut self.vni_stats,
+                index,
+                vni,
+                self.pin_dir.as_deref(),
+            )
+            .await
+            {
+                Ok(c) => {
+                    info!(receiver = %r.id, vni, capture = %capture_name(vni), "capture interface ready");
+                    captures.insert(vni, c);
+                }
+                Err(e) => problems.push(format!("VNI {vni}: {e}")),
+            }
+        }
+        if let Some(captures) = fresh {
+            let attached = attach_best(ebpf, index, &r.interface, self.pin_dir.as_deref());
+            let (mode, link) = match attached {
                 Ok(x) => x,
                 Err(e) => {
+                    for (vni, c) in captures {
+                        drop_capture(
+                            ebpf,
+                            netlink,
+                            Maps {
+                                vnis: &mut self.vnis,
+                                capture: &mut self.capture,
+                                slots: &mut self.vni_slots,
+                            },
+                            index,
+                            vni,
+                            c,
+                        )
+                        .await?;
+                    }
                     let _ = self.interfaces.remove(&index);
                     self.interface_slots.release(&r.id);
                     return Err(e);
@@ -317,38 +386,9 @@ impl Receive {
                     stats_slot,
                     mode,
                     link,
-                    captures: BTreeMap::new(),
+                    captures,
                 },
             );
-        }
-        let Some(a) = self.attached.get_mut(&r.id) else {
-            return Ok(());
-        };
-        let mut problems = Vec::new();
-        for &vni in &r.vnis {
-            if a.captures.contains_key(&vni) {
-                continue;
-            }
-            match add_capture(
-                ebpf,
-                netlink,
-                Maps {
-                    vnis: &mut self.vnis,
-                    capture: &mut self.capture,
-                },
-                &mut self.vni_slots,
-                &mut self.vni_stats,
-                a.ifindex,
-                vni,
-            )
-            .await
-            {
-                Ok(c) => {
-                    info!(receiver = %r.id, vni, capture = %capture_name(vni), "capture interface ready");
-                    a.captures.insert(vni, c);
-                }
-                Err(e) => problems.push(format!("VNI {vni}: {e}")),
-            }
         }
         if problems.is_empty() {
             Ok(())
@@ -368,7 +408,7 @@ impl Receive {
         let Some(mut a) = self.attached.remove(id) else {
             return Ok(());
         };
-        detach(ebpf, PROG_RECEIVE, a.link);
+        rxlinks::detach(ebpf, PROG_RECEIVE, a.link);
         match self.interfaces.remove(&a.ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("RX_INTERFACES")(e)),
@@ -381,8 +421,8 @@ impl Receive {
                 Maps {
                     vnis: &mut self.vnis,
                     capture: &mut self.capture,
+                    slots: &mut self.vni_slots,
                 },
-                &mut self.vni_slots,
                 a.ifindex,
                 vni,
                 c,
@@ -439,52 +479,83 @@ impl Receive {
         }
         out
     }
-
-    /// The VNIs' slots, for tests that read counters directly.
-    pub fn served(&self) -> BTreeSet<(u32, u32)> {
-        self.attached
-            .values()
-            .flat_map(|a| a.captures.iter().map(|(vni, c)| (*vni, c.slot)))
-            .collect()
-    }
 }
 
-/// Native XDP where the driver has it, generic otherwise.
-fn attach_best(ebpf: &mut Ebpf, index: u32) -> Result<(AttachedMode, XdpLinkId), DatapathError> {
-    let prog = xdp(ebpf, PROG_RECEIVE)?;
-    match prog.attach_to_if_index(index, XdpMode::Driver) {
-        Ok(link) => Ok((AttachedMode::Native, link)),
+/// Native XDP where the driver has it, generic otherwise; an earlier agent's pinned link on
+/// the interface is taken over in the mode it has.
+fn attach_best(
+    ebpf: &mut Ebpf,
+    index: u32,
+    ifname: &str,
+    pin_dir: Option<&Path>,
+) -> Result<(AttachedMode, RxLink), DatapathError> {
+    let pin =
+        |mode: AttachedMode| pin_dir.map(|d| d.join(format!("xdp-{ifname}-{}", mode.as_str())));
+    let modes = [
+        (AttachedMode::Native, XdpMode::Driver),
+        (AttachedMode::Generic, XdpMode::Skb),
+    ];
+    for (mode, xdp_mode) in modes {
+        // Taken over, or attached anew in that mode when the old link is dead.
+        if let Some(path) = pin(mode).filter(|p| p.exists()) {
+            match rxlinks::attach(ebpf, PROG_RECEIVE, index, xdp_mode, Some(&path)) {
+                Ok((link, _)) => return Ok((mode, link)),
+                Err(e) => debug!(ifindex = index, error = %e, "pinned XDP link not usable"),
+            }
+        }
+    }
+    match rxlinks::attach(
+        ebpf,
+        PROG_RECEIVE,
+        index,
+        XdpMode::Driver,
+        pin(AttachedMode::Native).as_deref(),
+    ) {
+        Ok((link, _)) => Ok((AttachedMode::Native, link)),
         Err(native) => {
             debug!(ifindex = index, error = %native, "no native XDP, trying generic");
-            let link = prog
-                .attach_to_if_index(index, XdpMode::Skb)
-                .map_err(|e: ProgramError| prog_err(PROG_RECEIVE)(e))?;
+            let (link, _) = rxlinks::attach(
+                ebpf,
+                PROG_RECEIVE,
+                index,
+                XdpMode::Skb,
+                pin(AttachedMode::Generic).as_deref(),
+            )?;
             Ok((AttachedMode::Generic, link))
         }
     }
 }
 
+/// What a capture pair is entered into: the VNI map, the devmap and the VNI slots.
 struct Maps<'a> {
     vnis: &'a mut HashMap<MapData, RxVniKey, RxVni>,
     capture: &'a mut DevMapHash<MapData>,
+    slots: &'a mut Slots,
 }
 
 async fn add_capture(
     ebpf: &mut Ebpf,
     netlink: &Handle,
-    maps: Maps<'_>,
-    slots: &mut Slots,
+    mut maps: Maps<'_>,
     stats: &mut PerCpuArray<MapData, RxVniStats>,
     rx_ifindex: u32,
     vni: u32,
+    pin_dir: Option<&Path>,
 ) -> Result<Capture, DatapathError> {
     let (inner_ifindex, tool_ifindex) = ensure_pair(netlink, vni).await?;
-    let pass_link = xdp(ebpf, PROG_RX_PASS)?
-        .attach_to_if_index(tool_ifindex, XdpMode::Driver)
-        .map_err(prog_err(PROG_RX_PASS))?;
+    let pin = pin_dir.map(|d| d.join(format!("rxpass-{vni}")));
+    let (pass_link, _) = rxlinks::attach(
+        ebpf,
+        PROG_RX_PASS,
+        tool_ifindex,
+        XdpMode::Driver,
+        pin.as_deref(),
+    )?;
     let key = vni_key(vni);
-    let placed = match slots.get_or_alloc(&key) {
-        Some(slot) => place_vni(maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot),
+    let placed = match maps.slots.get_or_alloc(&key) {
+        Some(slot) => {
+            place_vni(&mut maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot)
+        }
         None => Err(DatapathError::Map {
             name: "RX_VNIS",
             source: MapError::OutOfBounds {
@@ -502,8 +573,8 @@ async fn add_capture(
         }),
         Err(e) => {
             // The pair stays (the next pass reuses it); what points at it goes.
-            slots.release(&key);
-            detach(ebpf, PROG_RX_PASS, pass_link);
+            maps.slots.release(&key);
+            rxlinks::detach(ebpf, PROG_RX_PASS, pass_link);
             Err(e)
         }
     }
@@ -512,7 +583,7 @@ async fn add_capture(
 /// Counters from zero, then the device, then the VNI that points at it: the program never
 /// sees a dangling slot.
 fn place_vni(
-    maps: Maps<'_>,
+    maps: &mut Maps<'_>,
     stats: &mut PerCpuArray<MapData, RxVniStats>,
     rx_ifindex: u32,
     vni: u32,
@@ -551,7 +622,6 @@ async fn drop_capture(
     ebpf: &mut Ebpf,
     netlink: &Handle,
     maps: Maps<'_>,
-    slots: &mut Slots,
     rx_ifindex: u32,
     vni: u32,
     c: Capture,
@@ -566,8 +636,8 @@ async fn drop_capture(
     if let Err(e) = maps.capture.remove(c.slot) {
         debug!(vni, error = %e, "RX_CAPTURE entry already gone");
     }
-    slots.release(&vni_key(vni));
-    detach(ebpf, PROG_RX_PASS, c.pass_link);
+    maps.slots.release(&vni_key(vni));
+    rxlinks::detach(ebpf, PROG_RX_PASS, c.pass_link);
     if let Err(e) = delete_pair(netlink, vni).await {
         warn!(vni, error = %e, "deleting capture interface");
     }
