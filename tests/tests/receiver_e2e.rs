@@ -134,7 +134,7 @@ fn link_exists(ns: &NetNs, name: &str) -> bool {
 fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
     let topo = Topology::new();
     set_mtu(&topo, 3000);
-    mirror_to_receiver(&topo, "col0", "native", 2900);
+    mirror_to_receiver(&topo, "col0", "native", 2900, Ending::Cleanup);
 }
 
 fn set_mtu(topo: &Topology, mtu: u32) {
@@ -171,12 +171,12 @@ fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
     ]);
     col.exec(&["ip", "link", "set", "br0", "mtu", "9000", "up"]);
     col.exec(&["ip", "route", "replace", "default", "via", NODE_UP_ADDR]);
-    mirror_to_receiver(&topo, "br0", "generic", 4000);
+    mirror_to_receiver(&topo, "br0", "generic", 4000, Ending::Unconfigured);
 }
 
 /// The source agent mirrors two sessions to the target, whose agent receives on
 /// `receiving` in XDP `mode`; one more datagram of `large` bytes goes to the full session.
-fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize) {
+fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize, ending: Ending) {
     let mut target = Agent::start(&topo.col, &target_config(receiving));
     let rx = wait_attached(&target, "tmrcv-col");
     assert_eq!(rx["XdpMode"], mode, "{rx}");
@@ -387,14 +387,33 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     during("after the next agent took over");
     let dir = next.terminate();
     drop(source);
-    // cleanup removes what the agents left: the XDP links and the capture pairs too.
-    let out = Agent::cleanup(&topo.col, &dir);
-    assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
-    assert!(
-        out.stdout.contains("mrx100"),
-        "cleanup output: {}",
-        out.stdout
-    );
+    match ending {
+        // cleanup removes what the agents left: the XDP links and the capture pairs too.
+        Ending::Cleanup => {
+            let out = Agent::cleanup(&topo.col, &dir);
+            assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+            assert!(
+                out.stdout.contains("mrx100"),
+                "cleanup output: {}",
+                out.stdout
+            );
+        }
+        // The receiver left the config while no agent ran: the next agent removes what the
+        // last one left for it.
+        Ending::Unconfigured => {
+            let last = Agent::start_in(&topo.col, "", &dir);
+            let deadline = std::time::Instant::now() + WAIT;
+            while xdp_programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the unconfigured receiver's link or capture pair stayed\n{}",
+                    last.log_text()
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+            last.stop();
+        }
+    }
     for name in ["mrx100", "mrx100-in"] {
         assert!(
             !link_exists(&topo.col, name),
@@ -406,6 +425,14 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
         0,
         "XDP left on {receiving} after cleanup"
     );
+}
+
+/// How `mirror_to_receiver` ends, after a restart took the receiver over.
+enum Ending {
+    /// `mirror-agent cleanup` with no agent running.
+    Cleanup,
+    /// An agent starts whose config no longer has the receiver.
+    Unconfigured,
 }
 
 /// The interface index of a capture interface, from inside its namespace.

@@ -60,6 +60,11 @@ pub fn capture_inner_name(vni: u32) -> String {
     format!("mrx{vni}-in")
 }
 
+/// The VNI of an agent end (`mrx<vni>-in`), one name per capture pair.
+fn inner_vni(name: &str) -> Option<u32> {
+    name.strip_prefix("mrx")?.strip_suffix("-in")?.parse().ok()
+}
+
 /// True for either end of an agent capture pair.
 pub fn is_capture_name(name: &str) -> bool {
     let rest = name.strip_prefix("mrx").unwrap_or_default();
@@ -143,6 +148,8 @@ pub struct Receive {
     vni_slots: Slots,
     /// By receiver id.
     attached: BTreeMap<String, Attached>,
+    /// Whether what an earlier agent left was looked at (first apply).
+    swept: bool,
 }
 
 pub(super) fn xdp<'a>(
@@ -185,6 +192,7 @@ impl Receive {
             interface_slots: Slots::new(MAX_RX_INTERFACES),
             vni_slots: Slots::new(MAX_RX_VNIS),
             attached: BTreeMap::new(),
+            swept: false,
         })
     }
 
@@ -228,7 +236,57 @@ impl Receive {
                 report.error(&r.id, e.to_string());
             }
         }
+        if !self.swept {
+            self.swept = true;
+            self.sweep(netlink).await;
+        }
         Ok(())
+    }
+
+    /// Once, after the first apply: links and capture pairs an earlier agent left for
+    /// receivers or VNIs that are no longer configured (changed while no agent ran).
+    async fn sweep(&mut self, netlink: &Handle) {
+        let mut known_pins = Vec::new();
+        let mut known_vnis = Vec::new();
+        for a in self.attached.values() {
+            if let RxLink::Pinned(p) = &a.link {
+                known_pins.push(p.clone());
+            }
+            for (vni, c) in &a.captures {
+                known_vnis.push(*vni);
+                if let RxLink::Pinned(p) = &c.pass_link {
+                    known_pins.push(p.clone());
+                }
+            }
+        }
+        if let Some(dir) = &self.pin_dir
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                if !known_pins.contains(&path) {
+                    info!(pin = %path.display(), "removing an XDP link no receiver accounts for");
+                    let _ = super::pins::remove(&path);
+                }
+            }
+        }
+        let links = match crate::links::dump(netlink).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("listing interfaces for stale capture pairs: {e}");
+                return;
+            }
+        };
+        for name in links.iter().map(|l| &l.name) {
+            let Some(vni) = inner_vni(name) else {
+                continue;
+            };
+            if !known_vnis.contains(&vni) {
+                info!(capture = %capture_name(vni), "removing a capture pair no receiver serves");
+                if let Err(e) = delete_pair(netlink, vni).await {
+                    warn!(vni, error = %e, "deleting capture interface");
+                }
+            }
+        }
     }
 
     async fn remove_stale_vnis(
@@ -726,11 +784,7 @@ pub async fn remove_all_captures(netlink: &Handle) -> Result<Vec<String>, Captur
         .map_err(nl("listing interfaces".into()))?;
     let mut removed = Vec::new();
     for name in links.iter().map(|l| &l.name) {
-        let vni = name
-            .strip_prefix("mrx")
-            .and_then(|r| r.strip_suffix("-in"))
-            .and_then(|v| v.parse::<u32>().ok());
-        if let Some(vni) = vni.filter(|_| is_capture_name(name)) {
+        if let Some(vni) = inner_vni(name) {
             delete_pair(netlink, vni).await?;
             removed.push(format!(
                 "capture interfaces {} and {name}",
@@ -774,5 +828,8 @@ mod tests {
         assert!(!is_capture_name("mrx"));
         assert!(!is_capture_name("mrxa-in"));
         assert!(!is_capture_name("eth0"));
+        assert_eq!(inner_vni("mrx100-in"), Some(100));
+        assert_eq!(inner_vni("mrx100"), None);
+        assert_eq!(inner_vni("mrxa-in"), None);
     }
 }
