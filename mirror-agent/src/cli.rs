@@ -91,6 +91,52 @@ pub enum ClientCommand {
     /// Flow logs (per-flow records of an interface, a subnet or the whole node).
     #[command(subcommand, name = "flowlog")]
     FlowLog(FlowLogCommand),
+    /// Receivers: this node as a mirror target, VXLAN terminated in XDP into capture
+    /// interfaces (mrx<vni>).
+    #[command(subcommand)]
+    Receiver(ReceiverCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ReceiverCommand {
+    /// Create a receiver (CreateTrafficMirrorReceiver); prints its id.
+    Create {
+        /// The receiving interface, name or alias (NetworkInterfaceId).
+        #[arg(long)]
+        interface: String,
+        /// A VNI to serve, repeatable (VirtualNetworkIds.N); each gets mrx<vni>.
+        #[arg(long = "vni", value_name = "VNI", required = true)]
+        vnis: Vec<u32>,
+        /// UDP port of the mirror traffic (DestinationPort); the agent defaults to 4789.
+        #[arg(long)]
+        port: Option<u16>,
+        /// TrafficMirrorReceiverName.
+        #[arg(long)]
+        name: Option<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// KEY=VALUE tag, repeatable (Tags.N.Key/Value).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<Tag>,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
+    /// List receivers with their XDP mode and per-VNI counters (ListTrafficMirrorReceivers).
+    List {
+        /// Only these receivers, repeatable (TrafficMirrorReceiverIds.N).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// Delete a receiver and its capture interfaces (DeleteTrafficMirrorReceiver).
+    Delete {
+        /// Receiver id (tmrcv-…).
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -695,6 +741,7 @@ enum Render {
     Filters,
     Targets,
     FlowLogs,
+    Receivers,
 }
 
 impl Render {
@@ -705,6 +752,7 @@ impl Render {
             Render::Filters => Some("TrafficMirrorFilters"),
             Render::Targets => Some("TrafficMirrorTargets"),
             Render::FlowLogs => Some("FlowLogs"),
+            Render::Receivers => Some("TrafficMirrorReceivers"),
             _ => None,
         }
     }
@@ -756,7 +804,95 @@ fn plan(command: ClientCommand) -> Result<Plan, String> {
         ClientCommand::Rule(c) => plan_rule(c),
         ClientCommand::Target(c) => plan_target(c),
         ClientCommand::FlowLog(c) => plan_flow_log(c),
+        ClientCommand::Receiver(c) => Ok(plan_receiver(c)),
     }
+}
+
+fn plan_receiver(command: ReceiverCommand) -> Plan {
+    let mut p = Params::default();
+    match command {
+        ReceiverCommand::Create {
+            interface,
+            vnis,
+            port,
+            name,
+            description,
+            tags,
+            mutation,
+        } => {
+            p.set("NetworkInterfaceId", interface);
+            let vnis: Vec<String> = vnis.iter().map(u32::to_string).collect();
+            p.list("VirtualNetworkIds", &vnis);
+            p.opt("DestinationPort", port);
+            p.opt("TrafficMirrorReceiverName", name.as_deref());
+            p.opt("Description", description.as_deref());
+            p.tags(&tags);
+            p.mutation(&mutation);
+            Plan::new(
+                "CreateTrafficMirrorReceiver",
+                p,
+                Render::Created("TrafficMirrorReceiverId"),
+            )
+        }
+        ReceiverCommand::List { ids, paging } => {
+            p.list("TrafficMirrorReceiverIds", &ids);
+            p.paging(&paging);
+            Plan::list("ListTrafficMirrorReceivers", p, Render::Receivers, &paging)
+        }
+        ReceiverCommand::Delete { id, mutation } => {
+            p.set("TrafficMirrorReceiverId", id);
+            p.mutation(&mutation);
+            Plan::new("DeleteTrafficMirrorReceiver", p, Render::Done)
+        }
+    }
+}
+
+/// One row per served VNI, so each capture interface's counters are on their own line.
+fn render_receivers(receivers: &[Value]) -> String {
+    let mut rows = Vec::new();
+    for r in receivers {
+        let captures = r
+            .get("Captures")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for c in &captures {
+            rows.push(vec![
+                cell(r.get("TrafficMirrorReceiverId")),
+                cell(r.get("NetworkInterfaceId")),
+                cell(r.get("DestinationPort")),
+                cell(r.get("XdpMode")),
+                cell(c.get("VirtualNetworkId")),
+                cell(c.get("CaptureInterface")),
+                cell(c.get("Frames")),
+                cell(c.get("Bytes")),
+                format!(
+                    "{}/{}/{}",
+                    cell(c.get("Malformed")),
+                    cell(c.get("NoCaptureInterface")),
+                    cell(c.get("RedirectErrors"))
+                ),
+                cell(r.get("TrafficMirrorReceiverStatus")),
+                cell(r.get("TrafficMirrorReceiverErrors")),
+            ]);
+        }
+    }
+    table(
+        &[
+            "ID",
+            "INTERFACE",
+            "PORT",
+            "XDP",
+            "VNI",
+            "CAPTURE",
+            "FRAMES",
+            "BYTES",
+            "MALFORMED/NO-CAPTURE/REDIRECT-ERR",
+            "STATUS",
+            "ERRORS",
+        ],
+        &rows,
+    )
 }
 
 fn plan_flow_log(command: FlowLogCommand) -> Result<Plan, String> {
@@ -1595,9 +1731,11 @@ fn rendered(t: &Transport, render: Render, reply: &Reply) -> Outcome {
             stdout: created_rules(json, ""),
             stderr: ok_line,
         },
-        Render::Sessions | Render::Filters | Render::Targets | Render::FlowLogs => {
-            unexpected("not a list")
-        }
+        Render::Sessions
+        | Render::Filters
+        | Render::Targets
+        | Render::FlowLogs
+        | Render::Receivers => unexpected("not a list"),
     }
 }
 
@@ -1703,6 +1841,7 @@ fn render_list(render: Render, items: &[Value]) -> String {
         Render::Filters => render_filters(items),
         Render::Targets => render_targets(items),
         Render::FlowLogs => render_flow_logs(items),
+        Render::Receivers => render_receivers(items),
         _ => String::new(),
     }
 }

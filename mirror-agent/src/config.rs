@@ -96,6 +96,19 @@ pub struct FileConfig {
     pub filters: Vec<FilterConfig>,
     #[serde(default)]
     pub sessions: Vec<SessionConfig>,
+    /// This node as a mirror target: interfaces whose mirror traffic is terminated in XDP.
+    #[serde(default)]
+    pub receivers: Vec<ReceiverConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    pub id: String,
+    /// The receiving interface (name or `eni-…` alias).
+    pub interface: String,
+    pub destination_port: Option<i64>,
+    pub virtual_network_ids: Vec<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +332,8 @@ pub struct Objects {
     pub sessions: Vec<Session>,
     /// Interfaces covered by an active flow log.
     pub flow_interfaces: Vec<String>,
+    /// Receivers (this node as a mirror target), interfaces resolved.
+    pub receivers: Vec<crate::datapath::receive::Receiver>,
 }
 
 #[cfg(test)]

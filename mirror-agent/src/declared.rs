@@ -7,7 +7,8 @@ use crate::{
     config::{ConfigError, FileConfig},
     model::{self, DEFAULT_VXLAN_PORT},
     records::{
-        FilterRecord, Origin, RuleRecord, SessionRecord, SessionState, TargetRecord, now_rfc3339,
+        FilterRecord, Origin, ReceiverRecord, RuleRecord, SessionRecord, SessionState,
+        TargetRecord, now_rfc3339,
     },
     store::{Batch, Kind, Store, StoreError},
 };
@@ -18,6 +19,12 @@ pub enum DeclareError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("receiver {id}: {code}: {message}")]
+    Receiver {
+        id: String,
+        code: String,
+        message: String,
+    },
     #[error("{what} {id}: {source}")]
     Invalid {
         what: &'static str,
@@ -149,6 +156,8 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
         }
     }
 
+    changes += sync_receivers(&snap, file, &now, &mut batch)?;
+
     // Config objects the file no longer declares.
     for s in snap.sessions.iter().filter(|s| s.origin == Origin::Config) {
         if !file.sessions.iter().any(|d| d.id == s.id) && s.state != SessionState::Deleting {
@@ -172,6 +181,82 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
         }
     }
     store.commit(batch)?;
+    Ok(changes)
+}
+
+/// The file's receivers, validated as the API validates them; a receiver whose interface,
+/// port or VNIs changed is applied again (Creating), one the file dropped is deleted.
+fn sync_receivers(
+    snap: &crate::store::Snapshot,
+    file: &FileConfig,
+    now: &str,
+    batch: &mut Batch,
+) -> Result<usize, DeclareError> {
+    use crate::api::receivers::{check_conflicts, check_port, check_vnis};
+    let invalid = |id: &str| {
+        let id = id.to_string();
+        move |e: crate::api::ApiError| DeclareError::Receiver {
+            id,
+            code: e.code,
+            message: e.message,
+        }
+    };
+    // Conflicts count against API receivers and the file's own, not the file's old ones.
+    let mut others = crate::store::Snapshot {
+        receivers: snap
+            .receivers
+            .iter()
+            .filter(|r| r.origin == Origin::Api)
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let mut records = Vec::new();
+    for r in &file.receivers {
+        let vnis = check_vnis(&r.virtual_network_ids).map_err(invalid(&r.id))?;
+        let port = check_port(r.destination_port).map_err(invalid(&r.id))?;
+        check_conflicts(&others, &r.id, &r.interface, &vnis).map_err(invalid(&r.id))?;
+        let old = snap.receiver(&r.id);
+        let rec = ReceiverRecord {
+            id: r.id.clone(),
+            name: old.map(|o| o.name.clone()).unwrap_or_default(),
+            description: old.map(|o| o.description.clone()).unwrap_or_default(),
+            interface: r.interface.clone(),
+            destination_port: port,
+            vnis,
+            state: SessionState::Creating,
+            generation: old.map_or(1, |o| o.generation + 1),
+            errors: Vec::new(),
+            tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+            origin: Origin::Config,
+            created_at: old.map_or_else(|| now.to_string(), |o| o.created_at.clone()),
+            updated_at: now.to_string(),
+        };
+        others.receivers.push(rec.clone());
+        let same = old.is_some_and(|o| {
+            o.interface == rec.interface
+                && o.destination_port == rec.destination_port
+                && o.vnis == rec.vnis
+                && o.origin == Origin::Config
+                && o.state != SessionState::Deleting
+        });
+        if !same {
+            records.push(rec);
+        }
+    }
+    let mut changes = records.len();
+    for rec in &records {
+        batch.put_receiver(rec)?;
+    }
+    for r in snap.receivers.iter().filter(|r| r.origin == Origin::Config) {
+        if !file.receivers.iter().any(|d| d.id == r.id) && r.state != SessionState::Deleting {
+            let mut r = r.clone();
+            r.generation += 1;
+            r.state = SessionState::Deleting;
+            batch.put_receiver(&r)?;
+            changes += 1;
+        }
+    }
     Ok(changes)
 }
 

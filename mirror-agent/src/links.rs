@@ -58,10 +58,13 @@ pub fn resolve(name: &str, aliases: &BTreeMap<String, String>, links: &[Link]) -
     (links.iter().any(|l| l.name == target) || exists(target)).then(|| target.to_string())
 }
 
-/// Interfaces a glob never selects: loopback, and the agent's own tunnel devices (mirroring
-/// them would mirror copies).
-fn never_a_source(name: &str) -> bool {
-    name == "lo" || crate::datapath::tunnel::is_device_name(name)
+/// Interfaces a glob never selects, nor a subnet or vpc flow log: loopback, and the agent's
+/// own tunnel devices and capture pairs (they carry copies of traffic already seen where it
+/// was real; mirroring them would mirror copies).
+pub fn is_agent_device(name: &str) -> bool {
+    name == "lo"
+        || crate::datapath::tunnel::is_device_name(name)
+        || crate::datapath::receive::is_capture_name(name)
 }
 
 /// The interface names a source stands for now: one for a name or alias (none if it does not
@@ -73,7 +76,7 @@ pub fn expand(spec: &str, aliases: &BTreeMap<String, String>, links: &[Link]) ->
         };
         return links
             .iter()
-            .filter(|l| !never_a_source(&l.name) && pattern.matches(&l.name))
+            .filter(|l| !is_agent_device(&l.name) && pattern.matches(&l.name))
             .map(|l| l.name.clone())
             .collect();
     }
@@ -189,15 +192,23 @@ mod tests {
     use super::*;
 
     fn links() -> Vec<Link> {
-        ["lo", "eth0", "lxc1a", "lxc2b", "mirvx4789"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Link {
-                name: n.to_string(),
-                index: i as u32 + 1,
-                mac: (*n == "eth0").then(|| "02:00:00:00:00:01".to_string()),
-            })
-            .collect()
+        [
+            "lo",
+            "eth0",
+            "lxc1a",
+            "lxc2b",
+            "mirvx4789",
+            "mrx100",
+            "mrx100-in",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Link {
+            name: n.to_string(),
+            index: i as u32 + 1,
+            mac: (*n == "eth0").then(|| "02:00:00:00:00:01".to_string()),
+        })
+        .collect()
     }
 
     #[test]

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub bpf_run_time: CounterVec,
     pub bpf_runs: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub receive_packets: IntCounterVec,
+    pub receive_passed: IntCounterVec,
+    pub receive_frames: IntCounterVec,
+    pub receive_bytes: IntCounterVec,
+    pub receive_errors: IntCounterVec,
+    pub receiver_attached: IntGaugeVec,
     pub datapath_pinned: IntGauge,
     pub program_loaded: IntGaugeVec,
     last: Mutex<HashMap<String, u64>>,
@@ -321,6 +327,49 @@ impl Metrics {
                 g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
                 g
             },
+            receive_packets: counter(
+                &r,
+                "mirror_receive_packets_total",
+                "Frames the receiving XDP program ran on, by receiver.",
+                &["receiver"],
+            ),
+            receive_passed: counter(
+                &r,
+                "mirror_receive_passed_packets_total",
+                "Frames a receiver passed to the stack untouched before a served VNI was known: not_mirror (not UDP to its port), malformed (no VXLAN header or I flag clear), unknown_vni.",
+                &["receiver", "reason"],
+            ),
+            receive_frames: counter(
+                &r,
+                "mirror_receive_frames_total",
+                "Inner frames decapsulated and redirected to the VNI's capture interface.",
+                &["receiver", "vni"],
+            ),
+            receive_bytes: counter(
+                &r,
+                "mirror_receive_bytes_total",
+                "Bytes of the inner frames redirected to the VNI's capture interface.",
+                &["receiver", "vni"],
+            ),
+            receive_errors: counter(
+                &r,
+                "mirror_receive_errors_total",
+                "Mirror traffic of a served VNI not delivered: malformed and no_capture_interface (passed untouched), redirect (outer headers could not be removed).",
+                &["receiver", "vni", "reason"],
+            ),
+            receiver_attached: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "mirror_receiver_attached",
+                        "1 while the receiving program is attached, with its XDP mode (native or generic).",
+                    ),
+                    &["receiver", "mode"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
             datapath_pinned: {
                 let g = IntGauge::new(
                     "mirror_datapath_pinned",
@@ -386,6 +435,72 @@ impl Metrics {
         if let Ok(mut last) = self.last.lock() {
             last.remove(&format!("{name}\u{0}{}", labels.join("\u{0}")));
         }
+    }
+
+    /// Receiver counters → series; `exported` holds the (receiver, mode, VNIs) exported last
+    /// time, whose series are dropped when they are gone.
+    pub fn publish_receivers(
+        &self,
+        status: &std::collections::BTreeMap<String, crate::datapath::receive::ReceiverStatus>,
+        exported: &mut Vec<(String, String, Vec<u32>)>,
+    ) {
+        const PASSED: [&str; 3] = ["not_mirror", "malformed", "unknown_vni"];
+        const ERRORS: [&str; 3] = ["malformed", "no_capture_interface", "redirect"];
+        let mut now: Vec<(String, String, Vec<u32>)> = Vec::new();
+        for (id, st) in status {
+            let i = &st.interface;
+            self.set_total(&self.receive_packets, "rp", &[id], i.packets);
+            for (reason, n) in PASSED
+                .iter()
+                .zip([i.not_mirror, i.malformed, i.unknown_vni])
+            {
+                self.set_total(&self.receive_passed, "rq", &[id, reason], n);
+            }
+            for (vni, (_, s)) in &st.vnis {
+                let vni = vni.to_string();
+                let l = [id.as_str(), vni.as_str()];
+                self.set_total(&self.receive_frames, "rf", &l, s.frames);
+                self.set_total(&self.receive_bytes, "rb", &l, s.bytes);
+                for (reason, n) in ERRORS
+                    .iter()
+                    .zip([s.malformed, s.no_capture, s.redirect_errors])
+                {
+                    self.set_total(&self.receive_errors, "re", &[id, &vni, reason], n);
+                }
+            }
+            self.receiver_attached
+                .with_label_values(&[id.as_str(), st.mode.as_str()])
+                .set(1);
+            now.push((
+                id.clone(),
+                st.mode.clone(),
+                st.vnis.keys().copied().collect(),
+            ));
+        }
+        for (id, mode, vnis) in exported.iter() {
+            let current = now.iter().find(|(i, _, _)| i == id);
+            if current.is_none_or(|(_, m, _)| m != mode) {
+                let _ = self.receiver_attached.remove_label_values(&[id, mode]);
+            }
+            if current.is_none() {
+                self.forget(&self.receive_packets, "rp", &[id]);
+                for reason in PASSED {
+                    self.forget(&self.receive_passed, "rq", &[id, reason]);
+                }
+            }
+            for vni in vnis {
+                if current.is_some_and(|(_, _, v)| v.contains(vni)) {
+                    continue;
+                }
+                let vni = vni.to_string();
+                self.forget(&self.receive_frames, "rf", &[id, &vni]);
+                self.forget(&self.receive_bytes, "rb", &[id, &vni]);
+                for reason in ERRORS {
+                    self.forget(&self.receive_errors, "re", &[id, &vni, reason]);
+                }
+            }
+        }
+        *exported = now;
     }
 
     pub fn observe_api(&self, action: &str, code: &str, took: Duration) {

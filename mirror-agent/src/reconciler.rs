@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Objects,
-    datapath::{ApplyReport, Datapath},
+    datapath::{ApplyReport, Datapath, receive::Receiver},
     flowlog::{
         aggregate::TrafficType,
         runner::{Plan, PlannedLog},
@@ -119,6 +119,23 @@ pub fn desired(
             sources,
         });
     }
+    for r in &snap.receivers {
+        if r.state == SessionState::Deleting {
+            continue;
+        }
+        match links::resolve(&r.interface, aliases, links_now) {
+            Some(interface) => objects.receivers.push(Receiver {
+                id: r.id.clone(),
+                interface,
+                port: r.destination_port,
+                vnis: r.vnis.clone(),
+            }),
+            None => problems
+                .entry(r.id.clone())
+                .or_default()
+                .push(format!("receiving interface {}: not found", r.interface)),
+        }
+    }
     (objects, problems)
 }
 
@@ -128,6 +145,8 @@ struct Exported {
     sessions: Vec<String>,
     sources: Vec<String>,
     rules: Vec<(String, String)>,
+    /// (receiver, XDP mode, VNIs).
+    receivers: Vec<(String, String, Vec<u32>)>,
 }
 
 pub struct Reconciler {
@@ -255,6 +274,11 @@ impl Reconciler {
             m.forget(&m.rule_hits, "rh", &[f, r]);
         }
         exported.rules = rules;
+        let receivers = self.datapath.receive.status();
+        m.publish_receivers(&receivers, &mut exported.receivers);
+        if let Ok(mut live) = self.svc.receiver_status.write() {
+            *live = receivers;
+        }
         for (prog, ns, runs) in &c.programs {
             m.set_total_seconds(&m.bpf_run_time, "bt", &[prog], *ns);
             m.set_total(&m.bpf_runs, "br", &[prog], *runs);
@@ -326,6 +350,27 @@ impl Reconciler {
                 s.errors = errors;
                 s.updated_at = now_rfc3339();
                 batch.put_session(&s).map_err(|e| e.to_string())?;
+            }
+        }
+        for r in &now.receivers {
+            let Some(was) = applied.receiver(&r.id) else {
+                continue;
+            };
+            if was.generation != r.generation {
+                continue;
+            }
+            if r.state == SessionState::Deleting {
+                batch.delete(Kind::Receiver, &r.id);
+                info!(receiver = %r.id, "deleted");
+                continue;
+            }
+            let errors = problems.get(&r.id).cloned().unwrap_or_default();
+            if r.state != SessionState::Created || r.errors != errors {
+                let mut r = r.clone();
+                r.state = SessionState::Created;
+                r.errors = errors;
+                r.updated_at = now_rfc3339();
+                batch.put_receiver(&r).map_err(|e| e.to_string())?;
             }
         }
         for f in &now.flow_logs {

@@ -460,3 +460,26 @@ impl FlowLogRecord {
         })
     }
 }
+
+/// A receiver (this node as a mirror target): the interface whose mirror traffic the XDP
+/// program terminates, and the VNIs it hands to capture interfaces. States as a session's:
+/// Creating → Created → Deleting → gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// The receiving interface: a name or an `eni-…` alias.
+    pub interface: String,
+    pub destination_port: u16,
+    /// Served VNIs, ascending; each gets the capture pair `mrx<vni>` / `mrx<vni>-in`.
+    pub vnis: Vec<u32>,
+    pub state: SessionState,
+    pub generation: u64,
+    /// What could not be applied at the last reconcile.
+    pub errors: Vec<String>,
+    pub tags: Vec<Tag>,
+    pub origin: Origin,
+    pub created_at: String,
+    pub updated_at: String,
+}

@@ -29,6 +29,8 @@ pub struct Service {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Sink errors of flow logs (written by the flow-log runner), by flow log id.
     pub flow_log_status: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
+    /// XDP mode and counters of each attached receiver (written by the reconciler).
+    pub receiver_status: Arc<RwLock<BTreeMap<String, crate::datapath::receive::ReceiverStatus>>>,
     reconcile: Arc<Notify>,
 }
 
@@ -51,6 +53,7 @@ impl Service {
             region,
             links,
             flow_log_status: Arc::new(RwLock::new(BTreeMap::new())),
+            receiver_status: Arc::new(RwLock::new(BTreeMap::new())),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reconcile,
         }

@@ -10,7 +10,9 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
-use crate::records::{FilterRecord, FlowLogRecord, SessionRecord, TargetRecord, TokenRecord};
+use crate::records::{
+    FilterRecord, FlowLogRecord, ReceiverRecord, SessionRecord, TargetRecord, TokenRecord,
+};
 
 /// Objects by `kind/id`, JSON values.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -59,6 +61,7 @@ pub enum Kind {
     Target,
     Session,
     FlowLog,
+    Receiver,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Target => "target/",
             Kind::Session => "session/",
             Kind::FlowLog => "flowlog/",
+            Kind::Receiver => "receiver/",
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct Snapshot {
     pub targets: Vec<TargetRecord>,
     pub sessions: Vec<SessionRecord>,
     pub flow_logs: Vec<FlowLogRecord>,
+    pub receivers: Vec<ReceiverRecord>,
 }
 
 impl Snapshot {
@@ -93,6 +98,9 @@ impl Snapshot {
     }
     pub fn flow_log(&self, id: &str) -> Option<&FlowLogRecord> {
         self.flow_logs.iter().find(|f| f.id == id)
+    }
+    pub fn receiver(&self, id: &str) -> Option<&ReceiverRecord> {
+        self.receivers.iter().find(|r| r.id == id)
     }
 }
 
@@ -116,6 +124,9 @@ impl Batch {
     }
     pub fn put_flow_log(&mut self, f: &FlowLogRecord) -> Result<(), StoreError> {
         self.put(Kind::FlowLog, &f.id, f)
+    }
+    pub fn put_receiver(&mut self, r: &ReceiverRecord) -> Result<(), StoreError> {
+        self.put(Kind::Receiver, &r.id, r)
     }
     fn put<T: Serialize>(&mut self, kind: Kind, id: &str, v: &T) -> Result<(), StoreError> {
         self.puts
@@ -179,6 +190,8 @@ impl Store {
                 snap.sessions.push(decode(key, bytes)?);
             } else if key.starts_with(Kind::FlowLog.prefix()) {
                 snap.flow_logs.push(decode(key, bytes)?);
+            } else if key.starts_with(Kind::Receiver.prefix()) {
+                snap.receivers.push(decode(key, bytes)?);
             }
         }
         Ok(snap)

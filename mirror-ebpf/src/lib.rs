@@ -313,6 +313,77 @@ pub struct SkbLayout {
     pub netns_inum: u32,
 }
 
+/// Receiving side (XDP): interfaces that terminate mirror traffic, and VNIs served on them.
+pub const MAX_RX_INTERFACES: u32 = 64;
+pub const MAX_RX_VNIS: u32 = 4096;
+
+/// Value of the `RX_INTERFACES` hash (key = interface index): the receiving interfaces.
+///
+/// Written by the agent when a receiver is attached; read by `mirror_receive` for every
+/// frame of that interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxInterface {
+    /// UDP destination port of the mirror traffic, network byte order (as in the packet).
+    pub port_be: u16,
+    pub _pad: u16,
+    /// Index into `RX_INTERFACE_STATS`.
+    pub stats_slot: u32,
+}
+
+/// Key of the `RX_VNIS` hash: a VNI served on a receiving interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RxVniKey {
+    pub ifindex: u32,
+    pub vni: u32,
+}
+
+/// Value of the `RX_VNIS` hash. Written by the agent; read by `mirror_receive`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxVni {
+    /// Index into `RX_CAPTURE` (the devmap entry of the capture interface) and into
+    /// `RX_VNI_STATS`.
+    pub slot: u32,
+}
+
+/// Per-CPU value of `RX_INTERFACE_STATS`, indexed by `RxInterface::stats_slot`: what the
+/// receiving program saw on the interface before a served VNI was known.
+/// Written by `mirror_receive`, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxInterfaceStats {
+    /// Every frame the program ran on.
+    pub packets: u64,
+    /// Frames that are not UDP to the receiver's port (passed to the stack untouched).
+    pub not_mirror: u64,
+    /// UDP to the port, but no room for a VXLAN header or its I flag clear (passed).
+    pub malformed: u64,
+    /// VXLAN for a VNI this interface does not serve (passed: a kernel VXLAN device or
+    /// another program may want it).
+    pub unknown_vni: u64,
+}
+
+/// Per-CPU value of `RX_VNI_STATS`, indexed by `RxVni::slot`.
+/// Written by `mirror_receive`, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxVniStats {
+    /// Inner frames handed to the capture interface.
+    pub frames: u64,
+    /// Bytes of those inner frames (outer headers not counted).
+    pub bytes: u64,
+    /// VXLAN of this VNI whose lengths are inconsistent or whose inner frame is shorter
+    /// than an Ethernet header (passed untouched).
+    pub malformed: u64,
+    /// The VNI is served but its capture interface is missing from `RX_CAPTURE` (passed).
+    pub no_capture: u64,
+    /// The outer headers could not be removed (passed if nothing was changed yet, dropped
+    /// otherwise). Transmit failures after the program returned are the kernel's to count.
+    pub redirect_errors: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -327,6 +398,11 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for SkbLayout {}
+    unsafe impl aya::Pod for RxInterface {}
+    unsafe impl aya::Pod for RxVniKey {}
+    unsafe impl aya::Pod for RxVni {}
+    unsafe impl aya::Pod for RxInterfaceStats {}
+    unsafe impl aya::Pod for RxVniStats {}
 }
 
 // No implicit padding: each size is the sum of the fields' sizes.
@@ -344,6 +420,11 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
 const _: () = assert!(core::mem::size_of::<SkbLayout>() == 40);
+const _: () = assert!(core::mem::size_of::<RxInterface>() == 8);
+const _: () = assert!(core::mem::size_of::<RxVniKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RxVni>() == 4);
+const _: () = assert!(core::mem::size_of::<RxInterfaceStats>() == 8 * 4);
+const _: () = assert!(core::mem::size_of::<RxVniStats>() == 8 * 5);
 
 /// The mark a mirror copy carries from the source program to the encapsulation program.
 #[inline(always)]

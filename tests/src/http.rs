@@ -317,6 +317,34 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
 }
 
+/// Panics with promtool's complaints unless `promtool check metrics` accepts `text`.
+pub fn promtool_check(text: &str) {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -271,3 +271,25 @@ pub fn summarize(frame: &[u8]) -> Option<Summary> {
         dport,
     })
 }
+
+/// VXLAN flags byte with the I flag (the VNI is valid).
+pub const VXLAN_FLAG_I: u8 = 0x08;
+
+/// `inner` inside outer Ethernet / `outer` IP / UDP to `dport` / VXLAN (`flags`, `vni`), as a
+/// source node's tunnel device sends it.
+pub fn vxlan(outer: Ip, dport: u16, flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut out = frame(
+        outer,
+        L4::Udp {
+            sport: 49152,
+            dport,
+        },
+    )
+    .payload(8 + inner.len())
+    .build();
+    let at = out.len() - 8 - inner.len();
+    let v = vni.to_be_bytes();
+    out[at..at + 8].copy_from_slice(&[flags, 0, 0, 0, v[1], v[2], v[3], 0]);
+    out[at + 8..].copy_from_slice(inner);
+    out
+}

@@ -4,17 +4,11 @@
 //! Kernel requirements: as mirror_e2e.rs; BPF run-time stats (BPF_ENABLE_STATS, 5.8+).
 //! Tool: promtool from Debian's prometheus package (cargo xtask setup installs it).
 
-use std::{
-    io::Write as _,
-    net::UdpSocket,
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
     agent::Agent,
-    http::{metric_value as value, metrics_get},
+    http::{metric_value as value, metrics_get, promtool_check},
     netns::{NetNs, in_netns},
     topology::{NODE_SRC_ADDR, Topology, config_with_collector},
 };
@@ -75,26 +69,7 @@ sources = ["src0"]
     let (status, text) = get(&topo.node, "/metrics");
     assert_eq!(status, 200);
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feeding promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 
     let session = "{direction=\"ingress\",session=\"tms-m\"}";
     assert_eq!(

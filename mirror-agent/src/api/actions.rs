@@ -69,11 +69,15 @@ pub fn is_known(action: &str) -> bool {
 }
 
 pub fn is_mutating(action: &str) -> bool {
-    MUTATING.contains(&action) || super::flowlogs::MUTATING.contains(&action)
+    MUTATING.contains(&action)
+        || super::flowlogs::MUTATING.contains(&action)
+        || super::receivers::MUTATING.contains(&action)
 }
 
 pub fn is_reading(action: &str) -> bool {
-    READING.contains(&action) || super::flowlogs::READING.contains(&action)
+    READING.contains(&action)
+        || super::flowlogs::READING.contains(&action)
+        || super::receivers::READING.contains(&action)
 }
 
 /// Runs a mutating action under the service's write lock. With `dry_run`, everything is
@@ -103,6 +107,9 @@ pub async fn mutate(
         other if super::flowlogs::MUTATING.contains(&other) => {
             super::flowlogs::mutate(svc, &snap, other, p, &mut batch)?
         }
+        other if super::receivers::MUTATING.contains(&other) => {
+            super::receivers::mutate(svc, &snap, other, p, &mut batch)?
+        }
         other => return Err(unknown_action(other)),
     };
     if dry_run {
@@ -121,6 +128,7 @@ pub fn read(svc: &Service, action: &str, p: &Params) -> Result<Value, ApiError> 
         "ListTrafficMirrorTargets" => list_targets(&snap, p),
         "ListTrafficMirrorSessions" => list_sessions(&snap, p),
         "DescribeFlowLogs" => super::flowlogs::describe(svc, &snap, p),
+        "ListTrafficMirrorReceivers" => super::receivers::list(svc, &snap, p),
         other => Err(unknown_action(other)),
     }
 }
@@ -135,7 +143,7 @@ pub fn unknown_action(action: &str) -> ApiError {
 
 // ---- shared checks -----------------------------------------------------------------------
 
-fn check_name(param: &str, v: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn check_name(param: &str, v: Option<&str>) -> Result<String, ApiError> {
     let Some(v) = v else {
         return Ok(String::new());
     };
@@ -156,7 +164,7 @@ fn check_name(param: &str, v: Option<&str>) -> Result<String, ApiError> {
     Ok(v.to_string())
 }
 
-fn check_description(param: &str, v: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn check_description(param: &str, v: Option<&str>) -> Result<String, ApiError> {
     let Some(v) = v else {
         return Ok(String::new());
     };
@@ -175,7 +183,7 @@ fn check_description(param: &str, v: Option<&str>) -> Result<String, ApiError> {
     Ok(v.to_string())
 }
 
-fn tags(p: &Params) -> Result<Vec<Tag>, ApiError> {
+pub(super) fn tags(p: &Params) -> Result<Vec<Tag>, ApiError> {
     Ok(p.tags()?
         .into_iter()
         .map(|(key, value)| Tag { key, value })
@@ -317,7 +325,7 @@ fn touch_sessions_of_filter(
     Ok(())
 }
 
-fn page<T>(items: Vec<T>, p: &Params) -> Result<(Vec<T>, Value), ApiError> {
+pub(super) fn page<T>(items: Vec<T>, p: &Params) -> Result<(Vec<T>, Value), ApiError> {
     let max = p
         .int("MaxResults", "InvalidParameter.MaxResults")?
         .unwrap_or(20);
@@ -354,7 +362,7 @@ fn page<T>(items: Vec<T>, p: &Params) -> Result<(Vec<T>, Value), ApiError> {
     ))
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
+pub(super) fn merge(mut a: Value, b: Value) -> Value {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }

@@ -345,7 +345,7 @@ pub fn interfaces(
             };
             links_now
                 .iter()
-                .filter(|l| l.name != "lo" && !crate::datapath::tunnel::is_device_name(&l.name))
+                .filter(|l| !links::is_agent_device(&l.name))
                 .filter(|l| {
                     links::interface_addresses(&l.name)
                         .iter()
@@ -356,8 +356,49 @@ pub fn interfaces(
         }
         _ => links_now
             .iter()
-            .filter(|l| l.name != "lo" && !crate::datapath::tunnel::is_device_name(&l.name))
+            .filter(|l| !links::is_agent_device(&l.name))
             .map(|l| l.name.clone())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vpc_flow_logs_leave_out_the_agents_own_devices() {
+        let links: Vec<links::Link> = ["lo", "eth0", "mirvx4789", "mrx100", "mrx100-in", "mrxy"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| links::Link {
+                name: n.to_string(),
+                index: i as u32 + 1,
+                mac: None,
+            })
+            .collect();
+        let f = FlowLogRecord {
+            id: "fl-1".into(),
+            name: "n".into(),
+            description: String::new(),
+            resource_type: "vpc".into(),
+            resource_id: "vpc-1".into(),
+            traffic_type: "All".into(),
+            log_project: "p1".into(),
+            log_topic: "t1".into(),
+            aggregation_interval: 1,
+            interval_seconds: None,
+            state: FlowLogState::Active,
+            wanted_active: true,
+            generation: 1,
+            errors: Vec::new(),
+            tags: Vec::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        assert_eq!(
+            interfaces(&f, &Default::default(), &links),
+            vec!["eth0".to_string(), "mrxy".to_string()]
+        );
     }
 }

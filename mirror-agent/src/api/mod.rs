@@ -5,6 +5,7 @@ pub mod actions;
 pub mod error;
 pub mod flowlogs;
 pub mod lenient;
+pub mod receivers;
 pub mod render;
 pub mod rest;
 pub mod rpc;
@@ -124,6 +125,9 @@ fn in_progress(svc: &Service, first: &TokenRecord) -> Result<bool, ApiError> {
         return Ok(false);
     };
     let snap = svc.snapshot()?;
+    if let Some(r) = snap.receiver(id) {
+        return Ok(r.generation == *generation && r.state != SessionState::Created);
+    }
     // Flow logs (`fl-…`) settle to Active or Inactive; sessions to Created.
     if let Some(f) = snap.flow_log(id) {
         return Ok(f.generation == *generation

@@ -7,6 +7,8 @@ pub mod attach;
 pub mod encode;
 pub mod flowtable;
 pub mod pins;
+pub mod receive;
+mod rxlinks;
 mod slots;
 pub mod tunnel;
 
@@ -65,6 +67,8 @@ pub enum DatapathError {
     Netlink(#[from] std::io::Error),
     #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
+    #[error(transparent)]
+    Capture(#[from] receive::CaptureError),
     #[error("reading possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("program {name} {reason}")]
@@ -409,6 +413,8 @@ pub struct Datapath {
         reason = "held so the task's handle lives as long as the data path"
     )]
     log_task: Option<tokio::task::JoinHandle<()>>,
+    /// The receiving side (XDP and capture interfaces) of a mirror target.
+    pub receive: receive::Receive,
 }
 
 impl Datapath {
@@ -432,6 +438,8 @@ impl Datapath {
         attach_mode: TcAttachMode,
         state_dir: Option<PathBuf>,
     ) -> Result<Datapath, DatapathError> {
+        let rx_pins = programs.pins().map(|p| p.root.join("rx-links"));
+        let receive = receive::Receive::new(programs.ebpf_mut(), rx_pins)?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         let log_task = programs.take_logger().and_then(forward_program_logs);
@@ -451,6 +459,7 @@ impl Datapath {
             drop_link: None,
             drop_available: false,
             state_dir,
+            receive,
         })
     }
 
@@ -756,6 +765,14 @@ impl Datapath {
             .map(|p| p.source_link(ifname, dir.as_str()))
     }
 
+    /// A loaded XDP program (the receiving side), e.g. for BPF_PROG_TEST_RUN.
+    pub fn xdp_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::programs::Xdp, DatapathError> {
+        receive::xdp(self.programs.ebpf_mut(), name)
+    }
+
     /// Interfaces with the source programs attached.
     pub fn attached_sources(&self) -> Vec<String> {
         self.attached.keys().cloned().collect()
@@ -967,6 +984,16 @@ impl Datapath {
         }
         self.sync_drop_accounting(!desired.flow_interfaces.is_empty(), &mut report);
 
+        // 8. Receivers (the target side).
+        self.receive
+            .apply(
+                self.programs.ebpf_mut(),
+                &self.netlink,
+                &desired.receivers,
+                &mut report,
+            )
+            .await?;
+
         // The next agent adopts from this; failing to save costs a gap then, not now.
         if let Err(e) = self.save() {
             report.error("datapath", e.to_string());
@@ -1115,6 +1142,9 @@ impl Datapath {
         for port in ports {
             self.remove_tunnel(port).await?;
         }
+        self.receive
+            .shutdown(self.programs.ebpf_mut(), &self.netlink)
+            .await?;
         if let Some(l) = self.drop_link.take() {
             l.detach();
         }
@@ -1128,7 +1158,9 @@ impl Datapath {
     }
 
     /// Leaves everything running for the next agent (a rolling update): links stay pinned,
-    /// cls_bpf filters stay in their qdiscs, and the slot tables are saved.
+    /// cls_bpf filters stay in their qdiscs, and the slot tables are saved. Receivers' XDP
+    /// links stay pinned and their capture interfaces stay, so tools reading them keep
+    /// receiving; the next agent takes both over.
     pub fn leave(mut self) -> Result<(), DatapathError> {
         let saved = self.save();
         for (_, a) in std::mem::take(&mut self.attached) {
@@ -1255,6 +1287,7 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
             removed.push(format!("tunnel device {name}"));
         }
     }
+    removed.extend(receive::remove_all_captures(&netlink).await?);
     SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Save {
         path: persist.state_dir.join(pins::STATE_FILE),
         source,

@@ -11,6 +11,7 @@
 mod flows;
 mod matcher;
 mod parse;
+mod receive;
 
 use aya_ebpf::{
     bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},

@@ -4,13 +4,13 @@
 //! Reads go through direct packet access. Every read is bounds-checked against `data_end`, and
 //! each variable offset is derived from a masked or bounded value so the verifier can prove it.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use mirror_ebpf::MAX_IPV6_EXT_HEADERS;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// Pre-standard QinQ outer tag still seen on some switches.
 const ETH_P_QINQ_9100: u16 = 0x9100;
@@ -48,10 +48,38 @@ pub enum Parsed {
     Malformed,
 }
 
+/// The packet bounds of a program's context: the TC and XDP programs share the readers below.
+pub trait Bounds {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Bounds for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Bounds for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<T>(ctx: &impl Bounds, offset: usize) -> Option<*const T> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -61,14 +89,14 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 /// Reads are never narrower than two bytes: for a one-byte read, LLVM rewrites the bounds
 /// check `p + 1 > end` into `p >= end`, from which the verifier derives no readable range.
 #[inline(always)]
-fn be16_at(ctx: &TcContext, offset: usize) -> Option<u16> {
+pub fn be16_at<C: Bounds>(ctx: &C, offset: usize) -> Option<u16> {
     // SAFETY: bounds checked by ptr_at; the read is unaligned-safe.
     ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { p.read_unaligned() }))
 }
 
 /// A raw network-order word, compared as is against the rule's words.
 #[inline(always)]
-fn word_at(ctx: &TcContext, offset: usize) -> Option<u32> {
+pub fn word_at<C: Bounds>(ctx: &C, offset: usize) -> Option<u32> {
     // SAFETY: bounds checked by ptr_at; the read is unaligned-safe.
     ptr_at::<[u8; 4]>(ctx, offset).map(|p| u32::from_ne_bytes(unsafe { p.read_unaligned() }))
 }

@@ -6,7 +6,9 @@
 //!   rest): no mirroring, tc mirred, nftables dup, daemonlogger, this agent;
 //! - flow accounting at the same offered load: this agent, softflowd, pmacctd;
 //! - the drain of a 1 M-flow table, and its effect on the data path;
-//! - the control plane: AddSources to copies on the wire, API requests under load.
+//! - the control plane: AddSources to copies on the wire, API requests under load;
+//! - XDP receive: decapsulation and redirect into a capture veth against the kernel's VXLAN
+//!   device.
 //!
 //! `--quick` (CI) runs every section briefly and fails if a row is missing; it never judges
 //! speed. `--write FILE` writes the Markdown document (plots go next to it).
@@ -23,6 +25,8 @@ mod drain;
 mod flowacct;
 #[path = "mirror-bench/progcost.rs"]
 mod progcost;
+#[path = "mirror-bench/receive.rs"]
+mod receive;
 #[path = "mirror-bench/wire.rs"]
 mod wire;
 
@@ -92,6 +96,16 @@ fn main() -> ExitCode {
             markdown: drain::drain_section(n),
             rows: 1,
             expected: 1,
+            plots: Vec::new(),
+        });
+    }
+    if wanted("receive") {
+        let (markdown, rows) = receive::run(quick);
+        sections.push(Section {
+            name: "receive",
+            markdown,
+            rows,
+            expected: receive::EXPECTED_ROWS,
             plots: Vec::new(),
         });
     }

@@ -126,7 +126,7 @@ fn skb_ctx(ifindex: u32) -> Vec<u8> {
     ctx
 }
 
-fn sized(ver: u8, l4: L4, total: usize) -> Vec<u8> {
+pub fn sized(ver: u8, l4: L4, total: usize) -> Vec<u8> {
     let ip = || {
         if ver == 4 {
             v4("198.18.1.1", "198.18.2.2")

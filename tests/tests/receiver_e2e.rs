@@ -1,0 +1,784 @@
+//! End to end on the receiving side: a source node's agent mirrors real traffic to a target
+//! node whose agent terminates it in XDP; tcpdump on each VNI's capture interface sees the
+//! frames the source saw, byte for byte (cut to PacketLength where the session truncates).
+//! Also the receiver API: create, list with state and counters, bad input, delete.
+//!
+//! Kernel requirements: root; network namespaces, veth, VXLAN (external mode) and TCX or
+//! clsact on the source node; XDP on the target (native on veth, 5.9+ for veth to veth
+//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+). Tools: tcpdump.
+
+use std::{net::UdpSocket, thread, time::Duration};
+
+use mirror_tests::{
+    agent::{Agent, StartOptions, as_nobody_with, nobody_dir},
+    capture::{self, Capture},
+    http::{json, metric_value as value, metrics_get, promtool_check, rpc_get_params},
+    netns::{NetNs, in_netns},
+    topology::{
+        COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR,
+        config_with_collector,
+    },
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+const FULL_PORT: u16 = 7100;
+const CUT_PORT: u16 = 7200;
+const CUT_LEN: usize = 96;
+
+const SOURCE_CONFIG: &str = r#"
+[[filters]]
+id = "tmf-full"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7100/7100"
+
+[[filters]]
+id = "tmf-cut"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "7200/7200"
+
+[[sessions]]
+id = "tms-full"
+priority = 1
+virtual_network_id = 100
+enabled = true
+filter_id = "tmf-full"
+target_id = "tmt-col"
+sources = ["src0"]
+
+[[sessions]]
+id = "tms-cut"
+priority = 2
+virtual_network_id = 200
+packet_length = 96
+enabled = true
+filter_id = "tmf-cut"
+target_id = "tmt-col"
+sources = ["src0"]
+"#;
+
+/// The target node (the collector namespace) serves both VNIs on `interface`.
+fn target_config(interface: &str) -> String {
+    format!(
+        r#"
+metrics_listen = "127.0.0.1:9464"
+
+[[receivers]]
+id = "tmrcv-col"
+interface = "{interface}"
+virtual_network_ids = [100, 200]
+"#
+    )
+}
+
+fn receivers(agent: &Agent) -> Vec<Value> {
+    agent.call("ListTrafficMirrorReceivers", &[])["TrafficMirrorReceivers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls until the receiver is Created with its program attached (the mode is published
+/// with the counters, once a second).
+fn wait_attached(agent: &Agent, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = receivers(agent)
+            .into_iter()
+            .find(|r| r["TrafficMirrorReceiverId"] == id);
+        if let Some(r) = &found
+            && r["TrafficMirrorReceiverStatus"] == "Created"
+            && r["XdpMode"].as_str().is_some_and(|m| !m.is_empty())
+        {
+            return r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver {id} not attached within {WAIT:?}: {found:?}\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn vni_counters(r: &Value, vni: u64) -> Value {
+    r["Captures"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["VirtualNetworkId"] == vni))
+        .cloned()
+        .unwrap_or_else(|| panic!("no capture entry for VNI {vni}: {r}"))
+}
+
+fn dst_port(frame: &[u8]) -> Option<u16> {
+    // Plain Ethernet + IPv4 without options, as the workload sends.
+    (frame.len() >= 38 && frame[12..14] == [0x08, 0x00] && frame[23] == 17)
+        .then(|| u16::from_be_bytes([frame[36], frame[37]]))
+}
+
+fn link_exists(ns: &NetNs, name: &str) -> bool {
+    ns.exec_status(&["ip", "link", "show", name])
+        .status
+        .success()
+}
+
+/// col0 is a veth, which has native XDP. The links' MTU is 3000 (a veth whose program is not
+/// frags-aware allows its peer about one page), so a 2942-byte frame is mirrored whole and
+/// must arrive whole through the native redirect path.
+#[test]
+fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
+    let topo = Topology::new();
+    set_mtu(&topo, 3000);
+    mirror_to_receiver(&topo, "col0", "native", 2900, Ending::Cleanup);
+}
+
+fn set_mtu(topo: &Topology, mtu: u32) {
+    let mtu = mtu.to_string();
+    for (ns, dev) in [
+        (&topo.wl, "wl0"),
+        (&topo.node, "src0"),
+        (&topo.node, "up0"),
+        (&topo.col, "col0"),
+    ] {
+        ns.exec(&["ip", "link", "set", dev, "mtu", &mtu]);
+    }
+}
+
+/// A bridge has no native XDP: the receiver falls back to generic mode, and the frames still
+/// arrive byte-identical. The links carry jumbo frames here, and a 4042-byte frame is
+/// mirrored whole through the capture pair.
+#[test]
+fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    // The target's address moves from col0 to a bridge with col0 as its port.
+    let col = &topo.col;
+    col.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    col.exec(&["ip", "addr", "flush", "dev", "col0"]);
+    col.exec(&["ip", "link", "set", "col0", "master", "br0"]);
+    col.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{COLLECTOR_ADDR}/24"),
+        "dev",
+        "br0",
+    ]);
+    col.exec(&["ip", "link", "set", "br0", "mtu", "9000", "up"]);
+    col.exec(&["ip", "route", "replace", "default", "via", NODE_UP_ADDR]);
+    mirror_to_receiver(&topo, "br0", "generic", 4000, Ending::Unconfigured);
+}
+
+/// The source agent mirrors two sessions to the target, whose agent receives on
+/// `receiving` in XDP `mode`; one more datagram of `large` bytes goes to the full session.
+fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize, ending: Ending) {
+    let mut target = Agent::start(&topo.col, &target_config(receiving));
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], mode, "{rx}");
+    for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
+        assert!(
+            link_exists(&topo.col, name),
+            "capture interface {name} missing"
+        );
+    }
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+
+    // Sinks so the node answers no ICMP for the test's datagrams.
+    let _sinks = in_netns(&topo.node, || {
+        [FULL_PORT, CUT_PORT].map(|p| UdpSocket::bind((NODE_SRC_ADDR, p)).expect("node sink"))
+    });
+    let mut on_source = Capture::start(
+        &topo.node,
+        "src0",
+        &format!("udp dst port {FULL_PORT} or udp dst port {CUT_PORT}"),
+    );
+    let mut full = Capture::start(&topo.col, "mrx100", "");
+    let mut cut = Capture::start(&topo.col, "mrx200", "");
+
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    const EACH: usize = 5;
+    for i in 0..EACH {
+        let small: Vec<u8> = (0..200).map(|b| (b + i) as u8).collect();
+        let large: Vec<u8> = (0..700).map(|b| (b * 3 + i) as u8).collect();
+        client
+            .send_to(&small, (NODE_SRC_ADDR, FULL_PORT))
+            .expect("send to the full-frame session");
+        client
+            .send_to(&large, (NODE_SRC_ADDR, CUT_PORT))
+            .expect("send to the truncating session");
+    }
+    let large: Vec<u8> = (0..large).map(|b| (b * 7) as u8).collect();
+    client
+        .send_to(&large, (NODE_SRC_ADDR, FULL_PORT))
+        .expect("send a large datagram");
+    let full_count = EACH + 1;
+    on_source.wait_for_frames(full_count + EACH, WAIT);
+    full.wait_for_frames(full_count, WAIT);
+    cut.wait_for_frames(EACH, WAIT);
+    // Anything late (a stray frame) would show up as a mismatch below.
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, full_pcap, cut_pcap) = (on_source.stop(), full.stop(), cut.stop());
+    let sent = capture::frames(&src_pcap);
+    let got_full = capture::frames(&full_pcap);
+    let got_cut = capture::frames(&cut_pcap);
+
+    let want_full: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|f| dst_port(f) == Some(FULL_PORT))
+        .cloned()
+        .collect();
+    let want_cut: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|f| dst_port(f) == Some(CUT_PORT))
+        .map(|f| f[..CUT_LEN.min(f.len())].to_vec())
+        .collect();
+    assert_eq!(want_full.len(), full_count, "source capture");
+    assert_eq!(want_cut.len(), EACH, "source capture");
+    assert_eq!(
+        got_full, want_full,
+        "mrx100 must carry exactly the frames of VNI 100 as the source saw them"
+    );
+    assert_eq!(
+        got_cut, want_cut,
+        "mrx200 must carry the frames of VNI 200 cut to {CUT_LEN} bytes"
+    );
+    for p in [src_pcap, full_pcap, cut_pcap] {
+        capture::remove(&p);
+    }
+
+    // The counters of List match what arrived (published once a second).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let (a, b) = (vni_counters(&r, 100), vni_counters(&r, 200));
+        let bytes_full: usize = want_full.iter().map(Vec::len).sum();
+        let bytes_cut: usize = want_cut.iter().map(Vec::len).sum();
+        if a["Frames"] == full_count as u64
+            && a["Bytes"] == bytes_full as u64
+            && b["Frames"] == EACH as u64
+            && b["Bytes"] == bytes_cut as u64
+        {
+            assert_eq!(a["CaptureInterface"], "mrx100");
+            assert_eq!(b["CaptureInterface"], "mrx200");
+            for c in [&a, &b] {
+                assert_eq!(c["Malformed"], 0, "{r}");
+                assert_eq!(c["NoCaptureInterface"], 0, "{r}");
+                assert_eq!(c["RedirectErrors"], 0, "{r}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver counters never matched the traffic: {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // The same counters in Prometheus, promtool clean (published with the List counters).
+    let (status, text) = metrics_get(&topo.col, 9464, "/metrics");
+    assert_eq!(status, 200);
+    promtool_check(&text);
+    let vni100 = "{receiver=\"tmrcv-col\",vni=\"100\"}";
+    let vni200 = "{receiver=\"tmrcv-col\",vni=\"200\"}";
+    assert_eq!(
+        value(&text, &format!("mirror_receive_frames_total{vni100}")),
+        full_count as f64
+    );
+    assert_eq!(
+        value(&text, &format!("mirror_receive_frames_total{vni200}")),
+        EACH as f64
+    );
+    assert_eq!(
+        value(&text, &format!("mirror_receive_bytes_total{vni200}")),
+        (EACH * CUT_LEN) as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receive_errors_total{reason=\"redirect\",receiver=\"tmrcv-col\",vni=\"100\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("mirror_receiver_attached{{mode=\"{mode}\",receiver=\"tmrcv-col\"}}")
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "mirror_receive_packets_total{receiver=\"tmrcv-col\"}"
+        ) >= 10.0
+    );
+
+    // A reload that drops VNI 200 from the file removes its capture pair, keeps VNI 100's.
+    target.reload(&target_config(receiving).replace("[100, 200]", "[100]"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while link_exists(&topo.col, "mrx200") || link_exists(&topo.col, "mrx200-in") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mrx200 still there after the reload dropped VNI 200\n{}",
+            target.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(link_exists(&topo.col, "mrx100"), "mrx100 must stay");
+    let r = wait_attached(&target, "tmrcv-col");
+    assert_eq!(r["VirtualNetworkIds"], serde_json::json!([100]), "{r}");
+    assert_eq!(r["XdpMode"], mode, "{r}");
+
+    // SIGTERM: everything stays attached (pinned), and frames keep arriving on mrx100 while
+    // no target agent runs.
+    let config = std::fs::read_to_string(target.dir().join("agent.toml")).expect("config");
+    let dir = target.terminate();
+    let xdp_programs = |dev: &str| {
+        let link = topo.col.exec(&["ip", "-d", "link", "show", dev]);
+        String::from_utf8_lossy(&link.stdout)
+            .lines()
+            .filter(|l| l.contains("prog/xdp"))
+            .count()
+    };
+    assert_eq!(
+        xdp_programs(receiving),
+        1,
+        "XDP left on {receiving} after stop"
+    );
+    let mrx100 = capture_index(&topo.col, "mrx100");
+    let during = |what: &str| {
+        let mut cap = Capture::start(&topo.col, "mrx100", "");
+        for i in 0..3u8 {
+            client
+                .send_to(&[i; 100], (NODE_SRC_ADDR, FULL_PORT))
+                .expect("send");
+        }
+        cap.wait_for_frames(3, WAIT);
+        let pcap = cap.stop();
+        let n = capture::frames(&pcap).len();
+        capture::remove(&pcap);
+        assert_eq!(n, 3, "frames on mrx100 {what}");
+    };
+    during("with no target agent running");
+
+    // The next agent takes the links and the capture pair over: one program still, the same
+    // interface, frames still flowing.
+    let next = Agent::start_in(&topo.col, &config, &dir);
+    wait_attached(&next, "tmrcv-col");
+    assert!(
+        next.log_text().contains("XDP link taken over"),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(xdp_programs(receiving), 1, "one program on {receiving}");
+    assert_eq!(
+        capture_index(&topo.col, "mrx100"),
+        mrx100,
+        "the next agent takes the capture interface over instead of re-creating it"
+    );
+    during("after the next agent took over");
+    let dir = next.terminate();
+    drop(source);
+    match ending {
+        // cleanup removes what the agents left: the XDP links and the capture pairs too.
+        Ending::Cleanup => {
+            let out = Agent::cleanup(&topo.col, &dir);
+            assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+            assert!(
+                out.stdout.contains("mrx100"),
+                "cleanup output: {}",
+                out.stdout
+            );
+        }
+        // The receiver left the config while no agent ran: the next agent removes what the
+        // last one left for it.
+        Ending::Unconfigured => {
+            let last = Agent::start_in(&topo.col, "", &dir);
+            let deadline = std::time::Instant::now() + WAIT;
+            while xdp_programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the unconfigured receiver's link or capture pair stayed\n{}",
+                    last.log_text()
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+            last.stop();
+        }
+    }
+    for name in ["mrx100", "mrx100-in"] {
+        assert!(
+            !link_exists(&topo.col, name),
+            "{name} left behind after cleanup"
+        );
+    }
+    assert_eq!(
+        xdp_programs(receiving),
+        0,
+        "XDP left on {receiving} after cleanup"
+    );
+}
+
+/// How `mirror_to_receiver` ends, after a restart took the receiver over.
+enum Ending {
+    /// `mirror-agent cleanup` with no agent running.
+    Cleanup,
+    /// An agent starts whose config no longer has the receiver.
+    Unconfigured,
+}
+
+/// The interface index of a capture interface, from inside its namespace.
+fn capture_index(ns: &NetNs, name: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{name}/ifindex")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Parameters of a bad create, and the status and code they must get.
+type BadInput<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+
+fn rpc_error(agent: &Agent, params: &[(&str, &str)]) -> (u16, String) {
+    let r = rpc_get_params(&agent.socket, params);
+    let body = json(&r);
+    (
+        r.status,
+        body["Code"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
+    let ns = mirror_tests::topology::quiet_netns(
+        "rxa",
+        &[
+            ("rx0", "rx1", "198.18.40.1/24"),
+            ("rx2", "rx3", "198.18.41.1/24"),
+        ],
+    );
+    let agent = Agent::start(&ns, "");
+    let params = [
+        ("NetworkInterfaceId", "rx0"),
+        ("VirtualNetworkIds.1", "301"),
+        ("VirtualNetworkIds.2", "300"),
+        ("TrafficMirrorReceiverName", "tools"),
+        ("ClientToken", "rx-token-1"),
+    ];
+    let created = agent.call("CreateTrafficMirrorReceiver", &params);
+    let id = created["TrafficMirrorReceiverId"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    assert!(id.starts_with("tmrcv-"), "{created}");
+    let r = wait_attached(&agent, &id);
+    // The same ClientToken and parameters: the first answer again, nothing made twice.
+    let again = agent.call("CreateTrafficMirrorReceiver", &params);
+    assert_eq!(
+        again["TrafficMirrorReceiverId"],
+        created["TrafficMirrorReceiverId"]
+    );
+    assert_eq!(again["RequestId"], created["RequestId"]);
+    let mut other = vec![("Action", "CreateTrafficMirrorReceiver")];
+    other.extend_from_slice(&params);
+    other[2] = ("VirtualNetworkIds.1", "302");
+    assert_eq!(
+        rpc_error(&agent, &other),
+        (400, "IdempotentParameterMismatch".to_string())
+    );
+    assert_eq!(receivers(&agent).len(), 1);
+    assert_eq!(r["NetworkInterfaceId"], "rx0");
+    assert_eq!(r["DestinationPort"], 4789);
+    assert_eq!(r["VirtualNetworkIds"], serde_json::json!([300, 301]));
+    assert_eq!(r["TrafficMirrorReceiverName"], "tools");
+    assert_eq!(r["TrafficMirrorReceiverBusinessStatus"], "Normal", "{r}");
+    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in"] {
+        assert!(link_exists(&ns, name), "capture interface {name} missing");
+    }
+    let rx0 = ns.exec(&["ip", "link", "show", "rx0"]);
+    assert!(
+        String::from_utf8_lossy(&rx0.stdout).contains("xdp"),
+        "no XDP program on rx0: {}",
+        String::from_utf8_lossy(&rx0.stdout)
+    );
+
+    let create = "CreateTrafficMirrorReceiver";
+    let bad: &[BadInput] = &[
+        (&[("VirtualNetworkIds.1", "5")], 400, "MissingParameter"),
+        (&[("NetworkInterfaceId", "rx2")], 400, "MissingParameter"),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "16777216"),
+            ],
+            400,
+            "InvalidVirtualNetworkId.Malformed",
+        ),
+        (
+            &[("NetworkInterfaceId", "rx2"), ("VirtualNetworkIds.1", "x")],
+            400,
+            "InvalidVirtualNetworkId.Malformed",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "7"),
+                ("VirtualNetworkIds.2", "7"),
+            ],
+            400,
+            "DuplicatedParam.VirtualNetworkIds",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "nosuch0"),
+                ("VirtualNetworkIds.1", "7"),
+            ],
+            400,
+            "ResourceNotFound.NetworkInterface",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "7"),
+                ("DestinationPort", "0"),
+            ],
+            400,
+            "InvalidDestinationPort.Malformed",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "300"),
+            ],
+            409,
+            "InvalidVirtualNetworkId.Conflict",
+        ),
+        (
+            &[("NetworkInterfaceId", "rx0"), ("VirtualNetworkIds.1", "7")],
+            400,
+            "ResourceAlreadyAssociated.NetworkInterface",
+        ),
+        (
+            &[
+                ("NetworkInterfaceId", "mrx300"),
+                ("VirtualNetworkIds.1", "7"),
+            ],
+            400,
+            "InvalidParameter.NetworkInterfaceId",
+        ),
+    ];
+    for (params, status, code) in bad {
+        let mut all = vec![("Action", create)];
+        all.extend_from_slice(params);
+        assert_eq!(
+            rpc_error(&agent, &all),
+            (*status, code.to_string()),
+            "{params:?}"
+        );
+    }
+    assert_eq!(
+        rpc_error(
+            &agent,
+            &[
+                ("Action", "DeleteTrafficMirrorReceiver"),
+                ("TrafficMirrorReceiverId", "tmrcv-nosuch")
+            ]
+        ),
+        (400, "ResourceNotFound.TrafficMirrorReceiver".to_string())
+    );
+    // DryRun validates and changes nothing.
+    assert_eq!(
+        rpc_error(
+            &agent,
+            &[
+                ("Action", create),
+                ("NetworkInterfaceId", "rx2"),
+                ("VirtualNetworkIds.1", "9"),
+                ("DryRun", "true")
+            ]
+        ),
+        (400, "DryRunOperation".to_string())
+    );
+    assert_eq!(
+        receivers(&agent).len(),
+        1,
+        "bad input must not change state"
+    );
+    assert!(!link_exists(&ns, "mrx9"));
+
+    // The CLI's friendly subcommands: create prints the id, list a row per VNI. rx2's peer
+    // has a jumbo MTU, above what a veth allows under a program that is not frags-aware: the
+    // native attach is refused and the receiver runs in generic mode.
+    for dev in ["rx2", "rx3"] {
+        ns.exec(&["ip", "link", "set", dev, "mtu", "9000"]);
+    }
+    let out = agent.cli(&["receiver", "create", "--interface", "rx2", "--vni", "400"]);
+    assert_eq!(
+        out.code, 0,
+        "receiver create: {} {}",
+        out.stdout, out.stderr
+    );
+    let cli_id = out.stdout.trim().to_string();
+    assert!(cli_id.starts_with("tmrcv-"), "{}", out.stdout);
+    wait_attached(&agent, &cli_id);
+    let table = agent.cli(&["receiver", "list"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.contains(&cli_id))
+        .unwrap_or_else(|| panic!("no row for {cli_id}:\n{}", table.stdout));
+    for field in ["rx2", "4789", "generic", "400", "mrx400", "Created"] {
+        assert!(
+            row.split_whitespace().any(|c| c == field),
+            "{field} not in {row:?}"
+        );
+    }
+    let out = agent.cli(&["receiver", "delete", &cli_id]);
+    assert_eq!(
+        out.code, 0,
+        "receiver delete: {} {}",
+        out.stdout, out.stderr
+    );
+
+    agent.call(
+        "DeleteTrafficMirrorReceiver",
+        &[("TrafficMirrorReceiverId", &id)],
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !receivers(&agent).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver not deleted: {:?}",
+            receivers(&agent)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for name in ["mrx300", "mrx300-in", "mrx301", "mrx301-in", "mrx400"] {
+        assert!(!link_exists(&ns, name), "{name} left behind after delete");
+    }
+    let rx0 = ns.exec(&["ip", "link", "show", "rx0"]);
+    assert!(
+        !String::from_utf8_lossy(&rx0.stdout).contains("xdp"),
+        "XDP still attached to rx0 after delete"
+    );
+    agent.stop();
+}
+
+/// The receiver needs no more than the agent's three capabilities: as `nobody` with CAP_BPF,
+/// CAP_NET_ADMIN and CAP_PERFMON it attaches XDP, makes the capture pairs (CAP_NET_ADMIN also
+/// covers their per-interface IPv6 sysctl in its own namespace) and removes them on stop.
+/// Tool: setpriv (util-linux).
+#[test]
+fn receiver_runs_with_the_agents_three_capabilities() {
+    let topo = Topology::new();
+    let wrapper = as_nobody_with("-all,+bpf,+net_admin,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    // --detach-on-exit: the stop below removes the capture pairs, as nobody too.
+    let target = Agent::start_with(
+        &topo.col,
+        &target_config("col0"),
+        &nobody_dir("rxl"),
+        &StartOptions {
+            wrapper: &wrapper,
+            args: &["--detach-on-exit"],
+            ..StartOptions::default()
+        },
+    );
+    let r = wait_attached(&target, "tmrcv-col");
+    assert_eq!(r["XdpMode"], "native", "{r}");
+    assert_eq!(
+        r["TrafficMirrorReceiverBusinessStatus"],
+        "Normal",
+        "{r}\n{}",
+        target.log_text()
+    );
+    for name in ["mrx100", "mrx200"] {
+        assert!(link_exists(&topo.col, name), "{name} missing");
+    }
+    target.stop();
+    for name in ["mrx100", "mrx200"] {
+        assert!(!link_exists(&topo.col, name), "{name} left behind");
+    }
+}
+
+/// An IPv6 target: the copies arrive with an IPv6 outer header, and the receiver decapsulates
+/// them as it does IPv4 ones (byte-identical frames, cut to PacketLength 64).
+#[test]
+fn copies_to_an_ipv6_target_arrive_byte_identical() {
+    const PORT6: u16 = 7300;
+    let topo = Topology::new();
+    let target = Agent::start(
+        &topo.col,
+        r#"
+[[receivers]]
+id = "tmrcv-v6"
+interface = "col0"
+virtual_network_ids = [300]
+"#,
+    );
+    wait_attached(&target, "tmrcv-v6");
+    let source_config = format!(
+        r#"
+[[targets]]
+id = "tmt-v6"
+destination_ip = "{COLLECTOR_ADDR6}"
+
+[[filters]]
+id = "tmf-v6"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "UDP"
+destination_port_range = "{PORT6}/{PORT6}"
+
+[[sessions]]
+id = "tms-v6"
+priority = 1
+virtual_network_id = 300
+packet_length = 64
+enabled = true
+filter_id = "tmf-v6"
+target_id = "tmt-v6"
+sources = ["src0"]
+"#
+    );
+    let source = Agent::start(&topo.node, &source_config);
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, PORT6)).expect("node sink")
+    });
+    let mut on_source = Capture::start(&topo.node, "src0", &format!("udp dst port {PORT6}"));
+    let mut got = Capture::start(&topo.col, "mrx300", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    for i in 0..5u8 {
+        client
+            .send_to(&[i; 300], (NODE_SRC_ADDR, PORT6))
+            .expect("send");
+    }
+    on_source.wait_for_frames(5, WAIT);
+    got.wait_for_frames(5, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, got_pcap) = (on_source.stop(), got.stop());
+    let want: Vec<Vec<u8>> = capture::frames(&src_pcap)
+        .iter()
+        .map(|f| f[..64].to_vec())
+        .collect();
+    assert_eq!(want.len(), 5);
+    assert_eq!(
+        capture::frames(&got_pcap),
+        want,
+        "mrx300 must carry the frames cut to 64 bytes"
+    );
+    capture::remove(&src_pcap);
+    capture::remove(&got_pcap);
+    drop(source);
+    target.stop();
+}

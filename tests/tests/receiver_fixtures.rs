@@ -1,0 +1,492 @@
+//! BPF_PROG_TEST_RUN fixtures for the receiving program (`mirror_receive`, XDP): each case is
+//! a description, an input frame, the expected verdict and output frame, and the counters it
+//! must move.
+//!
+//! Kernel requirements: root (CAP_BPF, CAP_NET_ADMIN) to load programs, create a namespace
+//! and veth pairs; BPF_PROG_TEST_RUN for XDP with an `xdp_md` context naming the ingress
+//! interface (5.15+); native XDP on veth for the capture pairs' `rx_pass`; a devmap hash
+//! (5.4+). The receiver is set up by the agent's own `Datapath::apply`, so the maps hold what
+//! the agent writes.
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use mirror_agent::{
+    config::Objects,
+    datapath::{
+        self, Datapath, TcAttachMode,
+        receive::{PROG_RECEIVE, Receiver, ReceiverStatus, capture_name},
+    },
+};
+use mirror_ebpf::{RxInterfaceStats, RxVniStats};
+use mirror_tests::{
+    netns::{NetNs, in_netns},
+    packets::{ETH_P_8021Q, Ip, L4, VXLAN_FLAG_I, arp, frame, v4, v6, vxlan},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const RECEIVER: &str = "tmrcv-fx";
+const PORT: u16 = 4789;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Redirected with exactly these bytes as the frame.
+    Redirect,
+    /// Passed to the stack untouched.
+    Pass,
+}
+
+/// Which counter a case must move by one (and nothing else may move).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counted {
+    Frame(u32),
+    NotMirror,
+    Malformed,
+    UnknownVni,
+    VniMalformed(u32),
+    NoCapture(u32),
+    Nothing,
+}
+
+struct Case {
+    desc: &'static str,
+    packet: Vec<u8>,
+    /// The interface the frame arrives on; the receiving one unless stated.
+    ifname: &'static str,
+    verdict: Verdict,
+    /// The inner frame for redirects.
+    inner: Vec<u8>,
+    counted: Counted,
+}
+
+fn outer4() -> Ip {
+    v4("198.18.30.1", "198.18.30.2")
+}
+
+fn outer6() -> Ip {
+    v6("fd00:30::1", "fd00:30::2")
+}
+
+fn inner_tcp() -> Vec<u8> {
+    frame(
+        v4("10.1.0.1", "10.1.0.2"),
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+        },
+    )
+    .payload(200)
+    .build()
+}
+
+fn inner_v6_udp() -> Vec<u8> {
+    frame(
+        v6("fd00:1::1", "fd00:1::2"),
+        L4::Udp {
+            sport: 5353,
+            dport: 53,
+        },
+    )
+    .payload(64)
+    .build()
+}
+
+/// A copy cut to PacketLength 64 by the source: the inner IP header claims more than present.
+fn inner_truncated() -> Vec<u8> {
+    let mut f = inner_tcp();
+    f.truncate(64);
+    f
+}
+
+fn redirect(desc: &'static str, packet: Vec<u8>, inner: Vec<u8>, vni: u32) -> Case {
+    Case {
+        desc,
+        packet,
+        ifname: "rx0",
+        verdict: Verdict::Redirect,
+        inner,
+        counted: Counted::Frame(vni),
+    }
+}
+
+fn pass(desc: &'static str, packet: Vec<u8>, counted: Counted) -> Case {
+    Case {
+        desc,
+        packet,
+        ifname: "rx0",
+        verdict: Verdict::Pass,
+        inner: Vec::new(),
+        counted,
+    }
+}
+
+fn ethernet_only() -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f
+}
+
+/// Offset of the outer UDP header in a plain IPv4 outer frame.
+const UDP4: usize = 14 + 20;
+
+fn cases() -> Vec<Case> {
+    let mut with_padding = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    with_padding.extend_from_slice(&[0xee; 6]);
+
+    let mut udp_too_long = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    let claimed = (udp_too_long.len() - UDP4 + 10) as u16;
+    udp_too_long[UDP4 + 4..UDP4 + 6].copy_from_slice(&claimed.to_be_bytes());
+
+    let mut udp_too_short = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    udp_too_short[UDP4 + 4..UDP4 + 6].copy_from_slice(&(16u16 + 10).to_be_bytes());
+
+    // UDP to the port with 4 bytes of payload: no room for the VXLAN header.
+    let mut short_header = frame(
+        outer4(),
+        L4::Udp {
+            sport: 49152,
+            dport: PORT,
+        },
+    )
+    .payload(4)
+    .build();
+    short_header[UDP4 + 8] = VXLAN_FLAG_I;
+
+    let mut fragment = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    // More-fragments set: the stack reassembles; the program must not touch it.
+    fragment[14 + 6] = 0x20;
+
+    let mut ip_options = frame(
+        Ip::V4 {
+            src: "198.18.30.1".parse().expect("address"),
+            dst: "198.18.30.2".parse().expect("address"),
+            frag_offset: 0,
+            more_fragments: false,
+            options: vec![1, 1, 1, 0],
+        },
+        L4::Udp {
+            sport: 49152,
+            dport: PORT,
+        },
+    )
+    .payload(8 + inner_tcp().len())
+    .build();
+    let at = ip_options.len() - 8 - inner_tcp().len();
+    ip_options[at..at + 8].copy_from_slice(&[VXLAN_FLAG_I, 0, 0, 0, 0, 0, 100, 0]);
+    ip_options[at + 8..].copy_from_slice(&inner_tcp());
+
+    let mut tagged = vxlan(outer4(), PORT, VXLAN_FLAG_I, 200, &inner_tcp());
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+    assert_eq!(u16::from_be_bytes([tagged[12], tagged[13]]), ETH_P_8021Q);
+
+    vec![
+        redirect(
+            "VXLAN for served VNI 100, IPv4 outer: the inner frame goes to mrx100",
+            vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp()),
+            inner_tcp(),
+            100,
+        ),
+        redirect(
+            "VXLAN for served VNI 200 carrying IPv6/UDP",
+            vxlan(outer4(), PORT, VXLAN_FLAG_I, 200, &inner_v6_udp()),
+            inner_v6_udp(),
+            200,
+        ),
+        redirect(
+            "a copy truncated to 64 bytes by its session is delivered as it is",
+            vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_truncated()),
+            inner_truncated(),
+            100,
+        ),
+        redirect(
+            "IPv6 outer",
+            vxlan(outer6(), PORT, VXLAN_FLAG_I, 100, &inner_tcp()),
+            inner_tcp(),
+            100,
+        ),
+        redirect("IPv4 outer with options", ip_options, inner_tcp(), 100),
+        redirect("outer frame with an 802.1Q tag", tagged, inner_tcp(), 200),
+        redirect(
+            "bytes after the UDP payload are not part of the inner frame",
+            with_padding,
+            inner_tcp(),
+            100,
+        ),
+        pass(
+            "unknown VNI 300 passes untouched",
+            vxlan(outer4(), PORT, VXLAN_FLAG_I, 300, &inner_tcp()),
+            Counted::UnknownVni,
+        ),
+        pass(
+            "I flag clear: the VNI is not valid",
+            vxlan(outer4(), PORT, 0, 100, &inner_tcp()),
+            Counted::Malformed,
+        ),
+        pass("truncated VXLAN header", short_header, Counted::Malformed),
+        pass(
+            "UDP length claims more than arrived",
+            udp_too_long,
+            Counted::VniMalformed(100),
+        ),
+        pass(
+            "UDP length leaves no room for an inner Ethernet header",
+            udp_too_short,
+            Counted::VniMalformed(100),
+        ),
+        pass(
+            "VXLAN to another port (8472) is not ours",
+            vxlan(outer4(), 8472, VXLAN_FLAG_I, 100, &inner_tcp()),
+            Counted::NotMirror,
+        ),
+        pass(
+            "plain UDP traffic",
+            frame(
+                outer4(),
+                L4::Udp {
+                    sport: 1000,
+                    dport: 53,
+                },
+            )
+            .build(),
+            Counted::NotMirror,
+        ),
+        pass("TCP traffic", inner_tcp(), Counted::NotMirror),
+        pass("ARP", arp(), Counted::NotMirror),
+        pass("an outer IPv4 fragment", fragment, Counted::NotMirror),
+        // The kernel runs XDP on nothing shorter than an Ethernet header.
+        pass(
+            "an Ethernet header claiming IPv4 and nothing after it",
+            ethernet_only(),
+            Counted::NotMirror,
+        ),
+        Case {
+            desc: "VXLAN on an interface that is not a receiver",
+            packet: vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp()),
+            ifname: "rx2",
+            verdict: Verdict::Pass,
+            inner: Vec::new(),
+            counted: Counted::Nothing,
+        },
+    ]
+}
+
+/// `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+/// egress_ifindex. The kernel wants data_end = the packet's length and the rest zero.
+fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    let mut ctx = vec![0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn run(prog: &Xdp, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let ctx = xdp_ctx(ifindex, packet.len());
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })
+        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
+fn receivers() -> Objects {
+    Objects {
+        receivers: vec![Receiver {
+            id: RECEIVER.into(),
+            interface: "rx0".into(),
+            port: PORT,
+            vnis: vec![100, 200],
+        }],
+        ..Objects::default()
+    }
+}
+
+/// Namespace with the receiving interface rx0 and a bystander rx2.
+fn fixture_netns() -> NetNs {
+    mirror_tests::topology::quiet_netns(
+        "rxf",
+        &[
+            ("rx0", "rx1", "198.18.30.2/24"),
+            ("rx2", "rx3", "198.18.31.2/24"),
+        ],
+    )
+}
+
+fn with_receiver(f: impl FnOnce(&mut Datapath) + Send) {
+    let ns = fixture_netns();
+    in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let (mut dp, _flows) = Datapath::new(TcAttachMode::Auto, 1024)
+                .expect("programs load and pass the verifier");
+            let report = dp.apply(&receivers()).await.expect("apply");
+            assert!(
+                report.errors.is_empty(),
+                "apply reported errors: {report:?}"
+            );
+            f(&mut dp);
+            dp.shutdown().await.expect("shutdown");
+            for vni in [100, 200] {
+                assert!(
+                    datapath::ifindex(&capture_name(vni)).is_none(),
+                    "capture interface of VNI {vni} left behind by shutdown"
+                );
+            }
+        })
+    });
+}
+
+fn status(dp: &Datapath) -> ReceiverStatus {
+    dp.receive
+        .status()
+        .remove(RECEIVER)
+        .expect("the receiver is attached")
+}
+
+fn vni(st: &ReceiverStatus, vni: u32) -> RxVniStats {
+    st.vnis.get(&vni).map(|(_, s)| *s).unwrap_or_default()
+}
+
+/// The counter deltas a case expects.
+fn expected(before: &ReceiverStatus, case: &Case) -> ReceiverStatus {
+    let mut want = before.clone();
+    if case.counted != Counted::Nothing {
+        want.interface.packets += 1;
+    }
+    let bump = |want: &mut ReceiverStatus, v: u32, f: fn(&mut RxVniStats)| {
+        if let Some((_, s)) = want.vnis.get_mut(&v) {
+            f(s);
+        }
+    };
+    match case.counted {
+        Counted::Frame(v) => {
+            let len = case.inner.len() as u64;
+            if let Some((_, s)) = want.vnis.get_mut(&v) {
+                s.frames += 1;
+                s.bytes += len;
+            }
+        }
+        Counted::NotMirror => want.interface.not_mirror += 1,
+        Counted::Malformed => want.interface.malformed += 1,
+        Counted::UnknownVni => want.interface.unknown_vni += 1,
+        Counted::VniMalformed(v) => bump(&mut want, v, |s| s.malformed += 1),
+        Counted::NoCapture(v) => bump(&mut want, v, |s| s.no_capture += 1),
+        Counted::Nothing => {}
+    }
+    want
+}
+
+fn check(case: &Case, ret: u32, out: &[u8]) -> Result<(), String> {
+    match case.verdict {
+        Verdict::Redirect => {
+            if ret != XDP_REDIRECT {
+                return Err(format!("verdict {ret}, want XDP_REDIRECT ({XDP_REDIRECT})"));
+            }
+            if out != case.inner.as_slice() {
+                return Err(format!(
+                    "output frame ({} bytes) is not the inner frame ({} bytes)",
+                    out.len(),
+                    case.inner.len()
+                ));
+            }
+        }
+        Verdict::Pass => {
+            if ret != XDP_PASS {
+                return Err(format!("verdict {ret}, want XDP_PASS ({XDP_PASS})"));
+            }
+            if out != case.packet.as_slice() {
+                return Err("a passed frame was changed".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn receive_program_fixtures() {
+    with_receiver(|dp| {
+        let mut failures = Vec::new();
+        for case in cases() {
+            let ifindex = datapath::ifindex(case.ifname).expect("fixture interface exists");
+            let before = status(dp);
+            let prog = dp.xdp_program(PROG_RECEIVE).expect("receive program");
+            let (ret, out) = match run(prog, &case.packet, ifindex) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{}: {e}", case.desc));
+                    continue;
+                }
+            };
+            if let Err(why) = check(&case, ret, &out) {
+                failures.push(format!("{}: {why}", case.desc));
+            }
+            let after = status(dp);
+            let want = expected(&before, &case);
+            if after != want {
+                failures.push(format!(
+                    "{}: counters {:?}, want {:?}",
+                    case.desc,
+                    summary(&after),
+                    summary(&want)
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "fixtures failed:\n  {}",
+            failures.join("\n  ")
+        );
+    });
+}
+
+fn summary(st: &ReceiverStatus) -> (RxInterfaceStats, Vec<(u32, RxVniStats)>) {
+    (
+        st.interface,
+        st.vnis.iter().map(|(v, (_, s))| (*v, *s)).collect(),
+    )
+}
+
+/// A served VNI whose capture interface vanished (deleted by hand, before the agent's next
+/// pass re-creates it): the kernel drops the device from the devmap, and the program passes
+/// the frame untouched and counts it, rather than redirect into nothing.
+#[test]
+fn served_vni_without_capture_interface_passes_and_counts() {
+    with_receiver(|dp| {
+        let index = datapath::ifindex(&capture_name(200)).expect("mrx200 exists");
+        let out = std::process::Command::new("ip")
+            .args(["link", "del", &capture_name(200)])
+            .output()
+            .expect("ip link del");
+        assert!(out.status.success(), "deleting mrx200: {out:?}");
+        assert!(datapath::ifindex(&capture_name(200)).is_none(), "{index}");
+        let case = Case {
+            desc: "VNI 200 without its capture interface",
+            packet: vxlan(outer4(), PORT, VXLAN_FLAG_I, 200, &inner_tcp()),
+            ifname: "rx0",
+            verdict: Verdict::Pass,
+            inner: Vec::new(),
+            counted: Counted::NoCapture(200),
+        };
+        let before = status(dp);
+        let rx0 = datapath::ifindex("rx0").expect("rx0");
+        let prog = dp.xdp_program(PROG_RECEIVE).expect("receive program");
+        let (ret, out) = run(prog, &case.packet, rx0).expect("test run");
+        check(&case, ret, &out).expect("verdict");
+        assert_ne!(ret, XDP_DROP);
+        let after = status(dp);
+        assert_eq!(
+            vni(&after, 200).no_capture,
+            vni(&before, 200).no_capture + 1,
+            "no-capture counter of VNI 200"
+        );
+        assert_eq!(summary(&after), summary(&expected(&before, &case)));
+    });
+}
