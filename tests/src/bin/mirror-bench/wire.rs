@@ -767,18 +767,20 @@ impl Wire {
              encapsulation program, VXLAN encapsulation and transmission all run inside \
              `bpf_clone_redirect`, so this is most of the copy's cost) and its drop-accounting \
              tracepoint \
-             (`skb:kfree_skb`), which the agent attaches at start and which runs for every \
-             packet dropped anywhere on the host. This bed drops every production frame and \
-             every copy at its sinks, so the agent pays that tracepoint twice per frame here, \
-             a cost the peers do not have and a host that does not drop its traffic would not \
-             see.\n\n",
+             (`skb:kfree_skb`), which runs for every packet dropped anywhere on the host and \
+             which the agent therefore attaches only while a flow log exists: these rows have \
+             none, so it costs them nothing; the flow-accounting rows below pay it for every \
+             frame this bed's sinks drop.\n\n",
         );
         out.push_str(
             "Every copy is made and encapsulated on the same receiving core as the production \
              frame, so where that core is the bottleneck no method keeps production at 95 % \
-             with a copy of every frame; the truncated rows show what cutting the copies saves \
-             (mirred and nftables cannot truncate; daemonlogger copies in userspace and loses \
-             copies once its ring overflows).\n\n",
+             with a copy of every frame (mirred and nftables cannot truncate; daemonlogger \
+             copies in userspace and loses copies once its ring overflows). Truncation costs \
+             CPU rather than saving it here: a veth carries bytes for free, and cutting a copy \
+             first makes the cloned skb private and linear (`bpf_skb_change_tail`), which \
+             copies the frame; it pays where the path to the target, not the CPU, is the \
+             limit.\n\n",
         );
         out.push_str(
             "![target pps by frame size](bench/wire-target.svg)\n\
