@@ -408,3 +408,38 @@ fn failed_copies_are_counted_and_the_programs_log_reaches_the_agent_log() {
     );
     drop(agent);
 }
+
+/// Another VXLAN device holding the target's UDP port (here a plain `vx0` on 4789): the
+/// session says which device holds it, and mirrors once the port is free.
+#[test]
+fn a_taken_vxlan_port_names_its_holder_and_recovers() {
+    let topo = Topology::new();
+    // Up, so it holds its UDP socket on 4789.
+    topo.node.exec(&[
+        "ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
+    ]);
+    topo.node.exec(&["ip", "link", "set", "vx0", "up"]);
+    let agent = Agent::start(&topo.node, &config_with_collector(FAULT_CONFIG));
+    let list = agent.call("ListTrafficMirrorSessions", &[]);
+    let session = &list["TrafficMirrorSessions"][0];
+    assert_eq!(
+        session["TrafficMirrorSessionBusinessStatus"], "FailedToApply",
+        "{list}"
+    );
+    let errors = session["TrafficMirrorSessionErrors"].to_string();
+    assert!(
+        errors.contains("UDP port 4789 is already taken") && errors.contains("vx0"),
+        "the error names the port and its holder: {errors}"
+    );
+    topo.node.exec(&["ip", "link", "del", "vx0"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = agent.call("ListTrafficMirrorSessions", &[]);
+        if list["TrafficMirrorSessions"][0]["TrafficMirrorSessionBusinessStatus"] == "Normal" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {list}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mirrored(&topo, 5), 5, "mirroring once the port is free");
+}

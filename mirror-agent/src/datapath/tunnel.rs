@@ -19,6 +19,15 @@ pub enum TunnelError {
     },
     #[error("interface {0} exists and is not ours to reuse")]
     Foreign(String),
+    #[error(
+        "UDP port {port} is already taken in this network namespace{by}, so {name} cannot open it: give the target another DestinationPort, or free the port"
+    )]
+    PortTaken {
+        port: u16,
+        name: String,
+        /// ", by VXLAN device(s) …" when we found who holds it.
+        by: String,
+    },
 }
 
 /// Name of the device for a UDP port, e.g. `mirvx4789`. Marks the device as the agent's own.
@@ -58,16 +67,58 @@ pub async fn ensure_device(handle: &Handle, port: u16) -> Result<u32, TunnelErro
         .arp(false)
         .up()
         .build();
-    handle
-        .link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(netlink("creating"))?;
+    match handle.link().add(msg).execute().await {
+        Ok(()) => {}
+        // The device opens its UDP socket when it comes up; a VXLAN device of another kind
+        // (not external) or any other socket on the port makes that fail.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRINUSE => {
+            let holders = vxlan_devices_on(handle, port).await;
+            return Err(TunnelError::PortTaken {
+                port,
+                name,
+                by: if holders.is_empty() {
+                    String::new()
+                } else {
+                    format!(", by VXLAN device {}", holders.join(", "))
+                },
+            });
+        }
+        Err(e) => return Err(netlink("creating")(e)),
+    }
     link_index(handle, &name)
         .await
         .map_err(netlink("looking up new"))?
         .ok_or_else(|| TunnelError::Foreign(name.clone()))
+}
+
+/// Names of the VXLAN devices in this namespace whose UDP port is `port`.
+async fn vxlan_devices_on(handle: &Handle, port: u16) -> Vec<String> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+    let mut out = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Ok(Some(msg)) = links.try_next().await {
+        let mut name = None;
+        let mut uses_port = false;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(v)) = info {
+                            uses_port |= v
+                                .iter()
+                                .any(|a| matches!(a, InfoVxlan::Port(p) if *p == port));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if uses_port && let Some(n) = name {
+            out.push(n);
+        }
+    }
+    out
 }
 
 pub async fn delete_device(handle: &Handle, port: u16) -> Result<(), TunnelError> {
