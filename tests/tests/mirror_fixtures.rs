@@ -14,11 +14,12 @@ use std::collections::BTreeMap;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use mirror_agent::{
     config::{FileConfig, Objects},
-    datapath::{self, Datapath, PROG_EGRESS, PROG_ENCAP, PROG_INGRESS, TcAttachMode},
+    datapath::{self, Datapath, PROG_EGRESS, PROG_ENCAP, PROG_INGRESS},
 };
 use mirror_ebpf::{ERR_NO_SESSION, SessionStats, mirror_mark};
 use mirror_tests::{
-    netns::{NetNs, in_netns},
+    fixture,
+    netns::NetNs,
     packets::{
         ETH_P_8021AD, ETH_P_8021Q, Ip, L4, arp, dest_opts, fragment_header, frame, hop_by_hop, v4,
         v6,
@@ -615,24 +616,7 @@ fn fixture_netns() -> NetNs {
 }
 
 fn with_datapath(f: impl FnOnce(&mut Datapath) + Send) {
-    let ns = fixture_netns();
-    in_netns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async {
-            let (mut dp, _flows) = Datapath::new(TcAttachMode::Auto, 1024)
-                .expect("programs load and pass the verifier");
-            let report = dp.apply(&objects()).await.expect("apply");
-            assert!(
-                report.errors.is_empty(),
-                "apply reported errors: {report:?}"
-            );
-            f(&mut dp);
-            dp.shutdown().await.expect("shutdown");
-        })
-    });
+    fixture::with_datapath(&fixture_netns(), &objects(), 1024, async |dp, _| f(dp));
 }
 
 #[test]

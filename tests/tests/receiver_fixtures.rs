@@ -12,12 +12,13 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use mirror_agent::{
     config::Objects,
     datapath::{
-        self, Datapath, TcAttachMode,
+        self, Datapath,
         receive::{PROG_RECEIVE, Receiver, ReceiverStatus, capture_name},
     },
 };
 use mirror_ebpf::{RxInterfaceStats, RxVniStats};
 use mirror_tests::{
+    fixture,
     netns::{NetNs, in_netns},
     packets::{ETH_P_8021Q, Ip, L4, VXLAN_FLAG_I, arp, frame, v4, v6, vxlan},
 };
@@ -319,28 +320,14 @@ fn fixture_netns() -> NetNs {
 
 fn with_receiver(f: impl FnOnce(&mut Datapath) + Send) {
     let ns = fixture_netns();
+    fixture::with_datapath(&ns, &receivers(), 1024, async |dp, _| f(dp));
     in_netns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async {
-            let (mut dp, _flows) = Datapath::new(TcAttachMode::Auto, 1024)
-                .expect("programs load and pass the verifier");
-            let report = dp.apply(&receivers()).await.expect("apply");
+        for vni in [100, 200] {
             assert!(
-                report.errors.is_empty(),
-                "apply reported errors: {report:?}"
+                datapath::ifindex(&capture_name(vni)).is_none(),
+                "capture interface of VNI {vni} left behind by shutdown"
             );
-            f(&mut dp);
-            dp.shutdown().await.expect("shutdown");
-            for vni in [100, 200] {
-                assert!(
-                    datapath::ifindex(&capture_name(vni)).is_none(),
-                    "capture interface of VNI {vni} left behind by shutdown"
-                );
-            }
-        })
+        }
     });
 }
 
