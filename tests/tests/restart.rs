@@ -328,3 +328,88 @@ fn sigterm_leaves_it_running_and_cleanup_or_detach_on_exit_remove_it() {
     }
     Agent::remove_dir(&dir);
 }
+
+/// A second agent pointed at a pin directory another agent is using refuses to start (two
+/// agents would adopt and remove each other's links), and so does `cleanup`; the running
+/// agent is untouched.
+#[test]
+fn a_second_agent_on_the_same_pin_directory_refuses_to_start() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, &config());
+    let progs = attached(&topo.node, "src0");
+    assert_eq!(progs.len(), 2, "{progs:?}");
+    let other = std::env::temp_dir().join(mirror_tests::netns::unique("agt"));
+    std::fs::create_dir_all(&other).expect("second agent dir");
+    let mut child = topo
+        .node
+        .command(
+            mirror_tests::agent::agent_binary()
+                .to_str()
+                .expect("utf-8 path"),
+        )
+        .arg("run")
+        .arg("--state-dir")
+        .arg(other.join("state"))
+        .arg("--api-socket")
+        .arg(other.join("api.sock"))
+        .arg("--pin-dir")
+        .arg(agent.dir().join("bpf/mirror-agent"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the second agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the second agent") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&other);
+            panic!("the second agent kept running on a pin directory in use");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let _ = std::fs::remove_dir_all(&other);
+    assert!(!status.success(), "the second agent must fail: {stderr}");
+    assert!(
+        stderr.contains("another agent is using the pin directory"),
+        "it says why: {stderr}"
+    );
+    assert_eq!(
+        attached(&topo.node, "src0"),
+        progs,
+        "the first agent is untouched"
+    );
+
+    // cleanup refuses too, even when asked with another socket that nobody answers on.
+    let out = topo
+        .node
+        .command(
+            mirror_tests::agent::agent_binary()
+                .to_str()
+                .expect("utf-8 path"),
+        )
+        .arg("cleanup")
+        .arg("--state-dir")
+        .arg(agent.state_dir.clone())
+        .arg("--pin-dir")
+        .arg(agent.dir().join("bpf/mirror-agent"))
+        .arg("--api-socket")
+        .arg(other.join("nobody.sock"))
+        .output()
+        .expect("running cleanup");
+    assert!(!out.status.success(), "cleanup must refuse");
+    assert_eq!(
+        attached(&topo.node, "src0"),
+        progs,
+        "cleanup removed nothing"
+    );
+    drop(agent);
+}

@@ -75,6 +75,8 @@ pub enum DatapathError {
     Rejected { name: &'static str, reason: String },
     #[error("link {what}: {reason}")]
     Link { what: String, reason: String },
+    #[error(transparent)]
+    Pins(pins::PinError),
     #[error("saving the data path state in {path}: {source}")]
     Save {
         path: PathBuf,
@@ -479,6 +481,8 @@ impl Datapath {
             &[("FLOWS_0", flow_table_size), ("FLOWS_1", flow_table_size)],
         ) {
             Ok(p) => Some(p),
+            // Two agents on one pin directory would adopt and remove each other's links.
+            Err(e @ pins::PinError::InUse(_)) => return Err(DatapathError::Pins(e)),
             Err(e) => {
                 tracing::error!("{e}");
                 report.unpinned = Some(e.to_string());
@@ -1216,6 +1220,12 @@ impl Datapath {
 /// tunnel devices, and the saved state. Returns what it removed, for the operator.
 pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError> {
     let mut removed = Vec::new();
+    // A running agent would re-create what we remove.
+    let _lock = match pins::lock(&persist.pin_dir) {
+        Ok(l) => Some(l),
+        Err(e @ pins::PinError::InUse(_)) => return Err(DatapathError::Pins(e)),
+        Err(_) => None,
+    };
     let saved = SavedDatapath::read(&persist.state_dir)
         .map_err(|source| DatapathError::Save {
             path: persist.state_dir.join(pins::STATE_FILE),

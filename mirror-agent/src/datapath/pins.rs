@@ -58,6 +58,34 @@ pub enum PinError {
     Object(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(
+        "another agent is using the pin directory {0}: two agents adopting one data path would undo each other's work; stop it first, or give this one its own --pin-dir"
+    )]
+    InUse(PathBuf),
+}
+
+/// An exclusive hold on a pin directory for as long as it lives (`flock(2)` on the
+/// directory, released by the kernel when the process dies, even by `kill -9`).
+#[derive(Debug)]
+pub struct PinLock(#[expect(dead_code, reason = "held for its lock, never read")] std::fs::File);
+
+/// Takes the pin directory for this process, or says another agent has it.
+pub fn lock(root: &Path) -> Result<PinLock, PinError> {
+    use std::os::fd::AsRawFd as _;
+    let dir = std::fs::File::open(root).map_err(io_err(root))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            PinError::InUse(root.to_path_buf())
+        } else {
+            PinError::Io {
+                path: root.to_path_buf(),
+                source: e,
+            }
+        });
+    }
+    Ok(PinLock(dir))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
@@ -101,6 +129,9 @@ fn fnv1a(chunks: &[&[u8]]) -> u64 {
 /// The pin directory of this agent and the names derived from the object it runs.
 #[derive(Debug, Clone)]
 pub struct PinPaths {
+    /// Held while any copy of the paths lives: this agent owns the directory.
+    #[expect(dead_code, reason = "held for its lock, never read")]
+    lock: std::sync::Arc<PinLock>,
     pub root: PathBuf,
     pub maps: PathBuf,
     pub progs: PathBuf,
@@ -118,9 +149,12 @@ impl PinPaths {
         if !on_bpffs(root).map_err(io_err(root))? {
             return Err(PinError::NotBpffs(root.to_path_buf()));
         }
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        let lock = lock(root)?;
         let layout = map_layout(object, max_entries)?;
         let code = fnv1a(&[object]);
         let paths = PinPaths {
+            lock: std::sync::Arc::new(lock),
             root: root.to_path_buf(),
             maps: root.join(format!("maps-{layout:016x}")),
             progs: root.join(format!("progs-{code:016x}-{layout:016x}")),
