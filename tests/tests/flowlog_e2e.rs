@@ -882,3 +882,50 @@ fn drop_accounting_is_attached_only_while_a_flow_log_exists() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// SIGTERM in the middle of a long interval (a rolling update): the agent writes what it has
+/// drained as a short interval instead of dropping it; the kernel keeps counting for the next
+/// agent.
+#[test]
+fn sigterm_writes_the_interval_in_progress() {
+    let topo = Topology::new();
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, 7300)).expect("sink")
+    });
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    let v = agent.call(
+        "CreateFlowLog",
+        &[
+            ("Version", "2020-04-01"),
+            ("FlowLogName", "long"),
+            ("ResourceType", "eni"),
+            ("ResourceId", "src0"),
+            ("TrafficType", "All"),
+            ("LogProjectName", "proj"),
+            ("LogTopicName", "long"),
+            ("AggregationIntervalSeconds", "600"),
+        ],
+    );
+    assert!(v["Result"]["FlowLogId"].is_string(), "CreateFlowLog: {v}");
+    thread::sleep(Duration::from_millis(500));
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind(("0.0.0.0", 0)).expect("client")
+    });
+    for _ in 0..30 {
+        client
+            .send_to(&[1u8; 120], (NODE_SRC_ADDR, 7300))
+            .expect("send");
+    }
+    // Drained into the agent's interval (every 200 ms), far from its end.
+    thread::sleep(Duration::from_millis(1000));
+    let dir = agent.terminate();
+    let packets: u64 = records(&dir.join("state"), "long")
+        .iter()
+        .filter(|r| r["dstport"] == 7300)
+        .map(|r| r["packets"].as_u64().unwrap_or_default())
+        .sum();
+    assert_eq!(
+        packets, 30,
+        "the interval in progress was written on SIGTERM"
+    );
+}

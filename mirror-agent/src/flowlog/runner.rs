@@ -108,9 +108,10 @@ impl Runner {
                 _ = self.stop.changed() => {}
                 _ = tokio::time::sleep(self.tick) => {}
             }
-            if *self.stop.borrow() {
-                return;
-            }
+            // Stopping: one last drain, and every log writes what it holds as a short
+            // interval. A restart (a rolling update leaves the data path running) then loses
+            // nothing: what the kernel counts from here on is the next agent's.
+            let closing = *self.stop.borrow();
             let plan = self.plan.read().map(|p| p.clone()).unwrap_or_default();
             let slots: Vec<u32> = plan.slots.iter().map(|(_, s)| *s).collect();
             let now = now_unix();
@@ -152,6 +153,9 @@ impl Runner {
                 Ok(s) => s,
                 Err(e) => {
                     warn!("draining the flow table: {e}");
+                    if closing {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -175,7 +179,7 @@ impl Runner {
                 let Some(st) = logs.get_mut(&log.id) else {
                     continue;
                 };
-                if now.saturating_sub(st.started) < log.interval.as_secs() {
+                if !closing && now.saturating_sub(st.started) < log.interval.as_secs() {
                     continue;
                 }
                 let pending = std::mem::take(&mut st.pending);
@@ -268,6 +272,9 @@ impl Runner {
             }
             tick_no += 1;
             self.ticks.send_replace(tick_no);
+            if closing {
+                return;
+            }
         }
     }
 }
