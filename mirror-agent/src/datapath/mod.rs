@@ -82,6 +82,16 @@ pub enum DatapathError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("reading the data path state in {path}: {source}")]
+    ReadSaved {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -1227,7 +1237,7 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
         Err(_) => None,
     };
     let saved = SavedDatapath::read(&persist.state_dir)
-        .map_err(|source| DatapathError::Save {
+        .map_err(|source| DatapathError::ReadSaved {
             path: persist.state_dir.join(pins::STATE_FILE),
             source,
         })?
@@ -1282,7 +1292,7 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
         }
     }
     if persist.pin_dir.exists() {
-        pins::remove(&persist.pin_dir).map_err(|source| DatapathError::Save {
+        pins::remove(&persist.pin_dir).map_err(|source| DatapathError::Remove {
             path: persist.pin_dir.clone(),
             source,
         })?;
@@ -1298,7 +1308,7 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
         }
     }
     removed.extend(receive::remove_all_captures(&netlink).await?);
-    SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Save {
+    SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Remove {
         path: persist.state_dir.join(pins::STATE_FILE),
         source,
     })?;

@@ -10,6 +10,19 @@ use mirror_tests::{
     packets::{L4, v4},
 };
 
+/// One receiver serving VNI 100 on UDP 4789 of `interface`.
+fn receiver_on(interface: &str) -> mirror_agent::config::Objects {
+    mirror_agent::config::Objects {
+        receivers: vec![mirror_agent::datapath::receive::Receiver {
+            id: format!("tmrcv-{interface}"),
+            interface: interface.into(),
+            port: 4789,
+            vnis: vec![100],
+        }],
+        ..mirror_agent::config::Objects::default()
+    }
+}
+
 /// Rows the section produces: live frames at 64 B and 1450 B inner frames, and program cost
 /// for IPv4 and IPv6 outer headers at three inner sizes.
 pub const EXPECTED_ROWS: usize = 2 + 6;
@@ -20,33 +33,13 @@ pub const EXPECTED_ROWS: usize = 2 + 6;
 /// a repeated run would measure the stripped frame from the second run on. Median of many
 /// calls; the verdict is not carried out (no redirect), so this is the program alone.
 fn cost(quick: bool) -> (String, usize) {
-    use mirror_agent::{
-        config::Objects,
-        datapath::receive::{PROG_RECEIVE, PROG_RX_PASS, Receiver},
-    };
+    use mirror_agent::datapath::receive::{PROG_RECEIVE, PROG_RX_PASS};
     use mirror_tests::packets::{VXLAN_FLAG_I, v6, vxlan};
 
     let calls = if quick { 50 } else { 20_000 };
     let ns = mirror_tests::topology::quiet_netns("brc", &[("rc0", "rc1", "198.18.31.2/24")]);
-    let rows: Vec<(&str, usize, usize, f64, f64, f64)> = in_netns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async {
-            let (mut dp, _flows) =
-                Datapath::new(TcAttachMode::Auto, 1024).expect("loading programs");
-            let objects = Objects {
-                receivers: vec![Receiver {
-                    id: "tmrcv-cost".into(),
-                    interface: "rc0".into(),
-                    port: 4789,
-                    vnis: vec![100],
-                }],
-                ..Objects::default()
-            };
-            let report = dp.apply(&objects).await.expect("apply");
-            assert!(report.errors.is_empty(), "{report:?}");
+    let rows: Vec<(&str, usize, usize, f64, f64, f64)> =
+        mirror_tests::fixture::with_datapath(&ns, &receiver_on("rc0"), 1024, async |dp, _| {
             let rc0 = datapath::ifindex("rc0").expect("rc0");
             let mut rows = Vec::new();
             for (outer, ip) in [
@@ -91,10 +84,8 @@ fn cost(quick: bool) -> (String, usize) {
                     rows.push((outer, served.len(), inner_len, empty, decap, pass));
                 }
             }
-            dp.shutdown().await.expect("shutdown");
             rows
-        })
-    });
+        });
     drop(ns);
     let mut out = format!(
         "\n### XDP receive: program cost\n\nns per frame from the kernel's BPF_PROG_TEST_RUN \
@@ -132,10 +123,7 @@ pub fn run(quick: bool) -> (String, usize) {
 }
 
 fn live(quick: bool) -> (String, usize) {
-    use mirror_agent::{
-        config::Objects,
-        datapath::receive::{PROG_RECEIVE, PROG_RX_PASS, Receiver},
-    };
+    use mirror_agent::datapath::receive::{PROG_RECEIVE, PROG_RX_PASS};
     use mirror_tests::packets::{VXLAN_FLAG_I, vxlan};
 
     let (runs, repeat) = if quick { (3, 10_000) } else { (5, 2_000_000) };
@@ -210,16 +198,7 @@ fn live(quick: bool) -> (String, usize) {
                 };
                 // Before any receiver exists: the stack and its VXLAN device get the frames.
                 let kernel = live_pps(&mut dp, PROG_RX_PASS);
-                let objects = Objects {
-                    receivers: vec![Receiver {
-                        id: "tmrcv-bench".into(),
-                        interface: "rx0".into(),
-                        port: 4789,
-                        vnis: vec![100],
-                    }],
-                    ..Objects::default()
-                };
-                let report = dp.apply(&objects).await.expect("apply");
+                let report = dp.apply(&receiver_on("rx0")).await.expect("apply");
                 assert!(report.errors.is_empty(), "{report:?}");
                 let ours = live_pps(&mut dp, PROG_RECEIVE);
                 // What the tools' end received, not what the program counted as sent.
