@@ -368,6 +368,12 @@ impl Btf {
             .map_err(|_| malformed(format!("{struct_name}.{member}: offset overflows u32")))
     }
 
+    /// Bit offset and width of a member that may be a bitfield (width 0: not a bitfield).
+    pub fn member_bits(&self, struct_name: &str, member: &str) -> Result<(u64, u32), BtfError> {
+        let loc = self.locate(struct_name, member)?;
+        Ok((loc.bit_offset, loc.bitfield_size))
+    }
+
     /// Byte size of a member's type, through typedef/const/volatile/restrict/type_tag; pointers
     /// have the kernel's pointer size. NotFound for bitfields, which have no byte size.
     pub fn member_size(&self, struct_name: &str, member: &str) -> Result<u32, BtfError> {

@@ -64,6 +64,7 @@ pub fn resolve(name: &str, aliases: &BTreeMap<String, String>, links: &[Link]) -
 pub fn is_agent_device(name: &str) -> bool {
     name == "lo"
         || crate::datapath::tunnel::is_device_name(name)
+        || crate::datapath::segment::is_device_name(name)
         || crate::datapath::receive::is_capture_name(name)
 }
 

@@ -219,6 +219,23 @@ async fn declare(
     Ok(())
 }
 
+/// Where `sk_buff.ip_summed` lives, so the source programs can tell a packet whose checksum
+/// is left to offload. A 2-bit field that does not fit one byte is left unknown.
+fn with_ip_summed(mut layout: mirror_ebpf::SkbLayout, btf: &btf::Btf) -> mirror_ebpf::SkbLayout {
+    match btf.member_bits("sk_buff", "ip_summed") {
+        Ok((bit, 2)) if bit % 8 <= 6 => {
+            layout.ip_summed_valid = 1;
+            layout.ip_summed_byte = (bit / 8) as u32;
+            layout.ip_summed_shift = (bit % 8) as u32;
+        }
+        other => warn!(
+            ?other,
+            "sk_buff.ip_summed not found as a 2-bit field: copies of locally generated packets may carry unfilled checksums"
+        ),
+    }
+    layout
+}
+
 /// `sk_buff`/`net_device` field offsets and drop-reason names from the kernel's BTF.
 fn drop_layout() -> anyhow::Result<(
     mirror_ebpf::SkbLayout,
@@ -240,7 +257,9 @@ fn drop_layout() -> anyhow::Result<(
             use std::os::unix::fs::MetadataExt as _;
             std::fs::metadata("/proc/self/ns/net")?.ino() as u32
         },
+        ..Default::default()
     };
+    let layout = with_ip_summed(layout, &btf);
     let reasons = btf.enum_values("skb_drop_reason").unwrap_or_default();
     Ok((layout, reasons))
 }

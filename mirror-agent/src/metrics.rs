@@ -73,7 +73,7 @@ pub struct Metrics {
     pub session_bytes: IntCounterVec,
     pub session_copies: IntCounterVec,
     pub session_truncated: IntCounterVec,
-    pub session_gso_copies: IntCounterVec,
+    pub session_segmented: IntCounterVec,
     pub session_errors: IntCounterVec,
     pub rule_hits: IntCounterVec,
     pub source_packets: IntCounterVec,
@@ -137,7 +137,7 @@ impl Metrics {
             session_copies: counter(
                 &r,
                 "mirror_session_copies_total",
-                "Copies handed to the tunnel device (one per GSO super-packet).",
+                "Copies sent toward the target, one per wire packet.",
                 dir,
             ),
             session_truncated: counter(
@@ -146,10 +146,10 @@ impl Metrics {
                 "Copies cut to the session's packet length.",
                 dir,
             ),
-            session_gso_copies: counter(
+            session_segmented: counter(
                 &r,
-                "mirror_session_gso_copies_total",
-                "Copies made of a GSO super-packet.",
+                "mirror_session_segmented_copies_total",
+                "Copies the kernel cut from GSO super-packets or checksummed on the segmentation device (one per wire packet).",
                 dir,
             ),
             session_errors: counter(

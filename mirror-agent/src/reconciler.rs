@@ -219,7 +219,7 @@ impl Reconciler {
                 m.set_total(&m.session_bytes, "sb", &l, s.bytes);
                 m.set_total(&m.session_copies, "sc", &l, s.copies);
                 m.set_total(&m.session_truncated, "st", &l, s.truncated);
-                m.set_total(&m.session_gso_copies, "sg", &l, s.gso_copies);
+                m.set_total(&m.session_segmented, "sg", &l, s.segmented);
                 for (reason, n) in mirror_ebpf::ERR_REASON_NAMES.iter().zip(s.errors) {
                     m.set_total(&m.session_errors, "se", &[id, d, reason], n);
                 }
@@ -233,7 +233,7 @@ impl Reconciler {
                 m.forget(&m.session_bytes, "sb", &l);
                 m.forget(&m.session_copies, "sc", &l);
                 m.forget(&m.session_truncated, "st", &l);
-                m.forget(&m.session_gso_copies, "sg", &l);
+                m.forget(&m.session_segmented, "sg", &l);
                 for reason in mirror_ebpf::ERR_REASON_NAMES {
                     m.forget(&m.session_errors, "se", &[gone, d, reason]);
                 }
@@ -430,7 +430,14 @@ impl Reconciler {
             tick.tick().await;
             let woke = loop {
                 tokio::select! {
-                    _ = tick.tick() => self.publish_counters(&mut exported),
+                    _ = tick.tick() => {
+                        self.publish_counters(&mut exported);
+                        // A route or neighbour toward a target changed: rewrite the outer
+                        // headers (or move to and from the tunnel device) now.
+                        if self.datapath.next_hops_changed().await {
+                            break true;
+                        }
+                    }
                     _ = self.wake.notified() => break true,
                     _ = self.stop.changed() => break false,
                     ev = async {

@@ -34,9 +34,12 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// A packet that carries it is never mirrored again (no loops when the uplink is a source).
 pub const MIRROR_MARK_MAGIC: u32 = 0x4d52_0000;
 pub const MIRROR_MARK_MASK: u32 = 0xffff_0000;
-/// Bit 15 of the mark is the direction, bits 0..15 the session slot.
+/// Bit 15 of the mark is the direction, bit 14 says "a copy not yet encapsulated" (set from
+/// the clone until the outer headers are written; the wire copy keeps only the magic), bits
+/// 0..13 the session slot.
 pub const MIRROR_MARK_DIR_SHIFT: u32 = 15;
-pub const MIRROR_MARK_SLOT_MASK: u32 = 0x7fff;
+pub const MIRROR_MARK_IN_FLIGHT: u32 = 0x4000;
+pub const MIRROR_MARK_SLOT_MASK: u32 = 0x3fff;
 
 /// Bytes the copy gains on the wire beyond the inner frame: outer IPv4 (20) + UDP (8) +
 /// VXLAN (8). The inner Ethernet header is part of the inner frame and counts in PacketLength.
@@ -90,10 +93,15 @@ pub const SESSION_ENABLED: u32 = 1;
 /// The target is an IPv6 VTEP (`remote_ipv6`), otherwise IPv4 (`remote_ipv4`).
 pub const SESSION_REMOTE_IPV6: u32 = 2;
 
+/// Outer headers the fast path (`mirror_tx`) writes in front of a copy: Ethernet (14) +
+/// IPv4 (20) + UDP (8) + VXLAN (8).
+pub const FAST_PATH_HEADROOM: u32 = 50;
+
 /// Value of the `SESSIONS` array, indexed by session slot.
 ///
-/// Written by the agent; read by the source programs (filter, enabled, tunnel device) and by
-/// the encapsulation program (VNI, remote, snap length).
+/// Written by the agent; read by the source programs (filter, enabled, where the copy goes),
+/// the segmentation program (where segments go) and the encapsulation programs (VNI, target,
+/// snap length, outer headers).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -104,7 +112,8 @@ pub struct SessionConfig {
     pub snaplen: u32,
     /// Slot of the filter in `FILTERS`.
     pub filter_slot: u32,
-    /// Interface index of the VXLAN device (external mode) for the target's UDP port.
+    /// Interface index of the VXLAN device (external mode) for the target's UDP port: the
+    /// fallback path, used while `uplink_ifindex` is 0.
     pub tunnel_ifindex: u32,
     /// Target VTEP in host byte order, as `bpf_tunnel_key.remote_ipv4` expects.
     pub remote_ipv4: u32,
@@ -112,7 +121,21 @@ pub struct SessionConfig {
     pub remote_ipv6: [u32; 4],
     pub ttl: u8,
     pub tos: u8,
-    pub _pad: [u8; 6],
+    /// Outer UDP destination port, network byte order (fast path).
+    pub port_be: u16,
+    /// Fast path: the interface the route to the target leaves by, where `mirror_tx` builds
+    /// the outer headers from the fields below. 0: the next hop is not resolved (or the
+    /// target is IPv6), copies go through the tunnel device.
+    pub uplink_ifindex: u32,
+    /// The segmentation device (`mirseg`): copies of GSO super-packets and of packets whose
+    /// transport checksum is left to offload go there first, so the kernel cuts them into
+    /// wire segments with their checksums filled. 0: no such device.
+    pub segment_ifindex: u32,
+    /// Outer Ethernet destination and source addresses, as on the wire (fast path).
+    pub eth_addrs: [u8; 12],
+    /// Outer IPv4 source and destination, network byte order words (fast path).
+    pub outer_src: u32,
+    pub outer_dst: u32,
 }
 
 /// `Rule::action` values.
@@ -189,29 +212,38 @@ pub const ERR_CLONE: usize = 0;
 pub const ERR_NO_SESSION: usize = 1;
 pub const ERR_TRUNCATE: usize = 2;
 pub const ERR_TUNNEL_KEY: usize = 3;
-pub const ERR_REASONS: usize = 4;
+/// The fast path could not make room for the outer headers, or a segment could not be sent on.
+pub const ERR_ENCAP: usize = 4;
+pub const ERR_REASONS: usize = 5;
 /// Names used in logs and metrics, same order as the `ERR_*` indexes.
-pub const ERR_REASON_NAMES: [&str; ERR_REASONS] =
-    ["clone_redirect", "session_gone", "truncate", "tunnel_key"];
+pub const ERR_REASON_NAMES: [&str; ERR_REASONS] = [
+    "clone_redirect",
+    "session_gone",
+    "truncate",
+    "tunnel_key",
+    "encap",
+];
 
 /// Per-CPU value of `SESSION_STATS`, indexed by `slot * DIRECTIONS + direction`.
 ///
-/// `packets`/`bytes` are written by the source programs when a copy is handed to the tunnel
-/// device; `truncated`, `gso_copies` and errors past the clone by the encapsulation program.
+/// `packets`/`bytes` are written by the source programs when a copy is handed on;
+/// `segmented` by the segmentation program; `copies`, `truncated` and errors past the clone
+/// by the encapsulation programs (`mirror_tx`, `mirror_encap`), once per copy they send.
 /// Read (and summed over CPUs) by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
     /// Wire packets mirrored: a GSO super-packet counts its `gso_segs`.
     pub packets: u64,
-    /// Bytes of the original packets mirrored (before truncation).
+    /// Bytes of the original packets mirrored (before truncation), as the wire carries them.
     pub bytes: u64,
-    /// Copies handed to the tunnel device (one per skb, so one per GSO super-packet).
+    /// Copies sent toward the target: one per wire packet (super-packets are segmented).
     pub copies: u64,
     /// Copies cut to the session's snap length.
     pub truncated: u64,
-    /// Copies made of a GSO super-packet (see docs/architecture.md for what they contain).
-    pub gso_copies: u64,
+    /// Copies that went through the segmentation device: segments of GSO super-packets and
+    /// packets whose checksum the kernel had to fill.
+    pub segmented: u64,
     pub errors: [u64; ERR_REASONS],
 }
 
@@ -311,7 +343,16 @@ pub struct SkbLayout {
     /// The agent's network namespace (inode of /proc/self/ns/net): the tracepoint fires for
     /// drops in every namespace, and interface indexes repeat across namespaces.
     pub netns_inum: u32,
+    /// Byte of `sk_buff` holding the `ip_summed` bitfield, and the field's shift in it: the
+    /// source programs read it to learn whether a packet's transport checksum is left to
+    /// offload (`CHECKSUM_PARTIAL`). `ip_summed_valid` = 0: unknown, assumed filled.
+    pub ip_summed_valid: u32,
+    pub ip_summed_byte: u32,
+    pub ip_summed_shift: u32,
 }
+
+/// `ip_summed` value of a packet whose transport checksum is left to the device.
+pub const CHECKSUM_PARTIAL: u8 = 3;
 
 /// Receiving side (XDP): interfaces that terminate mirror traffic, and VNIs served on them.
 pub const MAX_RX_INTERFACES: u32 = 64;
@@ -407,7 +448,7 @@ mod user {
 
 // No implicit padding: each size is the sum of the fields' sizes.
 const _: () = assert!(core::mem::size_of::<SourceConfig>() == 2 * MAX_SESSIONS_PER_SOURCE + 8);
-const _: () = assert!(core::mem::size_of::<SessionConfig>() == 6 * 4 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<SessionConfig>() == 6 * 4 + 16 + 4 + 8 + 12 + 8);
 const _: () = assert!(core::mem::size_of::<Rule>() == 4 + 8 + 4 + 64);
 const _: () = assert!(
     core::mem::size_of::<FilterConfig>()
@@ -419,7 +460,7 @@ const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
-const _: () = assert!(core::mem::size_of::<SkbLayout>() == 40);
+const _: () = assert!(core::mem::size_of::<SkbLayout>() == 52);
 const _: () = assert!(core::mem::size_of::<RxInterface>() == 8);
 const _: () = assert!(core::mem::size_of::<RxVniKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RxVni>() == 4);
@@ -429,7 +470,10 @@ const _: () = assert!(core::mem::size_of::<RxVniStats>() == 8 * 5);
 /// The mark a mirror copy carries from the source program to the encapsulation program.
 #[inline(always)]
 pub const fn mirror_mark(slot: u32, direction: u32) -> u32 {
-    MIRROR_MARK_MAGIC | (direction << MIRROR_MARK_DIR_SHIFT) | (slot & MIRROR_MARK_SLOT_MASK)
+    MIRROR_MARK_MAGIC
+        | MIRROR_MARK_IN_FLIGHT
+        | (direction << MIRROR_MARK_DIR_SHIFT)
+        | (slot & MIRROR_MARK_SLOT_MASK)
 }
 
 #[inline(always)]

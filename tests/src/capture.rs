@@ -60,6 +60,17 @@ impl Capture {
     /// If tcpdump cannot be started, exits, or does not report "listening on" within 10 s;
     /// the message includes tcpdump's stderr.
     pub fn start(ns: &NetNs, iface: &str, filter: &str) -> Capture {
+        Capture::start_with(ns, iface, filter, 0)
+    }
+
+    /// As [`Capture::start`], for bursts of up to thousands of frames of at most `snaplen`
+    /// bytes (a bulk transfer's copies): the kernel's capture ring has one slot per frame of
+    /// the snap length, so the default (256 KiB) would hold only a few hundred.
+    pub fn start_bulk(ns: &NetNs, iface: &str, filter: &str, snaplen: u32) -> Capture {
+        Capture::start_with(ns, iface, filter, snaplen)
+    }
+
+    fn start_with(ns: &NetNs, iface: &str, filter: &str, snaplen: u32) -> Capture {
         let path = std::env::temp_dir().join(format!("{}.pcap", unique("cap")));
         let mut cmd = ns.command("tcpdump");
         cmd.args(["-i", iface])
@@ -68,7 +79,12 @@ impl Capture {
             // reflect the traffic promptly (see `wait_for_frames`) and lose nothing on SIGINT.
             .args(["-U", "--immediate-mode"])
             // No name resolution (no DNS lookups in an isolated netns), full frames.
-            .args(["-n", "-s", "0"])
+            .args(["-n", "-s", &snaplen.to_string()]);
+        if snaplen != 0 {
+            // 128 MiB of ring: a bulk transfer's copies arrive faster than tcpdump writes.
+            cmd.args(["-B", "131072"]);
+        }
+        cmd
             // Running as root, tcpdump would otherwise switch to the `tcpdump` user before
             // creating the output file, which can fail depending on temp_dir's permissions.
             .args(["-Z", "root"])
@@ -257,6 +273,23 @@ impl Capture {
             );
         }
         std::mem::take(&mut self.path)
+    }
+
+    /// Stops tcpdump like [`Capture::stop`] and fails if it reports frames the kernel
+    /// dropped before tcpdump read them: a test that counts copies must not blame the data
+    /// path for the capture's losses.
+    pub fn stop_complete(self) -> PathBuf {
+        let what = self.what.clone();
+        let stderr = Arc::clone(&self.stderr);
+        let path = self.stop();
+        let text = lock(&stderr).clone();
+        let dropped = text
+            .lines()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert_eq!(dropped, 0, "{what} lost frames itself; stderr:\n{text}");
+        path
     }
 
     /// Returns the exit status if tcpdump has exited, reaping it.

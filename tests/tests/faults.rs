@@ -356,7 +356,8 @@ fn a_rejected_program_is_reported_and_the_agent_keeps_serving() {
     drop(agent);
 }
 
-/// A tunnel device taken down under the agent: every copy fails, which the session's error
+/// The segmentation device taken down under the agent: every copy that needs it (here UDP
+/// from a local socket, whose checksum is left to offload) fails, which the session's error
 /// counter shows, and the program's own log message (aya-log, debug level) reaches the
 /// agent's log at its level.
 #[test]
@@ -373,7 +374,7 @@ fn failed_copies_are_counted_and_the_programs_log_reaches_the_agent_log() {
             ..StartOptions::default()
         },
     );
-    topo.node.exec(&["ip", "link", "set", "mirvx4789", "down"]);
+    topo.node.exec(&["ip", "link", "set", "mirseg", "down"]);
     let _sink = in_netns(&topo.node, || {
         UdpSocket::bind((NODE_SRC_ADDR, 7000)).expect("sink")
     });
@@ -385,11 +386,11 @@ fn failed_copies_are_counted_and_the_programs_log_reaches_the_agent_log() {
             .send_to(&[0u8; 200], (NODE_SRC_ADDR, 7000))
             .expect("send");
     }
-    agent.wait_for_log("clone to tunnel device", Duration::from_secs(5));
+    agent.wait_for_log("clone to device", Duration::from_secs(5));
     let line = agent
         .log_text()
         .lines()
-        .find(|l| l.contains("clone to tunnel device"))
+        .find(|l| l.contains("clone to device"))
         .map(str::to_string)
         .unwrap_or_default();
     assert!(

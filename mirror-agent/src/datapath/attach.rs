@@ -25,8 +25,10 @@ use super::{
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
 pub const PROG_ENCAP: &str = "mirror_encap";
+pub const PROG_TX: &str = "mirror_tx";
+pub const PROG_SEGMENT: &str = "mirror_segment";
 pub const PROG_FLOW_DROP: &str = "flow_drop";
-pub const TC_PROGRAMS: [&str; 3] = [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP];
+pub const TC_PROGRAMS: [&str; 5] = [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_TX, PROG_SEGMENT];
 
 /// How programs are attached to interfaces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -130,6 +132,7 @@ fn rejection(e: &ProgramError) -> String {
                     !l.is_empty()
                         && !l.starts_with("verification time")
                         && !l.starts_with("processed ")
+                        && !l.starts_with("stack depth ")
                 })
                 .unwrap_or("");
             format!("rejected by the kernel ({io_error}): {verdict}")
@@ -239,9 +242,35 @@ impl Programs {
         mode: TcAttachMode,
         pin: Option<PathBuf>,
     ) -> Result<TcLink, DatapathError> {
+        self.attach_ordered(name, ifname, attach_type, mode, pin, LinkOrder::default())
+    }
+
+    /// As `attach`, but first in the device's TCX chain (cls_bpf: a new filter gets a
+    /// better priority than those present): `mirror_tx` must encapsulate a copy before the
+    /// uplink's other programs, ours included, see it.
+    pub fn attach_first(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        attach_type: TcAttachType,
+        mode: TcAttachMode,
+        pin: Option<PathBuf>,
+    ) -> Result<TcLink, DatapathError> {
+        self.attach_ordered(name, ifname, attach_type, mode, pin, LinkOrder::first())
+    }
+
+    fn attach_ordered(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        attach_type: TcAttachType,
+        mode: TcAttachMode,
+        pin: Option<PathBuf>,
+        order: LinkOrder,
+    ) -> Result<TcLink, DatapathError> {
         let tcx = mode.uses_tcx();
         let options = if tcx {
-            TcAttachOptions::TcxOrder(LinkOrder::default())
+            TcAttachOptions::TcxOrder(order)
         } else {
             if let Err(e) = tc::qdisc_add_clsact(ifname) {
                 // EEXIST: the qdisc is already there, which is what we want.

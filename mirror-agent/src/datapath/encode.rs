@@ -83,10 +83,24 @@ pub fn encode_filter(filter: &Filter, stats_slot: impl Fn(&str) -> u32) -> Filte
     cfg
 }
 
+/// The fast path toward a target: the uplink and the outer headers' addresses, resolved
+/// from the kernel's routes and neighbours (`nexthop.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastPath {
+    pub uplink_ifindex: u32,
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub src: std::net::Ipv4Addr,
+}
+
 pub struct SessionPlacement {
     pub filter_slot: u32,
     pub tunnel_ifindex: u32,
     pub snaplen: u32,
+    /// 0: no segmentation device.
+    pub segment_ifindex: u32,
+    /// None: the tunnel device carries the copies.
+    pub fast: Option<FastPath>,
 }
 
 pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) -> SessionConfig {
@@ -106,7 +120,7 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
             (0, w)
         }
     };
-    SessionConfig {
+    let mut cfg = SessionConfig {
         flags,
         vni: session.vni,
         snaplen: at.snaplen,
@@ -116,8 +130,21 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
         remote_ipv6,
         ttl: 64,
         tos: 0,
-        _pad: [0; 6],
+        port_be: target.destination_port.to_be(),
+        uplink_ifindex: 0,
+        segment_ifindex: at.segment_ifindex,
+        eth_addrs: [0; 12],
+        outer_src: 0,
+        outer_dst: 0,
+    };
+    if let (Some(fast), IpAddr::V4(dst)) = (at.fast, target.destination_ip) {
+        cfg.uplink_ifindex = fast.uplink_ifindex;
+        cfg.eth_addrs[..6].copy_from_slice(&fast.eth_dst);
+        cfg.eth_addrs[6..].copy_from_slice(&fast.eth_src);
+        cfg.outer_src = u32::from_ne_bytes(fast.src.octets());
+        cfg.outer_dst = u32::from_ne_bytes(dst.octets());
     }
+    cfg
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 pub mod attach;
 pub mod encode;
 pub mod flowtable;
+pub mod nexthop;
 pub mod pins;
 pub mod receive;
 mod rxlinks;
+pub mod segment;
 mod slots;
 pub mod tunnel;
 
@@ -36,7 +38,8 @@ use crate::{
     model::{Direction, Session, Target},
 };
 pub use attach::{
-    DropLink, PROG_EGRESS, PROG_ENCAP, PROG_FLOW_DROP, PROG_INGRESS, Programs, TcAttachMode, TcLink,
+    DropLink, PROG_EGRESS, PROG_ENCAP, PROG_FLOW_DROP, PROG_INGRESS, PROG_SEGMENT, PROG_TX,
+    Programs, TcAttachMode, TcLink,
 };
 pub use flowtable::FlowTables;
 use pins::{PinPaths, SavedDatapath, SavedSource, SavedTunnel};
@@ -67,6 +70,8 @@ pub enum DatapathError {
     Netlink(#[from] std::io::Error),
     #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
     #[error(transparent)]
     Capture(#[from] receive::CaptureError),
     #[error("reading possible CPUs: {0}")]
@@ -176,7 +181,7 @@ impl Maps {
                 total.bytes += v.bytes;
                 total.copies += v.copies;
                 total.truncated += v.truncated;
-                total.gso_copies += v.gso_copies;
+                total.segmented += v.segmented;
                 for (t, e) in total.errors.iter_mut().zip(v.errors) {
                     *t += e;
                 }
@@ -336,6 +341,27 @@ fn forward_program_logs(
 /// A program of a freshly loaded object (fixtures and benchmarks).
 pub use attach::classifier_in as classifier;
 
+/// The name of an interface index, if it exists.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn tunnel_path(why: String, segment_ifindex: u32) -> CopyPath {
+    CopyPath {
+        mode: "tunnel",
+        detail: why,
+        segmentation: segment_ifindex != 0,
+    }
+}
+
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated string.
@@ -350,9 +376,23 @@ struct AttachedSource {
     links: [TcLink; DIRECTIONS],
 }
 
+/// A device with one program of ours: a tunnel device (`mirror_encap`), the segmentation
+/// device's peer (`mirror_segment`) or an uplink (`mirror_tx`).
 struct TunnelDevice {
     ifindex: u32,
     link: TcLink,
+}
+
+/// The way a session's copies take, for List and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPath {
+    /// `fast` (outer headers written in eBPF on the uplink) or `tunnel` (the kernel's VXLAN
+    /// device: IPv6 targets, next hop not resolved yet).
+    pub mode: &'static str,
+    /// The uplink for `fast`, why not for `tunnel`.
+    pub detail: String,
+    /// Super-packets and offloaded checksums are made wire segments first.
+    pub segmentation: bool,
 }
 
 /// Where the data path keeps what must outlive the agent.
@@ -412,6 +452,14 @@ pub struct Datapath {
     sources: Slots,
     attached: BTreeMap<String, AttachedSource>,
     tunnels: BTreeMap<u16, TunnelDevice>,
+    /// `mirror_segment` on the segmentation device's peer, when the pair exists.
+    segment: Option<TunnelDevice>,
+    /// `mirror_tx` on each uplink a fast-path session uses, by interface name.
+    uplinks: BTreeMap<String, TunnelDevice>,
+    /// Targets' next hops as resolved by the last apply (checked again every second).
+    next_hops: BTreeMap<std::net::IpAddr, Result<encode::FastPath, nexthop::Unresolved>>,
+    /// Each applied session's way, by session id.
+    paths: BTreeMap<String, CopyPath>,
     /// Rule id → filter id, for metrics labels.
     rule_filter: BTreeMap<String, String>,
     drop_link: Option<DropLink>,
@@ -467,6 +515,10 @@ impl Datapath {
             sources: Slots::new(MAX_SOURCES),
             attached: BTreeMap::new(),
             tunnels: BTreeMap::new(),
+            segment: None,
+            uplinks: BTreeMap::new(),
+            next_hops: BTreeMap::new(),
+            paths: BTreeMap::new(),
             rule_filter: BTreeMap::new(),
             drop_link: None,
             drop_available: false,
@@ -619,6 +671,47 @@ impl Datapath {
                 Err(e) => warn!(device = %name, "cannot adopt its link: {e}"),
             }
         }
+        let aux = saved
+            .segment
+            .map(|t| {
+                (
+                    segment::PEER.to_string(),
+                    PROG_SEGMENT,
+                    TcAttachType::Ingress,
+                    t,
+                )
+            })
+            .into_iter()
+            .chain(
+                saved
+                    .uplinks
+                    .into_iter()
+                    .map(|(n, t)| (n, PROG_TX, TcAttachType::Egress, t)),
+            );
+        for (name, prog, dir, t) in aux {
+            if ifindex(&name) != Some(t.ifindex) {
+                if let pins::SavedLink::Pin { path } = &t.link {
+                    let _ = pins::remove(path);
+                }
+                continue;
+            }
+            match self.programs.adopt(prog, &t.link, &name, dir) {
+                Ok(Some(link)) => {
+                    adopted += 1;
+                    let dev = TunnelDevice {
+                        ifindex: t.ifindex,
+                        link,
+                    };
+                    if prog == PROG_SEGMENT {
+                        self.segment = Some(dev);
+                    } else {
+                        self.uplinks.insert(name, dev);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(device = %name, "cannot adopt its link: {e}"),
+            }
+        }
         adopted
     }
 
@@ -633,7 +726,12 @@ impl Datapath {
                 }
             }
         }
-        for t in self.tunnels.values() {
+        for t in self
+            .tunnels
+            .values()
+            .chain(self.uplinks.values())
+            .chain(self.segment.iter())
+        {
             if let Some(pins::SavedLink::Pin { path }) = t.link.saved() {
                 known.insert(path);
             }
@@ -695,6 +793,25 @@ impl Datapath {
                 })
                 .collect(),
             drop_link: self.drop_link.as_ref().and_then(DropLink::path),
+            segment: self.segment.as_ref().and_then(|t| {
+                Some(SavedTunnel {
+                    ifindex: t.ifindex,
+                    link: t.link.saved()?,
+                })
+            }),
+            uplinks: self
+                .uplinks
+                .iter()
+                .filter_map(|(name, t)| {
+                    Some((
+                        name.clone(),
+                        SavedTunnel {
+                            ifindex: t.ifindex,
+                            link: t.link.saved()?,
+                        },
+                    ))
+                })
+                .collect(),
         };
         saved.write(dir).map_err(|source| DatapathError::Save {
             path: dir.join(pins::STATE_FILE),
@@ -816,6 +933,28 @@ impl Datapath {
             }
         }
 
+        // 1b. The segmentation device, and the next hop toward each target.
+        let segment_ifindex = match self.ensure_segment().await {
+            Ok(i) => i,
+            Err(e) => {
+                report.error(
+                    segment::DEVICE,
+                    format!("segmentation device: {e}; super-packets yield one copy each"),
+                );
+                0
+            }
+        };
+        let mut next_hops = BTreeMap::new();
+        for target in desired.targets.iter() {
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                next_hops.entry(target.destination_ip)
+            {
+                e.insert(nexthop::resolve(&self.netlink, target.destination_ip).await);
+            }
+        }
+        let mut uplinks_used: BTreeSet<String> = BTreeSet::new();
+        let mut paths = BTreeMap::new();
+
         // 2. Filters and their rules.
         self.rule_filter = desired
             .filters
@@ -867,6 +1006,24 @@ impl Datapath {
                 continue;
             };
             let tunnel_ifindex = tunnel.ifindex;
+            let (fast, path) = match next_hops.get(&target.destination_ip) {
+                Some(Ok(hop)) => match self.ensure_uplink(hop.uplink_ifindex) {
+                    Ok(name) => {
+                        uplinks_used.insert(name.clone());
+                        (
+                            Some(*hop),
+                            CopyPath {
+                                mode: "fast",
+                                detail: name,
+                                segmentation: segment_ifindex != 0,
+                            },
+                        )
+                    }
+                    Err(e) => (None, tunnel_path(format!("uplink: {e}"), segment_ifindex)),
+                },
+                Some(Err(why)) => (None, tunnel_path(why.to_string(), segment_ifindex)),
+                None => (None, tunnel_path("not resolved".into(), segment_ifindex)),
+            };
             let snaplen = match snaplen(session, target) {
                 Ok(n) => n,
                 Err(e) => {
@@ -890,12 +1047,15 @@ impl Datapath {
                     filter_slot,
                     tunnel_ifindex,
                     snaplen,
+                    segment_ifindex,
+                    fast,
                 },
             );
             self.maps
                 .sessions
                 .set(slot, cfg, 0)
                 .map_err(map_err("SESSIONS"))?;
+            paths.insert(session.id.clone(), path);
             placed.push(session);
         }
 
@@ -996,6 +1156,21 @@ impl Datapath {
         for port in unused {
             self.remove_tunnel(port).await?;
         }
+        // Uplinks no session sends through any more (after the sessions moved away).
+        let unused: Vec<String> = self
+            .uplinks
+            .keys()
+            .filter(|n| !uplinks_used.contains(*n))
+            .cloned()
+            .collect();
+        for name in unused {
+            if let Some(t) = self.uplinks.remove(&name) {
+                t.link.detach();
+                info!(uplink = %name, "mirror_tx detached: no session sends through it");
+            }
+        }
+        self.next_hops = next_hops;
+        self.paths = paths;
         self.sync_drop_accounting(!desired.flow_interfaces.is_empty(), &mut report);
 
         // 8. Receivers (the target side).
@@ -1038,6 +1213,89 @@ impl Datapath {
         info!(device = %tunnel::device_name(port), ifindex, "tunnel device ready");
         self.tunnels.insert(port, TunnelDevice { ifindex, link });
         Ok(())
+    }
+
+    /// The segmentation pair with `mirror_segment` on its peer's ingress; its index.
+    async fn ensure_segment(&mut self) -> Result<u32, DatapathError> {
+        let dev = segment::ensure(&self.netlink).await?;
+        match &self.segment {
+            Some(t) if t.ifindex == dev.peer => return Ok(dev.device),
+            Some(_) => {
+                if let Some(old) = self.segment.take() {
+                    old.link.detach();
+                }
+            }
+            None => {}
+        }
+        let pin = self.programs.pins().map(|p| p.links.join("segment"));
+        let link = self.programs.attach(
+            PROG_SEGMENT,
+            segment::PEER,
+            TcAttachType::Ingress,
+            self.attach_mode,
+            pin,
+        )?;
+        info!(device = segment::DEVICE, "segmentation device ready");
+        self.segment = Some(TunnelDevice {
+            ifindex: dev.peer,
+            link,
+        });
+        Ok(dev.device)
+    }
+
+    /// `mirror_tx` on an uplink's egress, first in line; the uplink's name.
+    fn ensure_uplink(&mut self, index: u32) -> Result<String, DatapathError> {
+        let name = ifname(index).ok_or_else(|| {
+            DatapathError::Netlink(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("interface {index} not found"),
+            ))
+        })?;
+        match self.uplinks.get(&name) {
+            Some(t) if t.ifindex == index => return Ok(name),
+            Some(_) => {
+                if let Some(old) = self.uplinks.remove(&name) {
+                    old.link.detach();
+                }
+            }
+            None => {}
+        }
+        let pin = self
+            .programs
+            .pins()
+            .map(|p| p.links.join(format!("tx-{name}")));
+        let link = self.programs.attach_first(
+            PROG_TX,
+            &name,
+            TcAttachType::Egress,
+            self.attach_mode,
+            pin,
+        )?;
+        info!(uplink = %name, "mirror_tx attached: copies are encapsulated in eBPF");
+        self.uplinks.insert(
+            name.clone(),
+            TunnelDevice {
+                ifindex: index,
+                link,
+            },
+        );
+        Ok(name)
+    }
+
+    /// Whether a target's next hop changed since the last apply (route, neighbour, uplink
+    /// address): then an apply rewrites the sessions' outer headers.
+    pub async fn next_hops_changed(&self) -> bool {
+        for (ip, before) in &self.next_hops {
+            if nexthop::resolve(&self.netlink, *ip).await != *before {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The way each applied session's copies take.
+    pub fn copy_paths(&self) -> &BTreeMap<String, CopyPath> {
+        &self.paths
     }
 
     async fn remove_tunnel(&mut self, port: u16) -> Result<(), DatapathError> {
@@ -1156,6 +1414,13 @@ impl Datapath {
         for port in ports {
             self.remove_tunnel(port).await?;
         }
+        for (_, t) in std::mem::take(&mut self.uplinks) {
+            t.link.detach();
+        }
+        if let Some(t) = self.segment.take() {
+            t.link.detach();
+        }
+        segment::delete(&self.netlink).await?;
         self.receive
             .shutdown(self.programs.ebpf_mut(), &self.netlink)
             .await?;
@@ -1183,6 +1448,12 @@ impl Datapath {
             }
         }
         for (_, t) in std::mem::take(&mut self.tunnels) {
+            t.link.leave();
+        }
+        for (_, t) in std::mem::take(&mut self.uplinks) {
+            t.link.leave();
+        }
+        if let Some(t) = self.segment.take() {
             t.link.leave();
         }
         saved
@@ -1265,6 +1536,11 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
             ));
         }
     }
+    for (name, t) in &saved.uplinks {
+        if let pins::SavedLink::Netlink { priority, handle } = &t.link {
+            netlink_links.push((name.clone(), TcAttachType::Egress, *priority, *handle));
+        }
+    }
     for (ifname, dir, priority, handle) in netlink_links {
         if let Ok(link) = aya::programs::tc::SchedClassifierLink::attached(
             &ifname,
@@ -1307,6 +1583,10 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
             removed.push(format!("tunnel device {name}"));
         }
     }
+    if ifindex(segment::DEVICE).is_some() {
+        segment::delete(&netlink).await?;
+        removed.push(format!("segmentation device {}", segment::DEVICE));
+    }
     removed.extend(receive::remove_all_captures(&netlink).await?);
     SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Remove {
         path: persist.state_dir.join(pins::STATE_FILE),
@@ -1333,7 +1613,12 @@ fn zeroed_session() -> SessionConfig {
         remote_ipv6: [0; 4],
         ttl: 0,
         tos: 0,
-        _pad: [0; 6],
+        port_be: 0,
+        uplink_ifindex: 0,
+        segment_ifindex: 0,
+        eth_addrs: [0; 12],
+        outer_src: 0,
+        outer_dst: 0,
     }
 }
 

@@ -272,6 +272,12 @@ pub struct SavedDatapath {
     pub sources: BTreeMap<String, SavedSource>,
     pub tunnels: BTreeMap<u16, SavedTunnel>,
     pub drop_link: Option<PathBuf>,
+    /// `mirror_segment` on the segmentation device's peer.
+    #[serde(default)]
+    pub segment: Option<SavedTunnel>,
+    /// `mirror_tx` on each uplink, by interface name.
+    #[serde(default)]
+    pub uplinks: BTreeMap<String, SavedTunnel>,
 }
 
 pub const STATE_FILE: &str = "datapath.json";

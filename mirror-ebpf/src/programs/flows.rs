@@ -150,6 +150,12 @@ pub fn flow_drop(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The kernel's `sk_buff` layout as the agent found it, if it wrote one.
+#[inline(always)]
+pub(crate) fn skb_layout() -> Option<&'static SkbLayout> {
+    SKB_LAYOUT.get(0)
+}
+
 fn try_flow_drop(ctx: &RawTracePointContext) -> Option<()> {
     // TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
     let skb: u64 = ctx.arg(0);

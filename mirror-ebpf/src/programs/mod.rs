@@ -1,44 +1,44 @@
 //! The data path. See docs/architecture.md for the picture and the map table.
 //!
 //! Stage 1, `mirror_ingress` / `mirror_egress` (TC on each source interface): parse, pick the
-//! first session whose filter accepts the packet, and `bpf_clone_redirect` a copy to the VXLAN
-//! device with the session in `skb->mark`. The original always continues unchanged.
+//! first session whose filter accepts the packet, and `bpf_clone_redirect` a copy on with the
+//! session in `skb->mark`. The original always continues unchanged.
 //!
-//! Stage 2, `mirror_encap` (TC egress of the VXLAN device in external mode): truncate the copy
-//! to the session's snap length and set the tunnel key (VNI, target); the kernel encapsulates
-//! and routes it.
+//! Stage 2 (`encap.rs`): the copy becomes wire segments if it stands for several
+//! (`mirror_segment` after the `mirseg` device) and a VXLAN packet (`mirror_tx` on the uplink,
+//! or `mirror_encap` on the tunnel device as the fallback).
 
+mod encap;
 mod flows;
 mod matcher;
 mod parse;
 mod receive;
 
 use aya_ebpf::{
-    bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
-    helpers::{bpf_skb_change_tail, bpf_skb_set_tunnel_key},
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_probe_read_kernel,
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::debug;
 use mirror_ebpf::{
-    ACTION_ACCEPT, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, ERR_NO_SESSION, ERR_TRUNCATE,
-    ERR_TUNNEL_KEY, FLOW_ACCEPT, FilterConfig, FlowKey, MAX_FILTERS, MAX_RULE_SLOTS,
-    MAX_RULES_PER_DIRECTION, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCES,
-    MIRROR_MARK_DIR_SHIFT, MIRROR_MARK_MAGIC, MIRROR_MARK_SLOT_MASK, NO_SESSION, SESSION_ENABLED,
-    SESSION_REMOTE_IPV6, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig,
-    SessionStats, SourceConfig, SourceStats, is_mirror_mark, mirror_mark,
+    ACTION_ACCEPT, CHECKSUM_PARTIAL, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, FLOW_ACCEPT,
+    FilterConfig, FlowKey, MAX_FILTERS, MAX_RULE_SLOTS, MAX_RULES_PER_DIRECTION, MAX_SESSIONS,
+    MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, NO_SESSION, SESSION_ENABLED, SOURCE_ACTIVE,
+    SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig, SourceStats,
+    is_mirror_mark, mirror_mark,
 };
 
 use matcher::rule_matches;
-use parse::{Packet, Parsed, parse};
+use parse::{IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, parse};
 
 #[map]
 static SOURCES_DIRECT: Array<SourceConfig> = Array::with_max_entries(SOURCES_DIRECT_MAX, 0);
 #[map]
 static SOURCES: HashMap<u32, SourceConfig> = HashMap::with_max_entries(MAX_SOURCES, 0);
 #[map]
-static SESSIONS: Array<SessionConfig> = Array::with_max_entries(MAX_SESSIONS, 0);
+pub(crate) static SESSIONS: Array<SessionConfig> = Array::with_max_entries(MAX_SESSIONS, 0);
 #[map]
 static FILTERS: Array<FilterConfig> = Array::with_max_entries(MAX_FILTERS, 0);
 #[map]
@@ -53,6 +53,8 @@ static RULE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE_SLO
 /// TCX_NEXT / TC_ACT_UNSPEC: let the next program (or the default action) decide. The source
 /// programs never drop, redirect or alter the original.
 const PASS_ORIGINAL: i32 = TC_ACT_UNSPEC;
+/// TC_ACT_OK: the tunnel device transmits the copy.
+const TC_ACT_OK_PASS: i32 = aya_ebpf::bindings::TC_ACT_OK;
 
 #[classifier]
 pub fn mirror_ingress(ctx: TcContext) -> i32 {
@@ -66,11 +68,35 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
     PASS_ORIGINAL
 }
 
+/// On the tunnel device (the fallback path): cut the copy, set the tunnel key.
 #[classifier]
 pub fn mirror_encap(ctx: TcContext) -> i32 {
-    match try_mirror_encap(&ctx) {
-        Ok(()) => TC_ACT_OK,
+    match encap::try_mirror_encap(&ctx) {
+        Ok(()) => TC_ACT_OK_PASS,
         // The copy is dropped; the reason is counted in SESSION_STATS.
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+/// On the uplink's egress, first in line: copies of the fast path get their outer headers
+/// and go on through the uplink's other programs like any packet the host sends; everything
+/// else passes untouched.
+#[classifier]
+pub fn mirror_tx(ctx: TcContext) -> i32 {
+    match encap::try_mirror_tx(&ctx) {
+        Ok(_) => PASS_ORIGINAL,
+        // A copy that cannot be encapsulated must not reach the wire bare.
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+/// On the ingress of `mirseg-in`, the peer of the segmentation device: each wire segment
+/// the kernel cut from a copy goes on to be encapsulated.
+#[classifier]
+pub fn mirror_segment(ctx: TcContext) -> i32 {
+    match encap::try_mirror_segment(&ctx) {
+        Ok(_) => TC_ACT_REDIRECT,
+        // Nothing but copies belongs on this device.
         Err(()) => TC_ACT_SHOT,
     }
 }
@@ -129,7 +155,7 @@ fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
 }
 
 #[inline(always)]
-fn session_stats(slot: u32, dir: u32) -> Option<&'static mut SessionStats> {
+pub(crate) fn session_stats(slot: u32, dir: u32) -> Option<&'static mut SessionStats> {
     let ptr = SESSION_STATS.get_ptr_mut(slot * DIRECTIONS as u32 + dir)?;
     // SAFETY: per-CPU value, only this CPU writes it while the program runs.
     Some(unsafe { &mut *ptr })
@@ -276,21 +302,21 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
     None
 }
 
-/// Hands a copy to the tunnel device. The session travels in the mark, which is restored on
-/// the original right after the clone.
+/// Hands a copy on with the session in the mark, which is restored on the original right
+/// after the clone. The way depends on what the packet is (see `copy_device`).
 #[inline(always)]
 fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet) -> bool {
     let Some(session) = SESSIONS.get(slot) else {
         return false;
     };
-    let tunnel = session.tunnel_ifindex;
+    let dev = copy_device(ctx, session, pkt);
     let Some(stats) = session_stats(slot, DIR) else {
         return false;
     };
     // SAFETY: reading a field of the program's own context.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(mirror_mark(slot, DIR));
-    let sent = ctx.clone_redirect(tunnel, 0);
+    let sent = ctx.clone_redirect(dev, 0);
     ctx.set_mark(mark);
     match sent {
         Ok(()) => {
@@ -299,112 +325,56 @@ fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet
             // A GSO super-packet leaves as `segs` packets, each with its own copy of the
             // headers: count the bytes the wire carries.
             stats.bytes += len + (segs as u64 - 1) * pkt.headers_len as u64;
-            stats.copies += 1;
             true
         }
         Err(e) => {
             stats.errors[ERR_CLONE] += 1;
-            // Debug: a tunnel device that is down fails every copy; the counter is the alarm.
+            // Debug: a device that is down fails every copy; the counter is the alarm.
             debug!(
                 ctx,
-                "session slot {}: clone to tunnel device {} failed: {}", slot, tunnel, e
+                "session slot {}: clone to device {} failed: {}", slot, dev, e
             );
             false
         }
     }
 }
 
+/// Where the clone goes. A super-packet stands for several wire packets, and a packet whose
+/// transport checksum is left to offload (locally generated) carries an unfilled field:
+/// both go to the segmentation device, where the kernel makes them what the wire carries.
+/// Everything else goes straight to be encapsulated.
 #[inline(always)]
-fn try_mirror_encap(ctx: &TcContext) -> Result<(), ()> {
-    // SAFETY: reading a field of the program's own context.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if !is_mirror_mark(mark) {
-        // Only copies belong on this device (no addresses, no routes point at it).
-        return Err(());
-    }
-    let slot = mark & MIRROR_MARK_SLOT_MASK;
-    let dir = (mark >> MIRROR_MARK_DIR_SHIFT) & 1;
-    let stats = session_stats(slot, dir).ok_or(())?;
-    let session = match SESSIONS.get(slot) {
-        Some(s) if s.flags & SESSION_ENABLED != 0 => *s,
-        _ => {
-            stats.errors[ERR_NO_SESSION] += 1;
-            return Err(());
-        }
-    };
-    // Keep only the magic on the wire copy: it still marks the outer packet as mirror traffic
-    // for the uplink's source program, without the per-session bits, which other software's
-    // mark conventions (e.g. kube-proxy's 0x8000 drop bit) could misread.
-    ctx.set_mark(MIRROR_MARK_MAGIC);
-
-    // SAFETY: reading fields of the program's own context.
-    let (gso_size, gso_segs) = unsafe { ((*ctx.skb.skb).gso_size, (*ctx.skb.skb).gso_segs) };
-    let is_gso = gso_size != 0 || gso_segs > 1;
-    let len = ctx.len();
-    // A VLAN tag held in skb metadata (received and untagged by the kernel, or sent through
-    // a VLAN device with tag offload) is put back into the frame by the VXLAN device after
-    // this program: leave room for its 4 bytes so the copy is PacketLength long.
-    // SAFETY: reading a field of the program's own context.
-    let snaplen = if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
-        session.snaplen.saturating_sub(4)
-    } else {
-        session.snaplen
-    };
-    // bpf_skb_change_tail also clears the GSO state, so a super-packet leaves as one copy.
-    let new_len = if len > snaplen { snaplen } else { len };
-    if new_len != len || is_gso {
-        // SAFETY: helper on the program's own skb.
-        let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, new_len, 0) };
-        if ret != 0 {
-            stats.errors[ERR_TRUNCATE] += 1;
-            warn!(
-                ctx,
-                "session slot {}: cutting a copy of {} bytes to {} failed: {}",
-                slot,
-                len,
-                new_len,
-                ret
-            );
-            return Err(());
+fn copy_device(ctx: &TcContext, session: &SessionConfig, pkt: &Packet) -> u32 {
+    if session.segment_ifindex != 0 {
+        // SAFETY: reading a field of the program's own context.
+        let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+        let l4_checksum = pkt.protocol == IPPROTO_TCP || pkt.protocol == IPPROTO_UDP;
+        if gso_size != 0 || (l4_checksum && checksum_partial(ctx)) {
+            return session.segment_ifindex;
         }
     }
-    if new_len != len {
-        stats.truncated += 1;
-    }
-    if is_gso {
-        stats.gso_copies += 1;
-    }
+    encap::next_hop_device(session)
+}
 
-    // SAFETY: bpf_tunnel_key is plain data; all-zero is its empty value.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = session.vni;
-    key.tunnel_tos = session.tos;
-    key.tunnel_ttl = session.ttl;
-    let flags = if session.flags & SESSION_REMOTE_IPV6 != 0 {
-        key.__bindgen_anon_1.remote_ipv6 = session.remote_ipv6;
-        BPF_F_TUNINFO_IPV6 as u64
-    } else {
-        key.__bindgen_anon_1.remote_ipv4 = session.remote_ipv4;
-        0
+/// Whether the kernel left this packet's transport checksum to the device
+/// (`CHECKSUM_PARTIAL`). `__sk_buff` does not show `ip_summed`; its place comes from the
+/// kernel's BTF (`SKB_LAYOUT`). Unknown: assumed filled.
+#[inline(always)]
+fn checksum_partial(ctx: &TcContext) -> bool {
+    let Some(layout) = flows::skb_layout() else {
+        return false;
     };
-    // SAFETY: helper on the program's own skb with a key on our stack.
-    let ret = unsafe {
-        bpf_skb_set_tunnel_key(
-            ctx.skb.skb,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            flags,
-        )
-    };
-    if ret != 0 {
-        stats.errors[ERR_TUNNEL_KEY] += 1;
-        warn!(
-            ctx,
-            "session slot {}: setting the tunnel key failed: {}", slot, ret
-        );
-        return Err(());
+    if layout.ip_summed_valid == 0 {
+        return false;
     }
-    Ok(())
+    // The context pointer is the kernel's sk_buff; reading through it needs CAP_PERFMON,
+    // which the source programs need anyway.
+    let at = (ctx.skb.skb as *const u8).wrapping_add((layout.ip_summed_byte & 0x3ff) as usize);
+    // SAFETY: a bounded read of the kernel's sk_buff, checked by the helper.
+    match unsafe { bpf_probe_read_kernel(at) } {
+        Ok(byte) => (byte >> (layout.ip_summed_shift & 7)) & 3 == CHECKSUM_PARTIAL,
+        Err(_) => false,
+    }
 }
 
 #[panic_handler]

@@ -1,0 +1,390 @@
+//! End to end: copies as the wire carried the originals. Bulk TCP (IPv4 and IPv6, both
+//! directions of a source) and UDP GSO go through a mirrored source as GSO super-packets
+//! (veth, TSO/GSO); the collector's capture, decoded and reassembled by tshark, must hold
+//! the stream, one copy per wire segment, every inner length consistent and every whole
+//! copy's checksum valid.
+//!
+//! Kernel requirements: root; network namespaces, veth, VXLAN (external mode), TCX or
+//! clsact; UDP GSO (`UDP_SEGMENT`, 4.18+).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use mirror_tests::{
+    agent::Agent,
+    capture::{self, Capture},
+    netns::in_netns,
+    topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, config_with_collector},
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PORT: u16 = 5301;
+
+fn session_config(packet_length: Option<u32>) -> String {
+    let pl = packet_length.map_or(String::new(), |n| format!("packet_length = {n}"));
+    config_with_collector(&format!(
+        r#"
+[[filters]]
+id = "tmf-all"
+[[filters.ingress_rules]]
+priority = 1
+action = "accept"
+protocol = "ALL"
+[[filters.ingress_rules]]
+priority = 2
+action = "accept"
+protocol = "ALL"
+source_cidr_block = "::/0"
+destination_cidr_block = "::/0"
+[[filters.egress_rules]]
+priority = 1
+action = "accept"
+protocol = "ALL"
+[[filters.egress_rules]]
+priority = 2
+action = "accept"
+protocol = "ALL"
+source_cidr_block = "::/0"
+destination_cidr_block = "::/0"
+
+[[sessions]]
+id = "tms-wire"
+priority = 1
+virtual_network_id = 88
+{pl}
+enabled = true
+filter_id = "tmf-all"
+target_id = "tmt-col"
+sources = ["src0"]
+"#
+    ))
+}
+
+/// Sends `total` bytes over TCP: from the workload to the node (`upload`, src0's ingress) or
+/// from the node to the workload (src0's egress). Returns the bytes the receiver read.
+fn bulk_tcp(topo: &Topology, v6: bool, upload: bool, total: usize) -> usize {
+    let (server_ns, client_ns, server_addr): (_, _, IpAddr) = if upload {
+        (
+            &topo.node,
+            &topo.wl,
+            if v6 { NODE_SRC_ADDR6 } else { NODE_SRC_ADDR }
+                .parse()
+                .expect("addr"),
+        )
+    } else {
+        (
+            &topo.wl,
+            &topo.node,
+            if v6 { "fd00:10::2" } else { "198.18.10.2" }
+                .parse()
+                .expect("addr"),
+        )
+    };
+    let listener = in_netns(server_ns, || {
+        TcpListener::bind((server_addr, PORT)).expect("listen")
+    });
+    let reader = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        loop {
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                break got;
+            }
+            got += n;
+        }
+    });
+    in_netns(client_ns, || {
+        let mut conn = TcpStream::connect((server_addr, PORT)).expect("connect");
+        let chunk: Vec<u8> = (0..(64 << 10)).map(|i| (i * 7 + 3) as u8).collect();
+        for _ in 0..total / chunk.len() {
+            conn.write_all(&chunk).expect("write");
+        }
+    });
+    reader.join().expect("reader")
+}
+
+/// tshark's reassembly of the first inner TCP stream: bytes per direction, keyed by the
+/// sending port.
+fn tshark_follow(pcap: &Path) -> (usize, usize) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-d",
+            "udp.port==4789,vxlan",
+            "-q",
+            "-z",
+            "follow,tcp,raw,0",
+        ])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Raw follow output: one hex line per segment; lines of the second node start with a tab.
+    let mut first = 0usize;
+    let mut second = 0usize;
+    let mut started = false;
+    for line in text.lines() {
+        if line.starts_with("Node 1:") {
+            started = true;
+            continue;
+        }
+        if !started || line.starts_with('=') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(hex) = line.strip_prefix('\t') {
+            second += hex.trim().len() / 2;
+        } else {
+            first += line.trim().len() / 2;
+        }
+    }
+    (first, second)
+}
+
+/// Copies whose inner TCP/UDP checksum tshark finds bad, with checksum validation on.
+fn bad_checksums(pcap: &Path) -> usize {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-d",
+            "udp.port==4789,vxlan",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-Y",
+            "tcp.checksum.status == 0 || (vxlan && udp.checksum.status == 0)",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ])
+        .output()
+        .expect("tshark");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// The inner IP packet's total length as its header claims it, and the bytes it holds.
+fn inner_ip_lengths(inner: &[u8]) -> Option<(usize, usize)> {
+    let mut l3 = 14;
+    let mut ethertype = u16::from_be_bytes([inner[12], inner[13]]);
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = u16::from_be_bytes([inner[l3 + 2], inner[l3 + 3]]);
+        l3 += 4;
+    }
+    let ip = inner.get(l3..)?;
+    match ethertype {
+        0x0800 => Some((usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len())),
+        0x86dd => Some((
+            40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+            ip.len(),
+        )),
+        _ => None,
+    }
+}
+
+/// The collector link at MTU 9000, so whole 1514-byte frames fit in VXLAN (at 1500 every
+/// copy of a full-size frame is cut to fit and counted as truncated).
+fn jumbo_collector_link(topo: &Topology) {
+    topo.node.exec(&["ip", "link", "set", "up0", "mtu", "9000"]);
+    topo.col.exec(&["ip", "link", "set", "col0", "mtu", "9000"]);
+}
+
+fn whole_frame_stream(v6: bool, upload: bool) {
+    let topo = Topology::new();
+    jumbo_collector_link(&topo);
+    let _agent = Agent::start(&topo.node, &session_config(None));
+    let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
+    const TOTAL: usize = 4 << 20;
+    let got = bulk_tcp(&topo, v6, upload, TOTAL);
+    assert_eq!(got, TOTAL, "the transfer arrived whole");
+    cap.wait_for_frames(1, WAIT);
+    thread::sleep(Duration::from_millis(700));
+    let pcap = cap.stop_complete();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    assert!(!copies.is_empty(), "no copies");
+    let mut super_packets = 0;
+    for c in &copies {
+        assert_eq!(c.vni, 88);
+        let Some((claimed, held)) = inner_ip_lengths(&c.inner) else {
+            continue;
+        };
+        assert!(
+            claimed <= held,
+            "a copy claims {claimed} IP bytes but holds {held}: not a wire packet"
+        );
+        if c.inner.len() > 1514 + 4 {
+            super_packets += 1;
+        }
+    }
+    assert_eq!(super_packets, 0, "copies larger than a wire frame");
+    let (a, b) = tshark_follow(&pcap);
+    let stream = a.max(b);
+    assert!(
+        stream as f64 >= TOTAL as f64 * 0.999,
+        "tshark reassembled {stream} of {TOTAL} bytes from the copies ({} copies)",
+        copies.len()
+    );
+    let bad = bad_checksums(&pcap);
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of {} copies carry a bad inner checksum",
+        copies.len()
+    );
+    capture::remove(&pcap);
+}
+
+#[test]
+fn tcp_ipv4_upload_whole_copies_reassemble() {
+    whole_frame_stream(false, true);
+}
+
+#[test]
+fn tcp_ipv4_download_whole_copies_reassemble() {
+    whole_frame_stream(false, false);
+}
+
+#[test]
+fn tcp_ipv6_upload_whole_copies_reassemble() {
+    whole_frame_stream(true, true);
+}
+
+#[test]
+fn tcp_ipv6_download_whole_copies_reassemble() {
+    whole_frame_stream(true, false);
+}
+
+/// With PacketLength=128 every wire segment arrives as one copy of exactly 128 bytes: the
+/// payload the copies' headers claim adds up to the stream.
+#[test]
+fn tcp_packet_length_128_one_copy_per_segment() {
+    let topo = Topology::new();
+    let _agent = Agent::start(&topo.node, &session_config(Some(128)));
+    let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
+    const TOTAL: usize = 4 << 20;
+    assert_eq!(bulk_tcp(&topo, false, true, TOTAL), TOTAL);
+    cap.wait_for_frames(1, WAIT);
+    thread::sleep(Duration::from_millis(700));
+    let pcap = cap.stop_complete();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    let mut claimed_payload = 0usize;
+    let mut data_copies = 0usize;
+    for c in copies.iter().filter(|c| c.inner.len() >= 34) {
+        let ip = &c.inner[14..];
+        if ip[0] >> 4 != 4 || ip[9] != 6 {
+            continue;
+        }
+        let sport = u16::from_be_bytes([ip[20], ip[21]]);
+        if sport == PORT {
+            continue; // the server's ACKs
+        }
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(ip[32] >> 4) * 4;
+        let payload = total - headers;
+        if payload > 0 {
+            assert_eq!(c.inner.len(), 128, "a data copy is not exactly 128 bytes");
+            assert!(
+                total + 14 <= 1514,
+                "a copy's headers claim {total} IP bytes: a super-packet, not a wire segment"
+            );
+            claimed_payload += payload;
+            data_copies += 1;
+        }
+    }
+    // Retransmissions may add a little; nothing may be missing.
+    assert!(
+        (TOTAL..=TOTAL + TOTAL / 50).contains(&claimed_payload),
+        "{data_copies} data copies claim {claimed_payload} payload bytes for a {TOTAL}-byte stream"
+    );
+    capture::remove(&pcap);
+}
+
+/// UDP GSO: one send of many datagrams (UDP_SEGMENT) leaves as one super-packet; each
+/// datagram must arrive as its own copy with its own UDP length and a valid checksum.
+#[test]
+fn udp_gso_one_copy_per_datagram() {
+    let topo = Topology::new();
+    jumbo_collector_link(&topo);
+    let _agent = Agent::start(&topo.node, &session_config(None));
+    let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
+    const SEG: usize = 1200;
+    const SENDS: usize = 20;
+    const PER_SEND: usize = 40;
+    let server = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, PORT)).expect("bind")
+    });
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0usize;
+        while server.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    in_netns(&topo.wl, || {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).expect("bind");
+        let seg: libc::c_int = SEG as libc::c_int;
+        // SAFETY: setsockopt with a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&seg as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        let buf: Vec<u8> = (0..SEG * PER_SEND).map(|i| i as u8).collect();
+        for _ in 0..SENDS {
+            sock.send_to(&buf, (NODE_SRC_ADDR, PORT)).expect("send");
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let received = reader.join().expect("reader");
+    assert_eq!(received, SENDS * PER_SEND, "datagrams lost on the way");
+    cap.wait_for_frames(1, WAIT);
+    thread::sleep(Duration::from_millis(700));
+    let pcap = cap.stop_complete();
+    let copies = capture::vxlan_copies(&pcap, 4789);
+    let datagrams: Vec<_> = copies
+        .iter()
+        .filter(|c| {
+            c.inner.len() >= 42
+                && c.inner[23] == 17
+                && u16::from_be_bytes([c.inner[36], c.inner[37]]) == PORT
+        })
+        .collect();
+    assert_eq!(
+        datagrams.len(),
+        SENDS * PER_SEND,
+        "one copy per datagram on the wire"
+    );
+    for d in &datagrams {
+        let udp_len = usize::from(u16::from_be_bytes([d.inner[38], d.inner[39]]));
+        assert_eq!(
+            udp_len,
+            SEG + 8,
+            "each copy carries one datagram's UDP length"
+        );
+        assert_eq!(d.inner.len(), 14 + 20 + 8 + SEG);
+    }
+    let bad = bad_checksums(&pcap);
+    assert_eq!(bad, 0, "{bad} copies carry a bad inner checksum");
+    capture::remove(&pcap);
+}
