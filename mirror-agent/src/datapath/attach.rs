@@ -42,7 +42,7 @@ pub enum TcAttachMode {
 }
 
 impl TcAttachMode {
-    fn uses_tcx(self) -> bool {
+    pub(crate) fn uses_tcx(self) -> bool {
         match self {
             TcAttachMode::Tcx => true,
             TcAttachMode::Clsact => false,
