@@ -1,11 +1,16 @@
 //! End to end on the receiving side: a source node's agent mirrors real traffic to a target
-//! node whose agent terminates it in XDP; tcpdump on each VNI's capture interface sees the
-//! frames the source saw, byte for byte (cut to PacketLength where the session truncates).
-//! Also the receiver API: create, list with state and counters, bad input, delete.
+//! node whose agent terminates it in XDP, or in TC ingress where native XDP cannot attach (a
+//! bridge, a veth at a jumbo MTU); tcpdump on each VNI's capture interface sees the frames the
+//! source saw, byte for byte (cut to PacketLength where the session truncates). The source
+//! and target agents run on one host (namespaces joined by veth), so the copies the source
+//! makes with `bpf_clone_redirect` reach the receiver still marked as redirected, which is
+//! what generic XDP used to skip. Also the receiver API: create, list with state and
+//! counters, bad input, delete.
 //!
 //! Kernel requirements: root; network namespaces, veth, VXLAN (external mode) and TCX or
 //! clsact on the source node; XDP on the target (native on veth, 5.9+ for veth to veth
-//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+). Tools: tcpdump.
+//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+), TCX (6.6+) or clsact for the TC
+//! receive path. Tools: tcpdump, bpftool.
 
 use std::{net::UdpSocket, thread, time::Duration};
 
@@ -134,7 +139,33 @@ fn link_exists(ns: &NetNs, name: &str) -> bool {
 fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
     let topo = Topology::new();
     set_mtu(&topo, 3000);
-    mirror_to_receiver(&topo, "col0", "native", 2900, Ending::Cleanup);
+    mirror_to_receiver(&topo, "col0", "native", &[], 2900, Ending::Cleanup);
+}
+
+/// col0 at MTU 9000: native XDP on a veth refuses a peer MTU above about one page (the
+/// program reads only the first buffer), so the receiver runs in TC ingress (TCX here), and
+/// an 8000-byte frame arrives whole, byte-identical.
+#[test]
+fn tc_receiver_on_a_jumbo_veth_delivers_the_same_frames() {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    mirror_to_receiver(&topo, "col0", "tc", &[], 8000, Ending::Cleanup);
+}
+
+/// The same through a clsact qdisc and a cls_bpf filter, as on kernels without TCX (6.1):
+/// delivered, taken over by the next agent in place, removed by cleanup.
+#[test]
+fn clsact_tc_receiver_on_a_jumbo_veth_delivers_the_same_frames() {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    mirror_to_receiver(
+        &topo,
+        "col0",
+        "tc",
+        &["--tc-attach", "clsact"],
+        8000,
+        Ending::Cleanup,
+    );
 }
 
 fn set_mtu(topo: &Topology, mtu: u32) {
@@ -149,11 +180,11 @@ fn set_mtu(topo: &Topology, mtu: u32) {
     }
 }
 
-/// A bridge has no native XDP: the receiver falls back to generic mode, and the frames still
-/// arrive byte-identical. The links carry jumbo frames here, and a 4042-byte frame is
-/// mirrored whole through the capture pair.
+/// A bridge has no native XDP: the receiver falls back to TC ingress (clsact here, TCX in the
+/// test above), and the frames still arrive byte-identical. The links carry jumbo frames
+/// here, and a 4042-byte frame is mirrored whole through the capture pair.
 #[test]
-fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
+fn tc_receiver_on_a_bridge_delivers_the_same_frames() {
     let topo = Topology::new();
     set_mtu(&topo, 9000);
     // The target's address moves from col0 to a bridge with col0 as its port.
@@ -171,13 +202,71 @@ fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
     ]);
     col.exec(&["ip", "link", "set", "br0", "mtu", "9000", "up"]);
     col.exec(&["ip", "route", "replace", "default", "via", NODE_UP_ADDR]);
-    mirror_to_receiver(&topo, "br0", "generic", 4000, Ending::Unconfigured);
+    mirror_to_receiver(
+        &topo,
+        "br0",
+        "tc",
+        &["--tc-attach", "clsact"],
+        4000,
+        Ending::Unconfigured,
+    );
 }
 
-/// The source agent mirrors two sessions to the target, whose agent receives on
-/// `receiving` in XDP `mode`; one more datagram of `large` bytes goes to the full session.
-fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize, ending: Ending) {
-    let mut target = Agent::start(&topo.col, &target_config(receiving));
+/// Receiving programs of ours on `dev`: XDP ones (`ip link` names none, so any) plus
+/// `mirror_receive_tc` in TCX (asked from the kernel; the kernel keeps 15 characters of a
+/// name) or as a cls_bpf filter (bpftool names it; Debian 12's bpftool lists no TCX).
+fn receive_programs(ns: &NetNs, dev: &str) -> usize {
+    let tcx = mirror_tests::tcx::attached(ns, dev)
+        .iter()
+        .filter(|(dir, name, _)| dir == "ingress" && name.starts_with("mirror_receive"))
+        .count();
+    let link = ns.exec(&["ip", "-d", "link", "show", dev]);
+    let xdp = String::from_utf8_lossy(&link.stdout)
+        .lines()
+        .filter(|l| l.contains("prog/xdp"))
+        .count();
+    let net = ns.exec(&["bpftool", "net", "show", "dev", dev]);
+    let tc = String::from_utf8_lossy(&net.stdout)
+        .lines()
+        .filter(|l| l.contains("mirror_receive_tc"))
+        .count();
+    xdp + tcx + tc
+}
+
+/// What the next agent logs when it takes the receiving program over in `mode`.
+fn takeover_log(mode: &str, args: &[&str]) -> &'static str {
+    match (mode, args.contains(&"clsact")) {
+        ("native", _) => "XDP link taken over",
+        (_, true) => "cls_bpf receive filter taken over",
+        (_, false) => "TCX link taken over",
+    }
+}
+
+/// Starts the target agent on the collector namespace with extra `args`.
+fn start_target(topo: &Topology, config: &str, args: &[&str]) -> Agent {
+    Agent::start_with(
+        &topo.col,
+        config,
+        &std::env::temp_dir().join(mirror_tests::netns::unique("agt")),
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    )
+}
+
+/// The source agent mirrors two sessions to the target, whose agent (run with `args`)
+/// receives on `receiving` in `mode` (native or tc); one more datagram of `large` bytes
+/// goes to the full session.
+fn mirror_to_receiver(
+    topo: &Topology,
+    receiving: &str,
+    mode: &str,
+    args: &[&str],
+    large: usize,
+    ending: Ending,
+) {
+    let mut target = start_target(topo, &target_config(receiving), args);
     let rx = wait_attached(&target, "tmrcv-col");
     assert_eq!(rx["XdpMode"], mode, "{rx}");
     for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
@@ -341,17 +430,11 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     // no target agent runs.
     let config = std::fs::read_to_string(target.dir().join("agent.toml")).expect("config");
     let dir = target.terminate();
-    let xdp_programs = |dev: &str| {
-        let link = topo.col.exec(&["ip", "-d", "link", "show", dev]);
-        String::from_utf8_lossy(&link.stdout)
-            .lines()
-            .filter(|l| l.contains("prog/xdp"))
-            .count()
-    };
+    let programs = |dev: &str| receive_programs(&topo.col, dev);
     assert_eq!(
-        xdp_programs(receiving),
+        programs(receiving),
         1,
-        "XDP left on {receiving} after stop"
+        "receiving program left on {receiving} after stop"
     );
     let mrx100 = capture_index(&topo.col, "mrx100");
     let during = |what: &str| {
@@ -371,14 +454,23 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
 
     // The next agent takes the links and the capture pair over: one program still, the same
     // interface, frames still flowing.
-    let next = Agent::start_in(&topo.col, &config, &dir);
-    wait_attached(&next, "tmrcv-col");
+    let next = Agent::start_with(
+        &topo.col,
+        &config,
+        &dir,
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    );
+    let r = wait_attached(&next, "tmrcv-col");
+    assert_eq!(r["XdpMode"], mode, "{r}");
     assert!(
-        next.log_text().contains("XDP link taken over"),
+        next.log_text().contains(takeover_log(mode, args)),
         "{}",
         next.log_text()
     );
-    assert_eq!(xdp_programs(receiving), 1, "one program on {receiving}");
+    assert_eq!(programs(receiving), 1, "one program on {receiving}");
     assert_eq!(
         capture_index(&topo.col, "mrx100"),
         mrx100,
@@ -397,13 +489,29 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
                 "cleanup output: {}",
                 out.stdout
             );
+            if args.contains(&"clsact") {
+                assert!(
+                    out.stdout
+                        .contains(&format!("receive filter on {receiving}")),
+                    "cleanup output: {}",
+                    out.stdout
+                );
+            }
         }
         // The receiver left the config while no agent ran: the next agent removes what the
         // last one left for it.
         Ending::Unconfigured => {
-            let last = Agent::start_in(&topo.col, "", &dir);
+            let last = Agent::start_with(
+                &topo.col,
+                "",
+                &dir,
+                &StartOptions {
+                    args,
+                    ..StartOptions::default()
+                },
+            );
             let deadline = std::time::Instant::now() + WAIT;
-            while xdp_programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
+            while programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the unconfigured receiver's link or capture pair stayed\n{}",
@@ -421,9 +529,9 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
         );
     }
     assert_eq!(
-        xdp_programs(receiving),
+        programs(receiving),
         0,
-        "XDP left on {receiving} after cleanup"
+        "receiving program left on {receiving} after cleanup"
     );
 }
 
@@ -613,7 +721,7 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
 
     // The CLI's friendly subcommands: create prints the id, list a row per VNI. rx2's peer
     // has a jumbo MTU, above what a veth allows under a program that is not frags-aware: the
-    // native attach is refused and the receiver runs in generic mode.
+    // native attach is refused and the receiver runs in TC ingress.
     for dev in ["rx2", "rx3"] {
         ns.exec(&["ip", "link", "set", dev, "mtu", "9000"]);
     }
@@ -633,7 +741,7 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
         .lines()
         .find(|l| l.contains(&cli_id))
         .unwrap_or_else(|| panic!("no row for {cli_id}:\n{}", table.stdout));
-    for field in ["rx2", "4789", "generic", "400", "mrx400", "Created"] {
+    for field in ["rx2", "4789", "tc", "400", "mrx400", "Created"] {
         assert!(
             row.split_whitespace().any(|c| c == field),
             "{field} not in {row:?}"
