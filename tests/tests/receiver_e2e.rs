@@ -890,3 +890,200 @@ sources = ["src0"]
     drop(source);
     target.stop();
 }
+
+/// The source agent and a receiver agent on one host, the collector link at MTU 9000 so
+/// whole frames fit in VXLAN: col0 refuses native XDP at that MTU and the receiver runs in
+/// TC ingress. Every copy the source makes (`bpf_clone_redirect`, so every one arrives
+/// marked as redirected, which generic XDP skipped: it saw 2 of 20) is counted and
+/// delivered, byte-identical, for datagrams of several sizes up to 8000 bytes.
+#[test]
+fn same_host_source_and_tc_receiver_deliver_every_copy() {
+    const N: usize = 250;
+    const SIZES: [usize; 5] = [18, 200, 1400, 3000, 8000];
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    let target = start_target(&topo, &target_config("col0"), &[]);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, FULL_PORT)).expect("node sink")
+    });
+    let mut on_source = Capture::start(&topo.node, "src0", &format!("udp dst port {FULL_PORT}"));
+    let mut got = Capture::start(&topo.col, "mrx100", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    let mut bytes = 0;
+    for i in 0..N {
+        let size = SIZES[i % SIZES.len()];
+        let payload: Vec<u8> = (0..size).map(|b| (b * 13 + i) as u8).collect();
+        client
+            .send_to(&payload, (NODE_SRC_ADDR, FULL_PORT))
+            .expect("send to the full-frame session");
+        // Ethernet, IPv4 and UDP headers around the payload.
+        bytes += 14 + 20 + 8 + size;
+        // Paced a little so that tcpdump's buffers, not the data path, set no limit.
+        if i % 10 == 9 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    on_source.wait_for_frames(N, WAIT);
+    got.wait_for_frames(N, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, got_pcap) = (on_source.stop(), got.stop());
+    let sent = capture::frames(&src_pcap);
+    let delivered = capture::frames(&got_pcap);
+    assert_eq!(sent.len(), N, "source capture");
+    assert_eq!(
+        delivered.len(),
+        N,
+        "every copy must reach mrx100 (generic XDP delivered a tenth)"
+    );
+    assert!(
+        delivered == sent,
+        "mrx100 must carry exactly the frames the source saw"
+    );
+    capture::remove(&src_pcap);
+    capture::remove(&got_pcap);
+
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let c = vni_counters(&r, 100);
+        if c["Frames"] == N as u64 && c["Bytes"] == bytes as u64 {
+            for field in ["Malformed", "NoCaptureInterface", "RedirectErrors"] {
+                assert_eq!(c[field], 0, "{field}: {r}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver counters never matched the {N} frames ({bytes} bytes): {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (status, text) = metrics_get(&topo.col, 9464, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receive_frames_total{receiver=\"tmrcv-col\",vni=\"100\"}"
+        ),
+        N as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receiver_attached{mode=\"tc\",receiver=\"tmrcv-col\"}"
+        ),
+        1.0
+    );
+    drop(source);
+    target.stop();
+}
+
+/// `kill -9` of the receiver agent while copies flow: the pinned TCX link (or the cls_bpf
+/// filter) keeps delivering with no agent running, the next agent takes it over, and not one
+/// copy of a steady stream is lost across the whole restart.
+fn tc_receive_survives_kill_9(args: &[&str]) {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    let target = start_target(&topo, &target_config("col0"), args);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, FULL_PORT)).expect("node sink")
+    });
+    let mut got = Capture::start(&topo.col, "mrx100", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut seq: u32 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut payload = vec![0u8; 2000];
+                payload[..4].copy_from_slice(&seq.to_be_bytes());
+                client
+                    .send_to(&payload, (NODE_SRC_ADDR, FULL_PORT))
+                    .expect("send");
+                seq += 1;
+                thread::sleep(Duration::from_millis(3));
+            }
+            seq
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let dir = target.kill9();
+    // No agent: the pinned link (or the filter) runs on.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(receive_programs(&topo.col, "col0"), 1, "after kill -9");
+    let config = std::fs::read_to_string(dir.join("agent.toml")).expect("config");
+    let next = Agent::start_with(
+        &topo.col,
+        &config,
+        &dir,
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    );
+    let r = wait_attached(&next, "tmrcv-col");
+    assert_eq!(r["XdpMode"], "tc", "{r}");
+    assert!(
+        next.log_text().contains(takeover_log("tc", args)),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(receive_programs(&topo.col, "col0"), 1, "after the takeover");
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("sender thread") as usize;
+    got.wait_for_frames(sent, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = got.stop();
+    let seqs: Vec<u32> = capture::frames(&pcap)
+        .iter()
+        .filter(|f| f.len() == 14 + 20 + 8 + 2000)
+        .map(|f| u32::from_be_bytes([f[42], f[43], f[44], f[45]]))
+        .collect();
+    capture::remove(&pcap);
+    assert_eq!(
+        seqs,
+        (0..sent as u32).collect::<Vec<_>>(),
+        "every copy, in order, across kill -9 and the takeover ({sent} sent)"
+    );
+    // The new agent's counters start with its maps, at the takeover.
+    let c = vni_counters(&wait_attached(&next, "tmrcv-col"), 100);
+    assert_eq!(c["RedirectErrors"], 0, "{c}");
+
+    let dir = next.terminate();
+    drop(source);
+    let out = Agent::cleanup(&topo.col, &dir);
+    assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        receive_programs(&topo.col, "col0"),
+        0,
+        "receiving program left on col0 after cleanup"
+    );
+    assert!(
+        !link_exists(&topo.col, "mrx100"),
+        "mrx100 left after cleanup"
+    );
+}
+
+#[test]
+fn tcx_receive_link_survives_kill_9_and_is_taken_over() {
+    tc_receive_survives_kill_9(&[]);
+}
+
+#[test]
+fn clsact_receive_filter_survives_kill_9_and_is_taken_over() {
+    tc_receive_survives_kill_9(&["--tc-attach", "clsact"]);
+}

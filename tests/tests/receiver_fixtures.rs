@@ -502,7 +502,10 @@ fn receive_program_fixtures() {
     with_receiver(|dp| {
         let mut failures = run_cases(dp, Prog::Xdp, cases());
         // The skb test run refuses a frame of nothing but an Ethernet header (EINVAL).
-        let tc_cases = cases().into_iter().filter(|c| c.packet.len() > 14).collect();
+        let tc_cases = cases()
+            .into_iter()
+            .filter(|c| c.packet.len() > 14)
+            .collect();
         failures.extend(run_cases(dp, Prog::Tc, tc_cases));
         assert!(
             failures.is_empty(),
