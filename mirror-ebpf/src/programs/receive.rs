@@ -233,6 +233,10 @@ fn try_mirror_receive(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(XDP_REDIRECT)
 }
 
+/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP`: the decap also resets the skb's UDP tunnel GSO state.
+/// Newer than aya's bindings and than 6.18.
+const BPF_F_ADJ_ROOM_DECAP_L4_UDP: u64 = 1 << 10;
+
 /// Enough for the outer headers `classify` reads: Ethernet, a tag, IPv4 with the longest
 /// options (or IPv6), UDP and VXLAN.
 const RX_HEADERS_MAX: u32 = 14 + 4 + 60 + UDP_VXLAN_LEN as u32;
@@ -240,9 +244,14 @@ const RX_HEADERS_MAX: u32 = 14 + 4 + 60 + UDP_VXLAN_LEN as u32;
 #[inline(always)]
 fn try_mirror_receive_tc(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: reads of the program's own context.
-    let (ifindex, tagged, gso_segs) = unsafe {
+    let (ifindex, tagged, gso_segs, gso_size) = unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.vlan_present != 0, skb.gso_segs)
+        (
+            skb.ifindex,
+            skb.vlan_present != 0,
+            skb.gso_segs,
+            skb.gso_size,
+        )
     };
     let arrived = ctx.len();
     // The outer headers must be in the linear part for direct reads; a driver or a sender
@@ -286,14 +295,19 @@ fn try_mirror_receive_tc(ctx: &TcContext) -> Result<i32, ()> {
     // Removes `inner` bytes right after the first 14: the outer Ethernet header stays and is
     // overwritten below with the inner one, whose old copy went with the removed bytes. The
     // helper refuses (changing nothing) when less than an outer IP header's worth (20 or 40
-    // bytes) would remain after the Ethernet header, or the skb is GSO of a non-TCP kind.
-    // FIXED_GSO: a GSO copy keeps its segment size, which is the inner one's.
+    // bytes) would remain after the Ethernet header.
+    // A GSO skb (a VXLAN super-packet a kernel VTEP on this host sent through a veth) keeps
+    // its tunnel GSO state through a plain decap, and its segmentation on the way into the
+    // capture pair then drops every segment (6.18). Only DECAP_L4_UDP (bpf-next, after 6.18)
+    // resets that state; a kernel without it refuses the unknown flag, changing nothing, and
+    // the super-packet passes, counted. FIXED_GSO: the segment size stays the inner one's.
+    let flags = if gso_size != 0 {
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L4_UDP
+    } else {
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    };
     if ctx
-        .adjust_room(
-            -(inner as i32),
-            BPF_ADJ_ROOM_MAC,
-            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
-        )
+        .adjust_room(-(inner as i32), BPF_ADJ_ROOM_MAC, flags)
         .is_err()
     {
         vstats.redirect_errors += 1;
@@ -322,9 +336,8 @@ fn try_mirror_receive_tc(ctx: &TcContext) -> Result<i32, ()> {
         vstats.redirect_errors += 1;
         return Ok(TC_ACT_SHOT);
     }
-    // A GSO copy (a super-packet the sender's stack did not segment) is cut into its segments
-    // on its way into the capture veth, whose GSO is off while its peer runs XDP: counted
-    // as the frames the tools will see.
+    // A GSO skb is cut into its segments on its way into the capture veth, whose GSO is off
+    // while its peer runs XDP: counted as the frames the tools will see.
     vstats.frames += if gso_segs > 1 { gso_segs as u64 } else { 1 };
     vstats.bytes += d.inner_len as u64;
     // SAFETY: helper call; the redirect happens once the program returns.
