@@ -1087,3 +1087,118 @@ fn tcx_receive_link_survives_kill_9_and_is_taken_over() {
 fn clsact_receive_filter_survives_kill_9_and_is_taken_over() {
     tc_receive_survives_kill_9(&["--tc-attach", "clsact"]);
 }
+
+/// A kernel VXLAN device on the same host (VNI 100 to the collector) sends UDP GSO
+/// super-packets, which cross the veth unsegmented into the TC receiver (a veth without XDP
+/// keeps its peer's GSO). A decap with `bpf_skb_adjust_room` would leave the skb's UDP tunnel
+/// GSO state behind and the segmentation into the capture pair would drop every segment, so
+/// on kernels without `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (6.18 has none) the program passes each
+/// super-packet untouched and counts it as a redirect error; with the flag, every segment is
+/// delivered. Frames that are not GSO (the device's own IPv6 chatter) are delivered either
+/// way.
+#[test]
+fn gso_vxlan_super_packets_are_delivered_or_counted_never_lost_silently() {
+    const SUPER: usize = 10;
+    const SEGMENT: usize = 1000;
+    const PAYLOAD: usize = 8000;
+    let topo = Topology::new();
+    for (ns, dev) in [(&topo.node, "up0"), (&topo.col, "col0")] {
+        ns.exec(&["ip", "link", "set", dev, "mtu", "9000"]);
+    }
+    let target = start_target(&topo, &target_config("col0"), &[]);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let node = &topo.node;
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "remote",
+        COLLECTOR_ADDR,
+        "local",
+        NODE_UP_ADDR,
+        "dstport",
+        "4789",
+        "dev",
+        "up0",
+    ]);
+    node.exec(&["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"]);
+    node.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", "vx0"]);
+    node.exec(&["ip", "link", "set", "vx0", "mtu", "1450", "up"]);
+    node.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.99.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "vx0",
+        "nud",
+        "permanent",
+    ]);
+    let mut got = Capture::start(&topo.col, "mrx100", "udp dst port 9999");
+    in_netns(node, || {
+        use std::os::fd::AsRawFd as _;
+        let s = UdpSocket::bind(("10.99.0.1", 0)).expect("socket on vx0");
+        let size = SEGMENT as libc::c_int;
+        // SAFETY: setsockopt(2) on a socket we own with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        for i in 0..SUPER {
+            s.send_to(&[i as u8; PAYLOAD], ("10.99.0.2", 9999))
+                .expect("send a UDP GSO super-packet");
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let counters = loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let c = vni_counters(&r, 100);
+        let errors = c["RedirectErrors"].as_u64().unwrap_or_default() as usize;
+        let frames = c["Frames"].as_u64().unwrap_or_default() as usize;
+        if errors == SUPER || frames >= SUPER * PAYLOAD / SEGMENT {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "super-packets neither delivered nor counted: {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    thread::sleep(Duration::from_millis(300));
+    let pcap = got.stop();
+    let delivered = capture::frames(&pcap);
+    capture::remove(&pcap);
+    if counters["RedirectErrors"] == SUPER as u64 {
+        assert!(
+            delivered.is_empty(),
+            "passed super-packets must not reach mrx100: {} frames",
+            delivered.len()
+        );
+    } else {
+        assert_eq!(counters["RedirectErrors"], 0, "{counters}");
+        assert_eq!(
+            delivered.len(),
+            SUPER * PAYLOAD / SEGMENT,
+            "one frame per segment on mrx100"
+        );
+        assert!(
+            delivered.iter().all(|f| f.len() == 14 + 20 + 8 + SEGMENT),
+            "segments of {SEGMENT} bytes"
+        );
+    }
+    target.stop();
+}
