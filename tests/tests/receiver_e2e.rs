@@ -1142,7 +1142,7 @@ fn gso_vxlan_super_packets_are_delivered_or_counted_never_lost_silently() {
         "nud",
         "permanent",
     ]);
-    let mut got = Capture::start(&topo.col, "mrx100", "udp dst port 9999");
+    let got = Capture::start(&topo.col, "mrx100", "udp dst port 9999");
     in_netns(node, || {
         use std::os::fd::AsRawFd as _;
         let s = UdpSocket::bind(("10.99.0.1", 0)).expect("socket on vx0");
