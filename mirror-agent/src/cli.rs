@@ -91,7 +91,7 @@ pub enum ClientCommand {
     /// Flow logs (per-flow records of an interface, a subnet or the whole node).
     #[command(subcommand, name = "flowlog")]
     FlowLog(FlowLogCommand),
-    /// Receivers: this node as a mirror target, VXLAN terminated in XDP into capture
+    /// Receivers: this node as a mirror target, VXLAN terminated in XDP (or TC) into capture
     /// interfaces (mrx<vni>).
     #[command(subcommand)]
     Receiver(ReceiverCommand),
@@ -122,7 +122,8 @@ pub enum ReceiverCommand {
         #[command(flatten)]
         mutation: Mutation,
     },
-    /// List receivers with their XDP mode and per-VNI counters (ListTrafficMirrorReceivers).
+    /// List receivers with their mode (native XDP or tc) and per-VNI counters
+    /// (ListTrafficMirrorReceivers).
     List {
         /// Only these receivers, repeatable (TrafficMirrorReceiverIds.N).
         #[arg(long = "id", value_name = "ID")]
@@ -882,7 +883,7 @@ fn render_receivers(receivers: &[Value]) -> String {
             "ID",
             "INTERFACE",
             "PORT",
-            "XDP",
+            "MODE",
             "VNI",
             "CAPTURE",
             "FRAMES",

@@ -361,7 +361,7 @@ impl Metrics {
                 let g = IntGaugeVec::new(
                     Opts::new(
                         "mirror_receiver_attached",
-                        "1 while the receiving program is attached, with its XDP mode (native or generic).",
+                        "1 while the receiving program is attached, with its mode: native (XDP in the driver) or tc (TC ingress, where native XDP cannot attach).",
                     ),
                     &["receiver", "mode"],
                 )

@@ -1,11 +1,16 @@
 //! End to end on the receiving side: a source node's agent mirrors real traffic to a target
-//! node whose agent terminates it in XDP; tcpdump on each VNI's capture interface sees the
-//! frames the source saw, byte for byte (cut to PacketLength where the session truncates).
-//! Also the receiver API: create, list with state and counters, bad input, delete.
+//! node whose agent terminates it in XDP, or in TC ingress where native XDP cannot attach (a
+//! bridge, a veth at a jumbo MTU); tcpdump on each VNI's capture interface sees the frames the
+//! source saw, byte for byte (cut to PacketLength where the session truncates). The source
+//! and target agents run on one host (namespaces joined by veth), so the copies the source
+//! makes with `bpf_clone_redirect` reach the receiver still marked as redirected, which is
+//! what generic XDP used to skip. Also the receiver API: create, list with state and
+//! counters, bad input, delete.
 //!
 //! Kernel requirements: root; network namespaces, veth, VXLAN (external mode) and TCX or
 //! clsact on the source node; XDP on the target (native on veth, 5.9+ for veth to veth
-//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+). Tools: tcpdump.
+//! XDP_REDIRECT with the peer's NAPI), a devmap hash (5.4+), TCX (6.6+) or clsact for the TC
+//! receive path. Tools: tcpdump, bpftool.
 
 use std::{net::UdpSocket, thread, time::Duration};
 
@@ -134,7 +139,33 @@ fn link_exists(ns: &NetNs, name: &str) -> bool {
 fn mirrored_frames_arrive_on_each_vnis_capture_interface_byte_identical() {
     let topo = Topology::new();
     set_mtu(&topo, 3000);
-    mirror_to_receiver(&topo, "col0", "native", 2900, Ending::Cleanup);
+    mirror_to_receiver(&topo, "col0", "native", &[], 2900, Ending::Cleanup);
+}
+
+/// col0 at MTU 9000: native XDP on a veth refuses a peer MTU above about one page (the
+/// program reads only the first buffer), so the receiver runs in TC ingress (TCX here), and
+/// an 8000-byte frame arrives whole, byte-identical.
+#[test]
+fn tc_receiver_on_a_jumbo_veth_delivers_the_same_frames() {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    mirror_to_receiver(&topo, "col0", "tc", &[], 8000, Ending::Cleanup);
+}
+
+/// The same through a clsact qdisc and a cls_bpf filter, as on kernels without TCX (6.1):
+/// delivered, taken over by the next agent in place, removed by cleanup.
+#[test]
+fn clsact_tc_receiver_on_a_jumbo_veth_delivers_the_same_frames() {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    mirror_to_receiver(
+        &topo,
+        "col0",
+        "tc",
+        &["--tc-attach", "clsact"],
+        8000,
+        Ending::Cleanup,
+    );
 }
 
 fn set_mtu(topo: &Topology, mtu: u32) {
@@ -149,11 +180,11 @@ fn set_mtu(topo: &Topology, mtu: u32) {
     }
 }
 
-/// A bridge has no native XDP: the receiver falls back to generic mode, and the frames still
-/// arrive byte-identical. The links carry jumbo frames here, and a 4042-byte frame is
-/// mirrored whole through the capture pair.
+/// A bridge has no native XDP: the receiver falls back to TC ingress (clsact here, TCX in the
+/// test above), and the frames still arrive byte-identical. The links carry jumbo frames
+/// here, and a 4042-byte frame is mirrored whole through the capture pair.
 #[test]
-fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
+fn tc_receiver_on_a_bridge_delivers_the_same_frames() {
     let topo = Topology::new();
     set_mtu(&topo, 9000);
     // The target's address moves from col0 to a bridge with col0 as its port.
@@ -171,13 +202,71 @@ fn generic_xdp_receiver_on_a_bridge_delivers_the_same_frames() {
     ]);
     col.exec(&["ip", "link", "set", "br0", "mtu", "9000", "up"]);
     col.exec(&["ip", "route", "replace", "default", "via", NODE_UP_ADDR]);
-    mirror_to_receiver(&topo, "br0", "generic", 4000, Ending::Unconfigured);
+    mirror_to_receiver(
+        &topo,
+        "br0",
+        "tc",
+        &["--tc-attach", "clsact"],
+        4000,
+        Ending::Unconfigured,
+    );
 }
 
-/// The source agent mirrors two sessions to the target, whose agent receives on
-/// `receiving` in XDP `mode`; one more datagram of `large` bytes goes to the full session.
-fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize, ending: Ending) {
-    let mut target = Agent::start(&topo.col, &target_config(receiving));
+/// Receiving programs of ours on `dev`: XDP ones (`ip link` names none, so any) plus
+/// `mirror_receive_tc` in TCX (asked from the kernel; the kernel keeps 15 characters of a
+/// name) or as a cls_bpf filter (bpftool names it; Debian 12's bpftool lists no TCX).
+fn receive_programs(ns: &NetNs, dev: &str) -> usize {
+    let tcx = mirror_tests::tcx::attached(ns, dev)
+        .iter()
+        .filter(|(dir, name, _)| dir == "ingress" && name.starts_with("mirror_receive"))
+        .count();
+    let link = ns.exec(&["ip", "-d", "link", "show", dev]);
+    let xdp = String::from_utf8_lossy(&link.stdout)
+        .lines()
+        .filter(|l| l.contains("prog/xdp"))
+        .count();
+    let net = ns.exec(&["bpftool", "net", "show", "dev", dev]);
+    let tc = String::from_utf8_lossy(&net.stdout)
+        .lines()
+        .filter(|l| l.contains("mirror_receive_tc"))
+        .count();
+    xdp + tcx + tc
+}
+
+/// What the next agent logs when it takes the receiving program over in `mode`.
+fn takeover_log(mode: &str, args: &[&str]) -> &'static str {
+    match (mode, args.contains(&"clsact")) {
+        ("native", _) => "XDP link taken over",
+        (_, true) => "cls_bpf receive filter taken over",
+        (_, false) => "TCX link taken over",
+    }
+}
+
+/// Starts the target agent on the collector namespace with extra `args`.
+fn start_target(topo: &Topology, config: &str, args: &[&str]) -> Agent {
+    Agent::start_with(
+        &topo.col,
+        config,
+        &std::env::temp_dir().join(mirror_tests::netns::unique("agt")),
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    )
+}
+
+/// The source agent mirrors two sessions to the target, whose agent (run with `args`)
+/// receives on `receiving` in `mode` (native or tc); one more datagram of `large` bytes
+/// goes to the full session.
+fn mirror_to_receiver(
+    topo: &Topology,
+    receiving: &str,
+    mode: &str,
+    args: &[&str],
+    large: usize,
+    ending: Ending,
+) {
+    let mut target = start_target(topo, &target_config(receiving), args);
     let rx = wait_attached(&target, "tmrcv-col");
     assert_eq!(rx["XdpMode"], mode, "{rx}");
     for name in ["mrx100", "mrx100-in", "mrx200", "mrx200-in"] {
@@ -341,17 +430,11 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
     // no target agent runs.
     let config = std::fs::read_to_string(target.dir().join("agent.toml")).expect("config");
     let dir = target.terminate();
-    let xdp_programs = |dev: &str| {
-        let link = topo.col.exec(&["ip", "-d", "link", "show", dev]);
-        String::from_utf8_lossy(&link.stdout)
-            .lines()
-            .filter(|l| l.contains("prog/xdp"))
-            .count()
-    };
+    let programs = |dev: &str| receive_programs(&topo.col, dev);
     assert_eq!(
-        xdp_programs(receiving),
+        programs(receiving),
         1,
-        "XDP left on {receiving} after stop"
+        "receiving program left on {receiving} after stop"
     );
     let mrx100 = capture_index(&topo.col, "mrx100");
     let during = |what: &str| {
@@ -371,14 +454,23 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
 
     // The next agent takes the links and the capture pair over: one program still, the same
     // interface, frames still flowing.
-    let next = Agent::start_in(&topo.col, &config, &dir);
-    wait_attached(&next, "tmrcv-col");
+    let next = Agent::start_with(
+        &topo.col,
+        &config,
+        &dir,
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    );
+    let r = wait_attached(&next, "tmrcv-col");
+    assert_eq!(r["XdpMode"], mode, "{r}");
     assert!(
-        next.log_text().contains("XDP link taken over"),
+        next.log_text().contains(takeover_log(mode, args)),
         "{}",
         next.log_text()
     );
-    assert_eq!(xdp_programs(receiving), 1, "one program on {receiving}");
+    assert_eq!(programs(receiving), 1, "one program on {receiving}");
     assert_eq!(
         capture_index(&topo.col, "mrx100"),
         mrx100,
@@ -397,13 +489,29 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
                 "cleanup output: {}",
                 out.stdout
             );
+            if args.contains(&"clsact") {
+                assert!(
+                    out.stdout
+                        .contains(&format!("receive filter on {receiving}")),
+                    "cleanup output: {}",
+                    out.stdout
+                );
+            }
         }
         // The receiver left the config while no agent ran: the next agent removes what the
         // last one left for it.
         Ending::Unconfigured => {
-            let last = Agent::start_in(&topo.col, "", &dir);
+            let last = Agent::start_with(
+                &topo.col,
+                "",
+                &dir,
+                &StartOptions {
+                    args,
+                    ..StartOptions::default()
+                },
+            );
             let deadline = std::time::Instant::now() + WAIT;
-            while xdp_programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
+            while programs(receiving) > 0 || link_exists(&topo.col, "mrx100") {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the unconfigured receiver's link or capture pair stayed\n{}",
@@ -421,9 +529,9 @@ fn mirror_to_receiver(topo: &Topology, receiving: &str, mode: &str, large: usize
         );
     }
     assert_eq!(
-        xdp_programs(receiving),
+        programs(receiving),
         0,
-        "XDP left on {receiving} after cleanup"
+        "receiving program left on {receiving} after cleanup"
     );
 }
 
@@ -613,7 +721,7 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
 
     // The CLI's friendly subcommands: create prints the id, list a row per VNI. rx2's peer
     // has a jumbo MTU, above what a veth allows under a program that is not frags-aware: the
-    // native attach is refused and the receiver runs in generic mode.
+    // native attach is refused and the receiver runs in TC ingress.
     for dev in ["rx2", "rx3"] {
         ns.exec(&["ip", "link", "set", dev, "mtu", "9000"]);
     }
@@ -633,7 +741,7 @@ fn receiver_api_creates_lists_rejects_bad_input_and_deletes() {
         .lines()
         .find(|l| l.contains(&cli_id))
         .unwrap_or_else(|| panic!("no row for {cli_id}:\n{}", table.stdout));
-    for field in ["rx2", "4789", "generic", "400", "mrx400", "Created"] {
+    for field in ["rx2", "4789", "tc", "400", "mrx400", "Created"] {
         assert!(
             row.split_whitespace().any(|c| c == field),
             "{field} not in {row:?}"
@@ -780,5 +888,317 @@ sources = ["src0"]
     capture::remove(&src_pcap);
     capture::remove(&got_pcap);
     drop(source);
+    target.stop();
+}
+
+/// The source agent and a receiver agent on one host, the collector link at MTU 9000 so
+/// whole frames fit in VXLAN: col0 refuses native XDP at that MTU and the receiver runs in
+/// TC ingress. Every copy the source makes (`bpf_clone_redirect`, so every one arrives
+/// marked as redirected, which generic XDP skipped: it saw 2 of 20) is counted and
+/// delivered, byte-identical, for datagrams of several sizes up to 8000 bytes.
+#[test]
+fn same_host_source_and_tc_receiver_deliver_every_copy() {
+    const N: usize = 250;
+    const SIZES: [usize; 5] = [18, 200, 1400, 3000, 8000];
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    let target = start_target(&topo, &target_config("col0"), &[]);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, FULL_PORT)).expect("node sink")
+    });
+    let mut on_source = Capture::start(&topo.node, "src0", &format!("udp dst port {FULL_PORT}"));
+    let mut got = Capture::start(&topo.col, "mrx100", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    let mut bytes = 0;
+    for i in 0..N {
+        let size = SIZES[i % SIZES.len()];
+        let payload: Vec<u8> = (0..size).map(|b| (b * 13 + i) as u8).collect();
+        client
+            .send_to(&payload, (NODE_SRC_ADDR, FULL_PORT))
+            .expect("send to the full-frame session");
+        // Ethernet, IPv4 and UDP headers around the payload.
+        bytes += 14 + 20 + 8 + size;
+        // Paced a little so that tcpdump's buffers, not the data path, set no limit.
+        if i % 10 == 9 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    on_source.wait_for_frames(N, WAIT);
+    got.wait_for_frames(N, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let (src_pcap, got_pcap) = (on_source.stop(), got.stop());
+    let sent = capture::frames(&src_pcap);
+    let delivered = capture::frames(&got_pcap);
+    assert_eq!(sent.len(), N, "source capture");
+    assert_eq!(
+        delivered.len(),
+        N,
+        "every copy must reach mrx100 (generic XDP delivered a tenth)"
+    );
+    assert!(
+        delivered == sent,
+        "mrx100 must carry exactly the frames the source saw"
+    );
+    capture::remove(&src_pcap);
+    capture::remove(&got_pcap);
+
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let c = vni_counters(&r, 100);
+        if c["Frames"] == N as u64 && c["Bytes"] == bytes as u64 {
+            for field in ["Malformed", "NoCaptureInterface", "RedirectErrors"] {
+                assert_eq!(c[field], 0, "{field}: {r}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver counters never matched the {N} frames ({bytes} bytes): {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (status, text) = metrics_get(&topo.col, 9464, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receive_frames_total{receiver=\"tmrcv-col\",vni=\"100\"}"
+        ),
+        N as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "mirror_receiver_attached{mode=\"tc\",receiver=\"tmrcv-col\"}"
+        ),
+        1.0
+    );
+    drop(source);
+    target.stop();
+}
+
+/// `kill -9` of the receiver agent while copies flow: the pinned TCX link (or the cls_bpf
+/// filter) keeps delivering with no agent running, the next agent takes it over, and not one
+/// copy of a steady stream is lost across the whole restart.
+fn tc_receive_survives_kill_9(args: &[&str]) {
+    let topo = Topology::new();
+    set_mtu(&topo, 9000);
+    let target = start_target(&topo, &target_config("col0"), args);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let source = Agent::start(&topo.node, &config_with_collector(SOURCE_CONFIG));
+    source.wait_settled(WAIT);
+    let _sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, FULL_PORT)).expect("node sink")
+    });
+    let mut got = Capture::start(&topo.col, "mrx100", "");
+    let client = in_netns(&topo.wl, || {
+        UdpSocket::bind((WL_ADDR, 0)).expect("workload socket")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut seq: u32 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut payload = vec![0u8; 2000];
+                payload[..4].copy_from_slice(&seq.to_be_bytes());
+                client
+                    .send_to(&payload, (NODE_SRC_ADDR, FULL_PORT))
+                    .expect("send");
+                seq += 1;
+                thread::sleep(Duration::from_millis(3));
+            }
+            seq
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let dir = target.kill9();
+    // No agent: the pinned link (or the filter) runs on.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(receive_programs(&topo.col, "col0"), 1, "after kill -9");
+    let config = std::fs::read_to_string(dir.join("agent.toml")).expect("config");
+    let next = Agent::start_with(
+        &topo.col,
+        &config,
+        &dir,
+        &StartOptions {
+            args,
+            ..StartOptions::default()
+        },
+    );
+    let r = wait_attached(&next, "tmrcv-col");
+    assert_eq!(r["XdpMode"], "tc", "{r}");
+    assert!(
+        next.log_text().contains(takeover_log("tc", args)),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(receive_programs(&topo.col, "col0"), 1, "after the takeover");
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("sender thread") as usize;
+    got.wait_for_frames(sent, WAIT);
+    thread::sleep(Duration::from_millis(300));
+    let pcap = got.stop();
+    let seqs: Vec<u32> = capture::frames(&pcap)
+        .iter()
+        .filter(|f| f.len() == 14 + 20 + 8 + 2000)
+        .map(|f| u32::from_be_bytes([f[42], f[43], f[44], f[45]]))
+        .collect();
+    capture::remove(&pcap);
+    assert_eq!(
+        seqs,
+        (0..sent as u32).collect::<Vec<_>>(),
+        "every copy, in order, across kill -9 and the takeover ({sent} sent)"
+    );
+    // The new agent's counters start with its maps, at the takeover.
+    let c = vni_counters(&wait_attached(&next, "tmrcv-col"), 100);
+    assert_eq!(c["RedirectErrors"], 0, "{c}");
+
+    let dir = next.terminate();
+    drop(source);
+    let out = Agent::cleanup(&topo.col, &dir);
+    assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        receive_programs(&topo.col, "col0"),
+        0,
+        "receiving program left on col0 after cleanup"
+    );
+    assert!(
+        !link_exists(&topo.col, "mrx100"),
+        "mrx100 left after cleanup"
+    );
+}
+
+#[test]
+fn tcx_receive_link_survives_kill_9_and_is_taken_over() {
+    tc_receive_survives_kill_9(&[]);
+}
+
+#[test]
+fn clsact_receive_filter_survives_kill_9_and_is_taken_over() {
+    tc_receive_survives_kill_9(&["--tc-attach", "clsact"]);
+}
+
+/// A kernel VXLAN device on the same host (VNI 100 to the collector) sends UDP GSO
+/// super-packets, which cross the veth unsegmented into the TC receiver (a veth without XDP
+/// keeps its peer's GSO). A decap with `bpf_skb_adjust_room` would leave the skb's UDP tunnel
+/// GSO state behind and the segmentation into the capture pair would drop every segment, so
+/// on kernels without `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (6.18 has none) the program passes each
+/// super-packet untouched and counts it as a redirect error; with the flag, every segment is
+/// delivered. Frames that are not GSO (the device's own IPv6 chatter) are delivered either
+/// way.
+#[test]
+fn gso_vxlan_super_packets_are_delivered_or_counted_never_lost_silently() {
+    const SUPER: usize = 10;
+    const SEGMENT: usize = 1000;
+    const PAYLOAD: usize = 8000;
+    let topo = Topology::new();
+    for (ns, dev) in [(&topo.node, "up0"), (&topo.col, "col0")] {
+        ns.exec(&["ip", "link", "set", dev, "mtu", "9000"]);
+    }
+    let target = start_target(&topo, &target_config("col0"), &[]);
+    let rx = wait_attached(&target, "tmrcv-col");
+    assert_eq!(rx["XdpMode"], "tc", "{rx}");
+    let node = &topo.node;
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "remote",
+        COLLECTOR_ADDR,
+        "local",
+        NODE_UP_ADDR,
+        "dstport",
+        "4789",
+        "dev",
+        "up0",
+    ]);
+    node.exec(&["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"]);
+    node.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", "vx0"]);
+    node.exec(&["ip", "link", "set", "vx0", "mtu", "1450", "up"]);
+    node.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.99.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "vx0",
+        "nud",
+        "permanent",
+    ]);
+    let got = Capture::start(&topo.col, "mrx100", "udp dst port 9999");
+    in_netns(node, || {
+        use std::os::fd::AsRawFd as _;
+        let s = UdpSocket::bind(("10.99.0.1", 0)).expect("socket on vx0");
+        let size = SEGMENT as libc::c_int;
+        // SAFETY: setsockopt(2) on a socket we own with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        for i in 0..SUPER {
+            s.send_to(&[i as u8; PAYLOAD], ("10.99.0.2", 9999))
+                .expect("send a UDP GSO super-packet");
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let counters = loop {
+        let r = wait_attached(&target, "tmrcv-col");
+        let c = vni_counters(&r, 100);
+        let errors = c["RedirectErrors"].as_u64().unwrap_or_default() as usize;
+        let frames = c["Frames"].as_u64().unwrap_or_default() as usize;
+        if errors == SUPER || frames >= SUPER * PAYLOAD / SEGMENT {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "super-packets neither delivered nor counted: {r}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    thread::sleep(Duration::from_millis(300));
+    let pcap = got.stop();
+    let delivered = capture::frames(&pcap);
+    capture::remove(&pcap);
+    if counters["RedirectErrors"] == SUPER as u64 {
+        assert!(
+            delivered.is_empty(),
+            "passed super-packets must not reach mrx100: {} frames",
+            delivered.len()
+        );
+    } else {
+        assert_eq!(counters["RedirectErrors"], 0, "{counters}");
+        assert_eq!(
+            delivered.len(),
+            SUPER * PAYLOAD / SEGMENT,
+            "one frame per segment on mrx100"
+        );
+        assert!(
+            delivered.iter().all(|f| f.len() == 14 + 20 + 8 + SEGMENT),
+            "segments of {SEGMENT} bytes"
+        );
+    }
     target.stop();
 }

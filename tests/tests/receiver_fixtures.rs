@@ -1,19 +1,19 @@
-//! BPF_PROG_TEST_RUN fixtures for the receiving program (`mirror_receive`, XDP): each case is
-//! a description, an input frame, the expected verdict and output frame, and the counters it
-//! must move.
+//! BPF_PROG_TEST_RUN fixtures for the receiving programs (`mirror_receive`, XDP, and its TC
+//! twin `mirror_receive_tc`): each case is a description, an input frame, the expected verdict
+//! and output frame, and the counters it must move. Every row runs through both programs.
 //!
 //! Kernel requirements: root (CAP_BPF, CAP_NET_ADMIN) to load programs, create a namespace
 //! and veth pairs; BPF_PROG_TEST_RUN for XDP with an `xdp_md` context naming the ingress
-//! interface (5.15+); native XDP on veth for the capture pairs' `rx_pass`; a devmap hash
-//! (5.4+). The receiver is set up by the agent's own `Datapath::apply`, so the maps hold what
+//! interface (5.15+) and for TC with a `__sk_buff` context naming the device; native XDP on
+//! veth for the capture pairs' `rx_pass`; a devmap hash (5.4+), looked up from TC. The receiver is set up by the agent's own `Datapath::apply`, so the maps hold what
 //! the agent writes.
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use mirror_agent::{
     config::Objects,
     datapath::{
         self, Datapath,
-        receive::{PROG_RECEIVE, Receiver, ReceiverStatus, capture_name},
+        receive::{PROG_RECEIVE, PROG_RECEIVE_TC, Receiver, ReceiverStatus, capture_name},
     },
 };
 use mirror_ebpf::{RxInterfaceStats, RxVniStats};
@@ -26,6 +26,9 @@ use mirror_tests::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+/// TC verdicts as the test run returns them (an `int` read back as `u32`).
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_REDIRECT: u32 = 7;
 const RECEIVER: &str = "tmrcv-fx";
 const PORT: u16 = 4789;
 
@@ -46,7 +49,47 @@ enum Counted {
     UnknownVni,
     VniMalformed(u32),
     NoCapture(u32),
+    RedirectError(u32),
     Nothing,
+}
+
+/// The two receiving programs, run on the same rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prog {
+    Xdp,
+    Tc,
+}
+
+impl Prog {
+    fn pass(self) -> u32 {
+        match self {
+            Prog::Xdp => XDP_PASS,
+            Prog::Tc => TC_ACT_UNSPEC,
+        }
+    }
+
+    fn redirect(self) -> u32 {
+        match self {
+            Prog::Xdp => XDP_REDIRECT,
+            Prog::Tc => TC_ACT_REDIRECT,
+        }
+    }
+
+    /// Runs the program on `packet` arriving on `ifindex`: (verdict, frame afterwards).
+    fn run(self, dp: &mut Datapath, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
+        match self {
+            Prog::Xdp => run(
+                dp.xdp_program(PROG_RECEIVE).expect("receive program"),
+                packet,
+                ifindex,
+            ),
+            Prog::Tc => run_tc(
+                dp.program(PROG_RECEIVE_TC).expect("TC receive program"),
+                packet,
+                ifindex,
+            ),
+        }
+    }
 }
 
 struct Case {
@@ -280,6 +323,29 @@ fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
     ctx
 }
 
+/// `struct __sk_buff` (192 bytes) with only `ifindex` (offset 40) set: the test run makes
+/// that device the skb's, as the receiving interface is for a TC ingress program.
+fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn run_tc(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let ctx = skb_ctx(ifindex);
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })
+        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
 fn run(prog: &Xdp, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
     let mut out = vec![0u8; packet.len() + 256];
     let ctx = xdp_ctx(ifindex, packet.len());
@@ -366,16 +432,20 @@ fn expected(before: &ReceiverStatus, case: &Case) -> ReceiverStatus {
         Counted::UnknownVni => want.interface.unknown_vni += 1,
         Counted::VniMalformed(v) => bump(&mut want, v, |s| s.malformed += 1),
         Counted::NoCapture(v) => bump(&mut want, v, |s| s.no_capture += 1),
+        Counted::RedirectError(v) => bump(&mut want, v, |s| s.redirect_errors += 1),
         Counted::Nothing => {}
     }
     want
 }
 
-fn check(case: &Case, ret: u32, out: &[u8]) -> Result<(), String> {
+fn check(prog: Prog, case: &Case, ret: u32, out: &[u8]) -> Result<(), String> {
     match case.verdict {
         Verdict::Redirect => {
-            if ret != XDP_REDIRECT {
-                return Err(format!("verdict {ret}, want XDP_REDIRECT ({XDP_REDIRECT})"));
+            if ret != prog.redirect() {
+                return Err(format!(
+                    "verdict {ret}, want redirect ({})",
+                    prog.redirect()
+                ));
             }
             if out != case.inner.as_slice() {
                 return Err(format!(
@@ -386,8 +456,8 @@ fn check(case: &Case, ret: u32, out: &[u8]) -> Result<(), String> {
             }
         }
         Verdict::Pass => {
-            if ret != XDP_PASS {
-                return Err(format!("verdict {ret}, want XDP_PASS ({XDP_PASS})"));
+            if ret != prog.pass() {
+                return Err(format!("verdict {ret}, want pass ({})", prog.pass()));
             }
             if out != case.packet.as_slice() {
                 return Err("a passed frame was changed".into());
@@ -397,35 +467,96 @@ fn check(case: &Case, ret: u32, out: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs each case through `prog`; returns what went wrong.
+fn run_cases(dp: &mut Datapath, prog: Prog, cases: Vec<Case>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        let ifindex = datapath::ifindex(case.ifname).expect("fixture interface exists");
+        let before = status(dp);
+        let (ret, out) = match prog.run(dp, &case.packet, ifindex) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{prog:?} {}: {e}", case.desc));
+                continue;
+            }
+        };
+        if let Err(why) = check(prog, &case, ret, &out) {
+            failures.push(format!("{prog:?} {}: {why}", case.desc));
+        }
+        let after = status(dp);
+        let want = expected(&before, &case);
+        if after != want {
+            failures.push(format!(
+                "{prog:?} {}: counters {:?}, want {:?}",
+                case.desc,
+                summary(&after),
+                summary(&want)
+            ));
+        }
+    }
+    failures
+}
+
 #[test]
 fn receive_program_fixtures() {
     with_receiver(|dp| {
-        let mut failures = Vec::new();
-        for case in cases() {
-            let ifindex = datapath::ifindex(case.ifname).expect("fixture interface exists");
-            let before = status(dp);
-            let prog = dp.xdp_program(PROG_RECEIVE).expect("receive program");
-            let (ret, out) = match run(prog, &case.packet, ifindex) {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push(format!("{}: {e}", case.desc));
-                    continue;
-                }
-            };
-            if let Err(why) = check(&case, ret, &out) {
-                failures.push(format!("{}: {why}", case.desc));
-            }
-            let after = status(dp);
-            let want = expected(&before, &case);
-            if after != want {
-                failures.push(format!(
-                    "{}: counters {:?}, want {:?}",
-                    case.desc,
-                    summary(&after),
-                    summary(&want)
-                ));
-            }
-        }
+        let mut failures = run_cases(dp, Prog::Xdp, cases());
+        // The skb test run refuses a frame of nothing but an Ethernet header (EINVAL).
+        let tc_cases = cases()
+            .into_iter()
+            .filter(|c| c.packet.len() > 14)
+            .collect();
+        failures.extend(run_cases(dp, Prog::Tc, tc_cases));
+        assert!(
+            failures.is_empty(),
+            "fixtures failed:\n  {}",
+            failures.join("\n  ")
+        );
+    });
+}
+
+/// Where the two programs differ, by the kernel's rules: `bpf_skb_adjust_room` refuses to
+/// leave less than an outer IP header's worth of bytes (40 for IPv6) after the Ethernet
+/// header, so an inner frame that short cannot be decapsulated in TC. The TC program then
+/// passes it untouched and counts a redirect error; XDP delivers it. (Mirror copies are IP
+/// frames of at least 64 bytes: this takes a hand-made frame.)
+#[test]
+fn tc_receive_refuses_what_adjust_room_cannot_shrink_and_counts_it() {
+    let mut tiny = vec![0u8; 14 + 30];
+    tiny[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let packet = vxlan(outer6(), PORT, VXLAN_FLAG_I, 100, &tiny);
+    with_receiver(|dp| {
+        let mut failures = run_cases(
+            dp,
+            Prog::Xdp,
+            vec![redirect(
+                "a 44-byte inner frame, IPv6 outer",
+                packet.clone(),
+                tiny.clone(),
+                100,
+            )],
+        );
+        failures.extend(run_cases(
+            dp,
+            Prog::Tc,
+            vec![pass(
+                "a 44-byte inner frame, IPv6 outer",
+                packet.clone(),
+                Counted::RedirectError(100),
+            )],
+        ));
+        // With an IPv4 outer header 20 bytes must remain, which 30 are.
+        let packet4 = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &tiny);
+        failures.extend(run_cases(
+            dp,
+            Prog::Tc,
+            vec![redirect(
+                "a 44-byte inner frame, IPv4 outer",
+                packet4,
+                tiny.clone(),
+                100,
+            )],
+        ));
         assert!(
             failures.is_empty(),
             "fixtures failed:\n  {}",
@@ -462,18 +593,19 @@ fn served_vni_without_capture_interface_passes_and_counts() {
             inner: Vec::new(),
             counted: Counted::NoCapture(200),
         };
-        let before = status(dp);
         let rx0 = datapath::ifindex("rx0").expect("rx0");
-        let prog = dp.xdp_program(PROG_RECEIVE).expect("receive program");
-        let (ret, out) = run(prog, &case.packet, rx0).expect("test run");
-        check(&case, ret, &out).expect("verdict");
-        assert_ne!(ret, XDP_DROP);
-        let after = status(dp);
-        assert_eq!(
-            vni(&after, 200).no_capture,
-            vni(&before, 200).no_capture + 1,
-            "no-capture counter of VNI 200"
-        );
-        assert_eq!(summary(&after), summary(&expected(&before, &case)));
+        for prog in [Prog::Xdp, Prog::Tc] {
+            let before = status(dp);
+            let (ret, out) = prog.run(dp, &case.packet, rx0).expect("test run");
+            check(prog, &case, ret, &out).expect("verdict");
+            assert_ne!(ret, XDP_DROP);
+            let after = status(dp);
+            assert_eq!(
+                vni(&after, 200).no_capture,
+                vni(&before, 200).no_capture + 1,
+                "{prog:?}: no-capture counter of VNI 200"
+            );
+            assert_eq!(summary(&after), summary(&expected(&before, &case)));
+        }
     });
 }

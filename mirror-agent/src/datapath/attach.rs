@@ -44,7 +44,7 @@ pub enum TcAttachMode {
 }
 
 impl TcAttachMode {
-    fn uses_tcx(self) -> bool {
+    pub(crate) fn uses_tcx(self) -> bool {
         match self {
             TcAttachMode::Tcx => true,
             TcAttachMode::Clsact => false,

@@ -499,7 +499,7 @@ impl Datapath {
         state_dir: Option<PathBuf>,
     ) -> Result<Datapath, DatapathError> {
         let rx_pins = programs.pins().map(|p| p.root.join("rx-links"));
-        let receive = receive::Receive::new(programs.ebpf_mut(), rx_pins)?;
+        let receive = receive::Receive::new(programs.ebpf_mut(), rx_pins, attach_mode)?;
         let (connection, netlink, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         let log_task = programs.take_logger().and_then(forward_program_logs);
@@ -1587,6 +1587,7 @@ pub async fn cleanup(persist: &Persistence) -> Result<Vec<String>, DatapathError
         segment::delete(&netlink).await?;
         removed.push(format!("segmentation device {}", segment::DEVICE));
     }
+    removed.extend(receive::remove_all_filters(&netlink).await?);
     removed.extend(receive::remove_all_captures(&netlink).await?);
     SavedDatapath::remove(&persist.state_dir).map_err(|source| DatapathError::Remove {
         path: persist.state_dir.join(pins::STATE_FILE),

@@ -1,5 +1,6 @@
-//! The receiving side of a mirror target: `mirror_receive` in XDP on each receiving
-//! interface, and one capture veth pair per served VNI, made and owned by the agent.
+//! The receiving side of a mirror target: `mirror_receive` in native XDP on each receiving
+//! interface (`mirror_receive_tc` in TC ingress where the driver refuses native XDP), and one
+//! capture veth pair per served VNI, made and owned by the agent.
 //!
 //! Frames of a VNI are redirected into the agent's end of its pair (`mrx<vni>-in`) and come
 //! out of the tools' end (`mrx<vni>`), where tcpdump, Zeek or Suricata read them. The tools'
@@ -26,12 +27,15 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use super::{
-    ApplyReport, DatapathError, Slots, ifindex, map_err, prog_err,
+    ApplyReport, DatapathError, Slots, TcAttachMode,
+    attach::classifier_in,
+    ifindex, map_err, prog_err,
     rxlinks::{self, RxLink},
     zeroed_per_cpu,
 };
 
 pub const PROG_RECEIVE: &str = "mirror_receive";
+pub const PROG_RECEIVE_TC: &str = "mirror_receive_tc";
 pub const PROG_RX_PASS: &str = "rx_pass";
 
 /// What the reconciler wants received: the interface resolved to a name.
@@ -91,17 +95,27 @@ pub enum CaptureError {
 /// How the receiving program runs on an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachedMode {
-    /// In the driver (veth, most physical NICs): before an skb exists.
+    /// XDP in the driver (veth, most physical NICs): before an skb exists.
     Native,
-    /// In the stack (any interface): after the skb is built, slower.
-    Generic,
+    /// TC ingress (any interface: a bridge, a veth at a jumbo MTU): after the skb is built,
+    /// slower. Not generic XDP, which the kernel skips for every skb marked as redirected,
+    /// such as the copies a source agent on the same host makes with `bpf_clone_redirect`.
+    Tc,
 }
 
 impl AttachedMode {
     pub fn as_str(self) -> &'static str {
         match self {
             AttachedMode::Native => "native",
-            AttachedMode::Generic => "generic",
+            AttachedMode::Tc => "tc",
+        }
+    }
+
+    /// The program that runs in this mode.
+    pub fn program(self) -> &'static str {
+        match self {
+            AttachedMode::Native => PROG_RECEIVE,
+            AttachedMode::Tc => PROG_RECEIVE_TC,
         }
     }
 }
@@ -127,7 +141,7 @@ struct Attached {
 /// Live view of a receiver for the API and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceiverStatus {
-    /// "native" or "generic"; empty while not attached.
+    /// "native" or "tc"; empty while not attached.
     pub mode: String,
     pub interface: RxInterfaceStats,
     /// By VNI: the capture interface and its counters.
@@ -137,7 +151,13 @@ pub struct ReceiverStatus {
 pub struct Receive {
     /// Why receivers cannot work here (an XDP program the kernel rejected).
     unavailable: Option<String>,
-    /// Where the XDP links are pinned (`<pin_dir>/rx-links`), when the data path is pinned.
+    /// Why the TC fallback cannot work here (the kernel rejected it): receivers then need
+    /// native XDP.
+    tc_unavailable: Option<String>,
+    /// TCX or clsact for the TC fallback, as for the source programs.
+    tc_mode: TcAttachMode,
+    /// Where the XDP and TCX links are pinned (`<pin_dir>/rx-links`), when the data path is
+    /// pinned.
     pin_dir: Option<PathBuf>,
     interfaces: HashMap<MapData, u32, RxInterface>,
     vnis: HashMap<MapData, RxVniKey, RxVni>,
@@ -163,10 +183,14 @@ pub(super) fn xdp<'a>(
 }
 
 impl Receive {
-    /// Takes the receiving maps and loads the two XDP programs (so the verifier speaks at
-    /// start, not at the first receiver). A program the kernel rejects disables receivers,
-    /// not the agent: each receiver then reports why.
-    pub fn new(ebpf: &mut Ebpf, pin_dir: Option<PathBuf>) -> Result<Receive, DatapathError> {
+    /// Takes the receiving maps and loads the XDP programs and the TC fallback (so the
+    /// verifier speaks at start, not at the first receiver). A program the kernel rejects
+    /// disables receivers (or the fallback), not the agent: each receiver then reports why.
+    pub fn new(
+        ebpf: &mut Ebpf,
+        pin_dir: Option<PathBuf>,
+        tc_mode: TcAttachMode,
+    ) -> Result<Receive, DatapathError> {
         let mut unavailable = None;
         for name in [PROG_RECEIVE, PROG_RX_PASS] {
             if let Err(e) = xdp(ebpf, name)?.load() {
@@ -174,6 +198,18 @@ impl Receive {
                 unavailable = Some(format!("program {name} rejected by the kernel: {e}"));
             }
         }
+        let tc_unavailable = match classifier_in(ebpf, PROG_RECEIVE_TC)?.load() {
+            Ok(()) => None,
+            Err(e) => {
+                warn!(
+                    program = PROG_RECEIVE_TC,
+                    "receivers need native XDP: the TC fallback is unavailable: {e}"
+                );
+                Some(format!(
+                    "program {PROG_RECEIVE_TC} rejected by the kernel: {e}"
+                ))
+            }
+        };
         let pin_dir = pin_dir.filter(|dir| match std::fs::create_dir_all(dir) {
             Ok(()) => true,
             Err(e) => {
@@ -183,6 +219,8 @@ impl Receive {
         });
         Ok(Receive {
             unavailable,
+            tc_unavailable,
+            tc_mode,
             pin_dir,
             interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
             vnis: super::take_map(ebpf, "RX_VNIS")?,
@@ -248,9 +286,12 @@ impl Receive {
     async fn sweep(&mut self, netlink: &Handle) {
         let mut known_pins = Vec::new();
         let mut known_vnis = Vec::new();
+        let mut known_filters = Vec::new();
         for a in self.attached.values() {
-            if let RxLink::Pinned(p) = &a.link {
-                known_pins.push(p.clone());
+            match &a.link {
+                RxLink::Pinned(p) => known_pins.push(p.clone()),
+                RxLink::Filter(ifname) => known_filters.push(ifname.clone()),
+                RxLink::Owned(_) | RxLink::OwnedTc(_) => {}
             }
             for (vni, c) in &a.captures {
                 known_vnis.push(*vni);
@@ -264,7 +305,7 @@ impl Receive {
         {
             for path in entries.filter_map(Result::ok).map(|e| e.path()) {
                 if !known_pins.contains(&path) {
-                    info!(pin = %path.display(), "removing an XDP link no receiver accounts for");
+                    info!(pin = %path.display(), "removing a receive link no receiver accounts for");
                     let _ = super::pins::remove(&path);
                 }
             }
@@ -277,6 +318,16 @@ impl Receive {
             }
         };
         for name in links.iter().map(|l| &l.name) {
+            // cls_bpf receive filters (clsact) have no pin to find them by.
+            if !known_filters.contains(name) && !is_capture_name(name) {
+                match rxlinks::remove_filter(name) {
+                    Ok(true) => {
+                        info!(interface = %name, "removed a receive filter no receiver accounts for")
+                    }
+                    Ok(false) => {}
+                    Err(e) => debug!(interface = %name, error = %e, "looking for a receive filter"),
+                }
+            }
             let Some(vni) = inner_vni(name) else {
                 continue;
             };
@@ -410,7 +461,14 @@ impl Receive {
             }
         }
         if let Some(captures) = fresh {
-            let attached = attach_best(ebpf, index, &r.interface, self.pin_dir.as_deref());
+            let attached = attach_best(
+                ebpf,
+                index,
+                &r.interface,
+                self.pin_dir.as_deref(),
+                self.tc_mode,
+                self.tc_unavailable.as_deref(),
+            );
             let (mode, link) = match attached {
                 Ok(x) => x,
                 Err(e) => {
@@ -466,7 +524,7 @@ impl Receive {
         let Some(mut a) = self.attached.remove(id) else {
             return Ok(());
         };
-        rxlinks::detach(ebpf, PROG_RECEIVE, a.link);
+        rxlinks::detach(ebpf, a.mode.program(), a.link);
         match self.interfaces.remove(&a.ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("RX_INTERFACES")(e)),
@@ -539,48 +597,67 @@ impl Receive {
     }
 }
 
-/// Native XDP where the driver has it, generic otherwise; an earlier agent's pinned link on
-/// the interface is taken over in the mode it has.
+/// Native XDP where the driver has it, the TC program otherwise; an earlier agent's link on
+/// the interface (pinned, or its cls_bpf filter) is taken over in the mode it has.
 fn attach_best(
     ebpf: &mut Ebpf,
     index: u32,
     ifname: &str,
     pin_dir: Option<&Path>,
+    tc_mode: TcAttachMode,
+    tc_unavailable: Option<&str>,
 ) -> Result<(AttachedMode, RxLink), DatapathError> {
-    let pin =
-        |mode: AttachedMode| pin_dir.map(|d| d.join(format!("xdp-{ifname}-{}", mode.as_str())));
-    let modes = [
-        (AttachedMode::Native, XdpMode::Driver),
-        (AttachedMode::Generic, XdpMode::Skb),
-    ];
-    for (mode, xdp_mode) in modes {
-        // Taken over, or attached anew in that mode when the old link is dead.
-        if let Some(path) = pin(mode).filter(|p| p.exists()) {
-            match rxlinks::attach(ebpf, PROG_RECEIVE, index, xdp_mode, Some(&path)) {
-                Ok((link, _)) => return Ok((mode, link)),
-                Err(e) => debug!(ifindex = index, error = %e, "pinned XDP link not usable"),
+    let native_pin = pin_dir.map(|d| d.join(format!("xdp-{ifname}-native")));
+    let tc_pin = pin_dir.map(|d| d.join(format!("tc-{ifname}")));
+    // Taken over, or attached anew in that mode when the old link is dead.
+    if let Some(path) = native_pin.as_ref().filter(|p| p.exists()) {
+        match rxlinks::attach(ebpf, PROG_RECEIVE, index, XdpMode::Driver, Some(path)) {
+            Ok((link, _)) => {
+                drop_stale_filter(ifname);
+                return Ok((AttachedMode::Native, link));
             }
+            Err(e) => debug!(ifindex = index, error = %e, "pinned XDP link not usable"),
         }
     }
-    match rxlinks::attach(
+    if tc_unavailable.is_none()
+        && let Some(link) = rxlinks::take_over_tc(ebpf, ifname, tc_mode, tc_pin.as_deref())?
+    {
+        return Ok((AttachedMode::Tc, link));
+    }
+    let native = match rxlinks::attach(
         ebpf,
         PROG_RECEIVE,
         index,
         XdpMode::Driver,
-        pin(AttachedMode::Native).as_deref(),
+        native_pin.as_deref(),
     ) {
-        Ok((link, _)) => Ok((AttachedMode::Native, link)),
-        Err(native) => {
-            debug!(ifindex = index, error = %native, "no native XDP, trying generic");
-            let (link, _) = rxlinks::attach(
-                ebpf,
-                PROG_RECEIVE,
-                index,
-                XdpMode::Skb,
-                pin(AttachedMode::Generic).as_deref(),
-            )?;
-            Ok((AttachedMode::Generic, link))
+        Ok((link, _)) => {
+            drop_stale_filter(ifname);
+            return Ok((AttachedMode::Native, link));
         }
+        Err(e) => e,
+    };
+    if let Some(why) = tc_unavailable {
+        return Err(DatapathError::Link {
+            what: format!("receiving program on {ifname}"),
+            reason: format!("no native XDP ({native}) and {why}"),
+        });
+    }
+    debug!(ifindex = index, error = %native, "no native XDP, attaching the TC program");
+    if tc_mode.uses_tcx() {
+        drop_stale_filter(ifname);
+    }
+    let link = rxlinks::attach_tc(ebpf, ifname, tc_mode, tc_pin.as_deref())?;
+    Ok((AttachedMode::Tc, link))
+}
+
+/// A cls_bpf receive filter an earlier agent left (in clsact mode) would see the frames the
+/// new attachment passes; it goes. (Left-over pins are removed by the sweep.)
+fn drop_stale_filter(ifname: &str) {
+    match rxlinks::remove_filter(ifname) {
+        Ok(true) => info!(ifname, "removed a receive filter an earlier agent left"),
+        Ok(false) => {}
+        Err(e) => debug!(ifname, error = %e, "looking for an earlier receive filter"),
     }
 }
 
@@ -790,6 +867,21 @@ pub async fn remove_all_captures(netlink: &Handle) -> Result<Vec<String>, Captur
                 "capture interfaces {} and {name}",
                 capture_name(vni)
             ));
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the cls_bpf receive filter (clsact) from every interface in this namespace
+/// (`mirror-agent cleanup`; TCX and XDP links go with their pins); returns what it removed.
+pub async fn remove_all_filters(netlink: &Handle) -> Result<Vec<String>, DatapathError> {
+    let links = crate::links::dump(netlink)
+        .await
+        .map_err(nl("listing interfaces".into()))?;
+    let mut removed = Vec::new();
+    for name in links.iter().map(|l| &l.name) {
+        if rxlinks::remove_filter(name)? {
+            removed.push(format!("receive filter on {name} (clsact ingress)"));
         }
     }
     Ok(removed)

@@ -1,5 +1,7 @@
 //! XDP receive: `mirror_receive` decapsulating and redirecting into a capture veth, against
-//! the kernel's own VXLAN device receiving the same frames, on one core.
+//! the kernel's own VXLAN device receiving the same frames, on one core; and the program cost
+//! of both receiving programs, `mirror_receive` (XDP) and `mirror_receive_tc` (TC ingress,
+//! where native XDP cannot attach).
 
 use std::fmt::Write as _;
 
@@ -24,8 +26,12 @@ fn receiver_on(interface: &str) -> mirror_agent::config::Objects {
 }
 
 /// Rows the section produces: live frames at 64 B and 1450 B inner frames, and program cost
-/// for IPv4 and IPv6 outer headers at three inner sizes.
-pub const EXPECTED_ROWS: usize = 2 + 6;
+/// for IPv4 and IPv6 outer headers at three inner sizes, XDP and TC.
+pub const EXPECTED_ROWS: usize = 2 + 6 + 6;
+
+/// One program-cost row: outer header, frame and inner sizes, then ns per frame of the
+/// empty program, of a served VNI and of an unknown VNI.
+type CostRow = (&'static str, usize, usize, f64, f64, f64);
 
 /// The program's own cost, as the TC rows measure theirs: ns per frame over an empty XDP
 /// program (`rx_pass`, which only returns XDP_PASS) from the kernel's BPF_PROG_TEST_RUN
@@ -33,15 +39,21 @@ pub const EXPECTED_ROWS: usize = 2 + 6;
 /// a repeated run would measure the stripped frame from the second run on. Median of many
 /// calls; the verdict is not carried out (no redirect), so this is the program alone.
 fn cost(quick: bool) -> (String, usize) {
-    use mirror_agent::datapath::receive::{PROG_RECEIVE, PROG_RX_PASS};
+    use mirror_agent::datapath::receive::{PROG_RECEIVE, PROG_RECEIVE_TC, PROG_RX_PASS};
     use mirror_tests::packets::{VXLAN_FLAG_I, v6, vxlan};
 
     let calls = if quick { 50 } else { 20_000 };
     let ns = mirror_tests::topology::quiet_netns("brc", &[("rc0", "rc1", "198.18.31.2/24")]);
-    let rows: Vec<(&str, usize, usize, f64, f64, f64)> =
+    let (rows, tc_rows): (Vec<CostRow>, Vec<CostRow>) =
         mirror_tests::fixture::with_datapath(&ns, &receiver_on("rc0"), 1024, async |dp, _| {
             let rc0 = datapath::ifindex("rc0").expect("rc0");
+            // The agent never loads the baseline; the benchmark does.
+            dp.program(TC_EMPTY)
+                .expect("baseline program")
+                .load()
+                .expect("loading the baseline");
             let mut rows = Vec::new();
+            let mut tc_rows = Vec::new();
             for (outer, ip) in [
                 ("IPv4", v4("198.18.31.1", "198.18.31.2")),
                 ("IPv6", v6("fd00::31:1", "fd00::31:2")),
@@ -82,9 +94,34 @@ fn cost(quick: bool) -> (String, usize) {
                     let decap = ns_per_frame(PROG_RECEIVE, &served);
                     let pass = ns_per_frame(PROG_RECEIVE, &unknown);
                     rows.push((outer, served.len(), inner_len, empty, decap, pass));
+                    // The TC twin on the same frames, over the object's empty TC program:
+                    // an skb built per call, the device rc0 (`__sk_buff.ifindex`).
+                    let mut tc_ns_per_frame = |name: &'static str, packet: &[u8]| {
+                        let mut ctx = vec![0u8; 192];
+                        ctx[40..44].copy_from_slice(&rc0.to_ne_bytes());
+                        let prog = dp.program(name).expect("TC program");
+                        let v: Vec<f64> = (0..calls)
+                            .map(|_| {
+                                prog.test_run(TestRunOptions {
+                                    data_in: Some(packet),
+                                    ctx_in: Some(&ctx),
+                                    repeat: 1,
+                                    ..TestRunOptions::new()
+                                })
+                                .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {name}: {e}"))
+                                .duration
+                                .as_nanos() as f64
+                            })
+                            .collect();
+                        super::common::median(v)
+                    };
+                    let empty = tc_ns_per_frame(TC_EMPTY, &served);
+                    let decap = tc_ns_per_frame(PROG_RECEIVE_TC, &served);
+                    let pass = tc_ns_per_frame(PROG_RECEIVE_TC, &unknown);
+                    tc_rows.push((outer, served.len(), inner_len, empty, decap, pass));
                 }
             }
-            rows
+            (rows, tc_rows)
         });
     drop(ns);
     let mut out = format!(
@@ -96,7 +133,30 @@ fn cost(quick: bool) -> (String, usize) {
          | outer | frame | inner | empty (ns) | served VNI (ns) | over empty | unknown VNI (ns) | over empty |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
-    for (outer, frame, inner, empty, decap, pass) in &rows {
+    cost_table(&mut out, &rows);
+    let _ = write!(
+        out,
+        "\n### TC receive: program cost\n\n`mirror_receive_tc`, the receiving program in TC \
+         ingress where native XDP cannot attach (a bridge, a veth at a jumbo MTU), on the same \
+         frames and the same method: ns per frame from BPF_PROG_TEST_RUN (an skb built per \
+         call), median of {calls} calls; the redirect is not carried out. Peer: the object's \
+         empty TC program (`{TC_EMPTY}`). \"served VNI\" parses, removes the outer headers \
+         (`bpf_skb_adjust_room`), writes the inner Ethernet header back and returns \
+         TC_ACT_REDIRECT; \"unknown VNI\" parses and passes. No live-frame row: live test runs \
+         exist for XDP only.\n\n\
+         | outer | frame | inner | empty (ns) | served VNI (ns) | over empty | unknown VNI (ns) | over empty |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    cost_table(&mut out, &tc_rows);
+    (out, rows.len() + tc_rows.len())
+}
+
+/// The empty TC program of the object, the peer of the TC rows (as in the program-cost
+/// section).
+const TC_EMPTY: &str = "bench_empty";
+
+fn cost_table(out: &mut String, rows: &[CostRow]) {
+    for (outer, frame, inner, empty, decap, pass) in rows {
         let _ = writeln!(
             out,
             "| {outer} | {frame} B | {inner} B | {empty:.0} | {decap:.0} | {:+.0} ns ({:.1}x) | {pass:.0} | {:+.0} ns |",
@@ -105,7 +165,6 @@ fn cost(quick: bool) -> (String, usize) {
             pass - empty
         );
     }
-    (out, rows.len())
 }
 
 /// The receiving side on one core, with live frames (BPF_PROG_TEST_RUN with
