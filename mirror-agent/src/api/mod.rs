@@ -2,6 +2,7 @@
 //! See docs/api.md.
 
 pub mod actions;
+pub mod auth;
 pub mod error;
 pub mod flowlogs;
 pub mod lenient;

@@ -85,6 +85,14 @@ impl Params {
         }
     }
 
+    /// Sets `key` unless the request gave it (the Tea SDK's `x-acs-action` and
+    /// `x-acs-version` headers stand for the parameters).
+    pub fn set_default(&mut self, key: &str, value: &str) {
+        self.map
+            .entry(key.to_string())
+            .or_insert_with(|| value.to_string());
+    }
+
     /// The raw value; `Some("")` for a parameter given empty.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str)
