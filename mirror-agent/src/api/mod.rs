@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod dialect;
 pub mod error;
 pub mod flowlogs;
 pub mod lenient;

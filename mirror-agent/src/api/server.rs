@@ -140,6 +140,14 @@ async fn handle(
     }
     let env = render::envelope(&params);
     let action = params.get("Action").unwrap_or_default().to_string();
+    let (canonical, reshape) = match super::dialect::translate(&ctx.svc, &env, &action, &mut params)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let r = render::render_err(&env, &action, &super::request_id(), &ctx.svc.region, &e);
+            return respond(r.status, r.content_type, r.body);
+        }
+    };
     let started = std::time::Instant::now();
     let rendered = if action.is_empty() {
         render::render_err(
@@ -150,8 +158,11 @@ async fn handle(
             &ApiError::missing("Action"),
         )
     } else {
-        match super::call(&ctx.svc, &action, &params).await {
-            Ok(a) => render::render_ok(&env, &action, &a.request_id, &ctx.svc.region, &a.body),
+        match super::call(&ctx.svc, &canonical, &params).await {
+            Ok(a) => {
+                let body = super::dialect::reshape(reshape, a.body);
+                render::render_ok(&env, &action, &a.request_id, &ctx.svc.region, &body)
+            }
             Err((rid, e)) => {
                 let e = match env {
                     render::Envelope::Volcengine { .. } => super::volcengine_error(e),
