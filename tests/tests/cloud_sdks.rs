@@ -193,22 +193,66 @@ fn drive(script: &str, ops: &[&str], env: &[(&str, String)], vni: u32) {
 fn alibaba_tea_sdk_every_operation() {
     drive(
         "alibaba_tea.py",
+        ALIBABA_OPS,
+        &[("MIRROR_AK", AK.into()), ("MIRROR_SK", SK.into())],
+        1001,
+    );
+}
+
+/// Alibaba's operation list, the same in both of its SDKs.
+const ALIBABA_OPS: &[&str] = &[
+    "GetTrafficMirrorServiceStatus",
+    "OpenTrafficMirrorService",
+    "CreateTrafficMirrorFilter",
+    "CreateTrafficMirrorFilterRules",
+    "UpdateTrafficMirrorFilterRuleAttribute",
+    "UpdateTrafficMirrorFilterAttribute",
+    "ListTrafficMirrorFilters",
+    "DeleteTrafficMirrorFilterRules",
+    "CreateTrafficMirrorSession",
+    "ListTrafficMirrorSessions",
+    "AddSourcesToTrafficMirrorSession",
+    "RemoveSourcesFromTrafficMirrorSession",
+    "UpdateTrafficMirrorSessionAttribute",
+    "GetFlowLogServiceStatus",
+    "OpenFlowLogService",
+    "CreateFlowLog",
+    "DescribeFlowLogs",
+    "ModifyFlowLogAttribute",
+    "DeactiveFlowLog",
+    "ActiveFlowLog",
+    "DeleteFlowLog",
+    "DeleteTrafficMirrorSession",
+    "DeleteTrafficMirrorFilter",
+];
+
+#[test]
+fn alibaba_classic_sdk_every_operation() {
+    drive(
+        "alibaba_classic.py",
+        ALIBABA_OPS,
+        &[("MIRROR_AK", AK.into()), ("MIRROR_SK", SK.into())],
+        1002,
+    );
+}
+
+#[test]
+fn volcengine_sdk_every_operation() {
+    drive(
+        "volcengine.py",
         &[
-            "GetTrafficMirrorServiceStatus",
-            "OpenTrafficMirrorService",
             "CreateTrafficMirrorFilter",
-            "CreateTrafficMirrorFilterRules",
-            "UpdateTrafficMirrorFilterRuleAttribute",
-            "UpdateTrafficMirrorFilterAttribute",
-            "ListTrafficMirrorFilters",
-            "DeleteTrafficMirrorFilterRules",
+            "CreateTrafficMirrorFilterRule",
+            "ModifyTrafficMirrorFilterRuleAttributes",
+            "ModifyTrafficMirrorFilterAttributes",
+            "DescribeTrafficMirrorFilters",
+            "DeleteTrafficMirrorFilterRule",
+            "CreateTrafficMirrorTarget",
+            "ModifyTrafficMirrorTargetAttributes",
+            "DescribeTrafficMirrorTargets",
             "CreateTrafficMirrorSession",
-            "ListTrafficMirrorSessions",
-            "AddSourcesToTrafficMirrorSession",
-            "RemoveSourcesFromTrafficMirrorSession",
-            "UpdateTrafficMirrorSessionAttribute",
-            "GetFlowLogServiceStatus",
-            "OpenFlowLogService",
+            "DescribeTrafficMirrorSessions",
+            "ModifyTrafficMirrorSessionAttributes",
             "CreateFlowLog",
             "DescribeFlowLogs",
             "ModifyFlowLogAttribute",
@@ -216,9 +260,39 @@ fn alibaba_tea_sdk_every_operation() {
             "ActiveFlowLog",
             "DeleteFlowLog",
             "DeleteTrafficMirrorSession",
+            "DeleteTrafficMirrorTarget",
             "DeleteTrafficMirrorFilter",
         ],
         &[("MIRROR_AK", AK.into()), ("MIRROR_SK", SK.into())],
-        1001,
+        1003,
+    );
+}
+
+/// Huawei's client, signed with the key from the credentials file.
+#[test]
+fn huawei_sdk_every_operation() {
+    drive(
+        "huawei.py",
+        &[
+            "CreateTrafficMirrorFilter",
+            "CreateTrafficMirrorFilterRule",
+            "UpdateTrafficMirrorFilterRule",
+            "ShowTrafficMirrorFilterRule",
+            "ListTrafficMirrorFilterRules",
+            "DeleteTrafficMirrorFilterRule",
+            "UpdateTrafficMirrorFilter",
+            "ShowTrafficMirrorFilter",
+            "ListTrafficMirrorFilters",
+            "CreateTrafficMirrorSession",
+            "AddSourcesToTrafficMirrorSession",
+            "RemoveSourcesFromTrafficMirrorSession",
+            "UpdateTrafficMirrorSession",
+            "ShowTrafficMirrorSession",
+            "ListTrafficMirrorSessions",
+            "DeleteTrafficMirrorSession",
+            "DeleteTrafficMirrorFilter",
+        ],
+        &[("MIRROR_AK", AK_FILE.into()), ("MIRROR_SK", SK_FILE.into())],
+        1004,
     );
 }

@@ -67,10 +67,10 @@ pub fn translate(
                 None => return Err(ApiError::missing("TrafficDirection")),
             };
             p.remove("TrafficDirection");
-            p.rename("Policy", "Action");
+            // `Action` is the API action's own parameter: the policy goes straight into the rule.
+            p.rename("Policy", &format!("{list}.1.Action"));
             for field in [
                 "Priority",
-                "Action",
                 "Protocol",
                 "SourceCidrBlock",
                 "DestinationCidrBlock",
@@ -109,6 +109,11 @@ pub fn translate(
             p.remove("TrafficDirection");
             p.remove("Description");
             ("UpdateTrafficMirrorFilterRuleAttribute", Reshape::None)
+        }
+        "CreateTrafficMirrorSession" if !alibaba => {
+            // Volcengine's sessions have no Enabled switch: they mirror once created.
+            p.set_default("Enabled", "true");
+            ("CreateTrafficMirrorSession", Reshape::None)
         }
         "CreateFlowLog" if alibaba => {
             alibaba_flow_log_params(p);
