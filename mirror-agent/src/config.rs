@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::api::auth::Secret;
 use crate::model::{
     self, DEFAULT_VXLAN_PORT, Filter, FilterRule, InvalidParam, RuleSpec, Session, Target,
 };
@@ -33,6 +34,8 @@ pub enum ConfigError {
         id: String,
         source: InvalidParam,
     },
+    #[error("api_credentials ({path}): {reason}")]
+    Credentials { path: String, reason: String },
     #[error("{what} {id}: {reason}")]
     Reference {
         what: &'static str,
@@ -69,6 +72,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Bearer token the TCP API listener requires (also MIRROR_AGENT_API_TOKEN).
     pub api_token: Option<String>,
+    /// Access keys whose signatures (each cloud's algorithm) the TCP API listener accepts.
+    pub api_credentials: Option<ApiCredentials>,
     /// The region this node answers as in Volcengine's envelope.
     pub region: Option<String>,
     /// Flow-log files: "jsonl" (default) or "aws" (AWS space-separated text).
@@ -99,6 +104,86 @@ pub struct FileConfig {
     /// This node as a mirror target: interfaces whose mirror traffic is terminated in XDP.
     #[serde(default)]
     pub receivers: Vec<ReceiverConfig>,
+}
+
+/// `[api_credentials]`: access-key pairs inline and/or from a file (a mounted Kubernetes
+/// Secret), and the accepted clock skew of a signed request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCredentials {
+    #[serde(default)]
+    pub keys: Vec<AccessKey>,
+    /// One `ACCESS_KEY_ID:ACCESS_KEY_SECRET` per line (`#` comments, blank lines ignored).
+    pub file: Option<PathBuf>,
+    /// How far a request's timestamp may be from the agent's clock (default 900 s).
+    pub timestamp_window_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub access_key_secret: Secret,
+}
+
+impl ApiCredentials {
+    /// The inline keys and the file's, checked: no empty id or secret, no id twice.
+    pub fn load(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        let mut keys: Vec<(String, Secret)> = self
+            .keys
+            .iter()
+            .map(|k| (k.access_key_id.clone(), k.access_key_secret.clone()))
+            .collect();
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (id, secret) =
+                    line.split_once(':')
+                        .ok_or_else(|| ConfigError::Credentials {
+                            path: path.display().to_string(),
+                            reason: format!(
+                                "line {} is not ACCESS_KEY_ID:ACCESS_KEY_SECRET",
+                                n + 1
+                            ),
+                        })?;
+                keys.push((id.trim().to_string(), Secret::new(secret.trim())));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (id, secret) in &keys {
+            let origin = self
+                .file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "api_credentials".into());
+            if id.is_empty() || secret.expose().is_empty() {
+                return Err(ConfigError::Credentials {
+                    path: origin,
+                    reason: "an access key id or secret is empty".into(),
+                });
+            }
+            if !seen.insert(id.clone()) {
+                return Err(ConfigError::Credentials {
+                    path: origin,
+                    reason: format!("access key id {id} is given twice"),
+                });
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn window(&self) -> std::time::Duration {
+        self.timestamp_window_seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::api::auth::DEFAULT_WINDOW)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -276,6 +276,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("MIRROR_AGENT_API_TOKEN").ok())
         .filter(|t| !t.is_empty());
+    let creds = file.api_credentials.as_ref();
+    let keys = match creds {
+        Some(c) => c.load()?,
+        None => Vec::new(),
+    };
+    let api_auth = Arc::new(mirror_agent::api::auth::Authenticator::new(
+        keys,
+        token.clone().map(mirror_agent::api::auth::Secret::new),
+        creds
+            .map(|c| c.window())
+            .unwrap_or(mirror_agent::api::auth::DEFAULT_WINDOW),
+    ));
 
     let health = Arc::new(mirror_agent::metrics::Health::default());
     let (mut datapath, flow_tables, opened) = Datapath::open(
@@ -408,8 +420,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let addr: std::net::SocketAddr = addr
             .parse()
             .with_context(|| format!("api_listen {addr:?} is not ADDR:PORT"))?;
-        let tcp = server::bind_tcp(addr, token.as_deref()).await?;
-        let app = server::router(Arc::clone(&svc), token.clone());
+        let tcp = server::bind_tcp(addr, &api_auth).await?;
+        let app = server::router(Arc::clone(&svc), Some(Arc::clone(&api_auth)));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(mirror_agent::api::lenient::Lenient(tcp), app).await {
                 error!("API TCP server stopped: {e}");

@@ -113,7 +113,10 @@ impl RuleRecord {
         })
     }
 
-    pub fn huawei(&self, filter_id: &str, project_id: &str) -> Value {
+    /// Rules keep no times of their own: they carry their filter's, which every rule change
+    /// updates (the SDK's model declares both).
+    pub fn huawei(&self, filter: &FilterRecord, project_id: &str) -> Value {
+        let filter_id = &filter.id;
         let (ethertype, protocol) = (self.ip_version.clone(), self.protocol.to_lowercase());
         json!({
             "id": self.id,
@@ -128,6 +131,9 @@ impl RuleRecord {
             "destination_cidr_block": self.destination_cidr,
             "source_port_range": huawei_ports(&self.source_ports),
             "destination_port_range": huawei_ports(&self.destination_ports),
+            "description": "",
+            "created_at": filter.created_at,
+            "updated_at": filter.updated_at,
         })
     }
 }
@@ -187,7 +193,7 @@ impl FilterRecord {
         let rules = |dir: &str| -> Vec<Value> {
             self.rules_in(dir)
                 .iter()
-                .map(|r| r.huawei(&self.id, project_id))
+                .map(|r| r.huawei(self, project_id))
                 .collect()
         };
         json!({
@@ -450,6 +456,10 @@ impl FlowLogRecord {
             "TrafficType": self.traffic_type,
             "LogProjectName": self.log_project,
             "LogTopicName": self.log_topic,
+            // Volcengine's SDK model reads the TLS project and topic by id; here a name is
+            // the id (files under the state dir).
+            "LogProjectId": self.log_project,
+            "LogTopicId": self.log_topic,
             "AggregationInterval": self.aggregation_interval,
             "Status": self.state.as_str(),
             "BusinessStatus": if self.errors.is_empty() { "Normal" } else { "Error" },

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (nightly rust-src, bpf-linker 0.10.0, Debian
-    /// packages) and mount bpffs and tracefs. Safe to run again.
+    /// packages, the cloud SDKs' virtualenv) and mount bpffs and tracefs. Safe to run again.
     Setup,
     /// Build the agent (release) and run it in the foreground; extra arguments go to
     /// `mirror-agent run`.
@@ -60,6 +60,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "yamllint",
     "nfdump",
+    // The cloud SDK tests' virtualenv (tests/sdk/requirements.txt).
+    "python3",
+    "python3-venv",
     // Peers the benchmark measures the agent against (cargo xtask bench).
     "daemonlogger",
     "softflowd",
@@ -156,6 +159,34 @@ fn setup() -> Result<()> {
     }
     mount_if_missing("bpf", "/sys/fs/bpf")?;
     mount_if_missing("tracefs", "/sys/kernel/tracing")?;
+    sdk_venv()
+}
+
+/// The clouds' Python SDKs at the pinned versions of tests/sdk/requirements.txt, in
+/// target/sdk-venv (tests/tests/cloud_sdks.rs runs them). Rebuilt only when the
+/// requirements change: the installed list is stamped into the venv.
+fn sdk_venv() -> Result<()> {
+    let venv = root().join("target/sdk-venv");
+    let requirements = root().join("tests/sdk/requirements.txt");
+    let want = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join(".requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    // Debian's interpreter: the one python3-venv above belongs to.
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    if !venv.join("bin/python").exists() {
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
 

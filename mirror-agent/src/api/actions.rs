@@ -51,6 +51,7 @@ pub const MUTATING: &[&str] = &[
     "UpdateTrafficMirrorFilterRuleAttribute",
     "CreateTrafficMirrorTarget",
     "DeleteTrafficMirrorTarget",
+    "UpdateTrafficMirrorTargetAttribute",
     "CreateTrafficMirrorSession",
     "UpdateTrafficMirrorSessionAttribute",
     "DeleteTrafficMirrorSession",
@@ -62,6 +63,11 @@ pub const READING: &[&str] = &[
     "ListTrafficMirrorFilters",
     "ListTrafficMirrorTargets",
     "ListTrafficMirrorSessions",
+    // Alibaba's account-level switches: on a node the features are always on.
+    "GetTrafficMirrorServiceStatus",
+    "OpenTrafficMirrorService",
+    "GetFlowLogServiceStatus",
+    "OpenFlowLogService",
 ];
 
 pub fn is_known(action: &str) -> bool {
@@ -99,6 +105,7 @@ pub async fn mutate(
         "UpdateTrafficMirrorFilterRuleAttribute" => update_rule(svc, &snap, p, &mut batch)?,
         "CreateTrafficMirrorTarget" => create_target(svc, p, &mut batch)?,
         "DeleteTrafficMirrorTarget" => delete_target(&snap, p, &mut batch)?,
+        "UpdateTrafficMirrorTargetAttribute" => update_target(&snap, p, &mut batch)?,
         "CreateTrafficMirrorSession" => create_session(svc, &snap, p, &mut batch)?,
         "UpdateTrafficMirrorSessionAttribute" => update_session(svc, &snap, p, &mut batch)?,
         "DeleteTrafficMirrorSession" => delete_session(&snap, p, &mut batch)?,
@@ -127,6 +134,8 @@ pub fn read(svc: &Service, action: &str, p: &Params) -> Result<Value, ApiError> 
         "ListTrafficMirrorFilters" => list_filters(&snap, p),
         "ListTrafficMirrorTargets" => list_targets(&snap, p),
         "ListTrafficMirrorSessions" => list_sessions(&snap, p),
+        "GetTrafficMirrorServiceStatus" | "GetFlowLogServiceStatus" => Ok(json!({"Enabled": true})),
+        "OpenTrafficMirrorService" | "OpenFlowLogService" => Ok(json!({})),
         "DescribeFlowLogs" => super::flowlogs::describe(svc, &snap, p),
         "ListTrafficMirrorReceivers" => super::receivers::list(svc, &snap, p),
         other => Err(unknown_action(other)),
@@ -578,7 +587,7 @@ fn create_target(svc: &Service, p: &Params, batch: &mut Batch) -> Result<Outcome
             ));
         }
     };
-    let destination_ip = p.str_opt("DestinationIp");
+    let mut destination_ip = p.str_opt("DestinationIp").map(str::to_string);
     let instance_id = p.str_opt("InstanceId");
     let port = p.int("DestinationPort", "InvalidDestinationPort.Malformed")?;
     let port = match port {
@@ -591,7 +600,7 @@ fn create_target(svc: &Service, p: &Params, batch: &mut Batch) -> Result<Outcome
             ));
         }
     };
-    match (destination_ip, instance_id) {
+    match (destination_ip.as_deref(), instance_id) {
         (Some(ip), _) => {
             ip.parse::<std::net::IpAddr>().map_err(|_| {
                 ApiError::bad(
@@ -599,6 +608,9 @@ fn create_target(svc: &Service, p: &Params, batch: &mut Batch) -> Result<Outcome
                     format!("The specified DestinationIp {ip:?} is not an IP address."),
                 )
             })?;
+        }
+        (None, Some(id)) if alias_address(svc, id).is_some() => {
+            destination_ip = alias_address(svc, id).map(|ip| ip.to_string());
         }
         (None, Some(iface)) => {
             if svc.resolve_interface(iface).is_none() {
@@ -617,7 +629,7 @@ fn create_target(svc: &Service, p: &Params, batch: &mut Batch) -> Result<Outcome
         description,
         instance_type: instance_type.to_string(),
         instance_id: instance_id.map(str::to_string),
-        destination_ip: destination_ip.map(str::to_string),
+        destination_ip,
         destination_port: port,
         tags: tags(p)?,
         origin: Origin::Api,
@@ -626,6 +638,66 @@ fn create_target(svc: &Service, p: &Params, batch: &mut Batch) -> Result<Outcome
     };
     batch.put_target(&t)?;
     Ok(Outcome::body(json!({"TrafficMirrorTargetId": t.id})))
+}
+
+/// An `eni-…`/`lb-…` alias from the config whose value is an address: a VXLAN endpoint that
+/// is not on this node (a collector's ENI or load balancer).
+pub(super) fn alias_address(svc: &Service, id: &str) -> Option<std::net::IpAddr> {
+    svc.aliases.get(id)?.parse().ok()
+}
+
+/// Alibaba names the target of a session by the ENI or SLB itself (`TrafficMirrorTargetId`
+/// = `eni-…`/`lb-…`, `TrafficMirrorTargetType`); such an id becomes a target object the first
+/// time a session uses it, at the address (or local interface) its alias names.
+fn target_from_alias(svc: &Service, p: &Params, id: &str) -> Result<TargetRecord, ApiError> {
+    let kind = p
+        .str_opt("TrafficMirrorTargetType")
+        .map(str::to_ascii_lowercase);
+    let instance_type = match kind.as_deref() {
+        Some("slb") | Some("elb") | Some("clbinstance") => "SLB",
+        _ if id.starts_with("lb-") => "SLB",
+        _ => "NetworkInterface",
+    };
+    let destination_ip = match alias_address(svc, id) {
+        Some(ip) => Some(ip.to_string()),
+        None if svc.resolve_interface(id).is_some() => None,
+        None => {
+            return Err(ApiError::bad(
+                "ResourceNotFound.TrafficMirrorTarget",
+                format!(
+                    "The specified resource of traffic mirror target is not found: {id} (no traffic mirror target has this id, and no alias in the agent's config maps it to a VXLAN endpoint address or an interface)"
+                ),
+            ));
+        }
+    };
+    let now = now_rfc3339();
+    Ok(TargetRecord {
+        id: id.to_string(),
+        name: id.to_string(),
+        description: String::new(),
+        instance_type: instance_type.to_string(),
+        instance_id: Some(id.to_string()),
+        destination_ip,
+        destination_port: model::DEFAULT_VXLAN_PORT,
+        tags: Vec::new(),
+        origin: Origin::Api,
+        created_at: now.clone(),
+        updated_at: now,
+    })
+}
+
+fn update_target(snap: &Snapshot, p: &Params, batch: &mut Batch) -> Result<Outcome, ApiError> {
+    let id = p.required("TrafficMirrorTargetId")?;
+    let mut t = snap.target(id).ok_or_else(|| target_not_found(id))?.clone();
+    if let Some(n) = p.get("TrafficMirrorTargetName") {
+        t.name = check_name("TrafficMirrorTargetName", Some(n))?;
+    }
+    if let Some(d) = p.get("Description") {
+        t.description = check_description("Description", Some(d))?;
+    }
+    t.updated_at = now_rfc3339();
+    batch.put_target(&t)?;
+    Ok(Outcome::empty())
 }
 
 fn delete_target(snap: &Snapshot, p: &Params, batch: &mut Batch) -> Result<Outcome, ApiError> {
@@ -810,9 +882,16 @@ fn create_session(
     if snap.filter(filter_id).is_none() {
         return Err(filter_not_found(filter_id));
     }
-    let target = snap
-        .target(target_id)
-        .ok_or_else(|| target_not_found(target_id))?;
+    let materialized;
+    let target = match snap.target(target_id) {
+        Some(t) => t,
+        None if target_id.starts_with("tmt-") => return Err(target_not_found(target_id)),
+        None => {
+            materialized = target_from_alias(svc, p, target_id)?;
+            batch.put_target(&materialized)?;
+            &materialized
+        }
+    };
     check_source_quota(svc, sources.len())?;
     for s in &sources {
         check_source(svc, Some(target), s)?;

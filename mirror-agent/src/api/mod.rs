@@ -2,6 +2,8 @@
 //! See docs/api.md.
 
 pub mod actions;
+pub mod auth;
+pub mod dialect;
 pub mod error;
 pub mod flowlogs;
 pub mod lenient;

@@ -187,7 +187,7 @@ async fn route(
             let list: Vec<Value> = snap
                 .filters
                 .iter()
-                .flat_map(|f| f.rules.iter().map(|r| r.huawei(&f.id, project)))
+                .flat_map(|f| f.rules.iter().map(|r| r.huawei(f, project)))
                 .collect();
             Ok((200, json!({"traffic_mirror_filter_rules": list})))
         }
@@ -447,6 +447,6 @@ fn show_rule(svc: &Service, project: &str, id: &str) -> Result<(u16, Value), Api
     })?;
     Ok((
         200,
-        json!({"traffic_mirror_filter_rule": r.huawei(&f.id, project)}),
+        json!({"traffic_mirror_filter_rule": r.huawei(f, project)}),
     ))
 }

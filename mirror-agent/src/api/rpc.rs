@@ -85,6 +85,32 @@ impl Params {
         }
     }
 
+    /// Sets `key` unless the request gave it (the Tea SDK's `x-acs-action` and
+    /// `x-acs-version` headers stand for the parameters).
+    pub fn set_default(&mut self, key: &str, value: &str) {
+        self.map
+            .entry(key.to_string())
+            .or_insert_with(|| value.to_string());
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.map.insert(key.to_string(), value.to_string());
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.map.remove(key)
+    }
+
+    /// Moves a parameter to another name unless that name is given too.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if self.map.contains_key(to) {
+            return;
+        }
+        if let Some(v) = self.map.remove(from) {
+            self.map.insert(to.to_string(), v);
+        }
+    }
+
     /// The raw value; `Some("")` for a parameter given empty.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str)

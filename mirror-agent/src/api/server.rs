@@ -17,21 +17,24 @@ use axum::{
 };
 use tracing::{info, warn};
 
-use super::{ApiError, render, rest, rpc::Params};
+use super::{
+    ApiError,
+    auth::{AuthError, Authenticator, Cloud, Request as AuthRequest},
+    render, rest,
+    rpc::Params,
+};
 use crate::service::Service;
 
 #[derive(Clone)]
 struct Ctx {
     svc: Arc<Service>,
-    /// Required as `Authorization: Bearer …` when set.
-    token: Option<Arc<String>>,
+    /// What this listener requires: access-key signatures and/or a bearer token. `None` on
+    /// the Unix socket, whose file mode is the control.
+    auth: Option<Arc<Authenticator>>,
 }
 
-pub fn router(svc: Arc<Service>, token: Option<String>) -> Router {
-    Router::new().fallback(handle).with_state(Ctx {
-        svc,
-        token: token.map(Arc::new),
-    })
+pub fn router(svc: Arc<Service>, auth: Option<Arc<Authenticator>>) -> Router {
+    Router::new().fallback(handle).with_state(Ctx { svc, auth })
 }
 
 fn respond(status: u16, content_type: &'static str, body: String) -> Response {
@@ -51,6 +54,37 @@ fn plain_error(ctx: &Ctx, err: &ApiError) -> Response {
     respond(r.status, r.content_type, r.body)
 }
 
+/// A refused request, answered as the cloud it speaks would answer it.
+fn auth_error(ctx: &Ctx, req: &AuthRequest<'_>, e: &AuthError) -> Response {
+    let cloud = req.cloud();
+    let err = e.to_api_error(cloud);
+    match cloud {
+        Cloud::Huawei => {
+            let body = serde_json::json!({
+                "error_code": err.code,
+                "error_msg": err.message,
+                "request_id": super::request_id().to_lowercase().replace('-', ""),
+            });
+            respond(err.status, "application/json", body.to_string())
+        }
+        Cloud::Volcengine => {
+            let params =
+                Params::parse(req.query, req.header("content-type"), req.body).unwrap_or_default();
+            let action = params.get("Action").unwrap_or_default().to_string();
+            let env = render::envelope(&params);
+            let env = match env {
+                render::Envelope::Volcengine { .. } => env,
+                _ => render::Envelope::Volcengine {
+                    version: "2020-04-01".into(),
+                },
+            };
+            let r = render::render_err(&env, &action, &super::request_id(), &ctx.svc.region, &err);
+            respond(r.status, r.content_type, r.body)
+        }
+        Cloud::Alibaba => plain_error(ctx, &err),
+    }
+}
+
 async fn handle(
     State(ctx): State<Ctx>,
     method: Method,
@@ -58,18 +92,21 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(token) = &ctx.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            let err = ApiError::new(
-                401,
-                "Unauthorized",
-                "A valid bearer token is required on this listener.",
-            );
-            return plain_error(&ctx, &err);
+    if let Some(auth) = &ctx.auth {
+        let req = AuthRequest {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            headers: &headers,
+            body: &body,
+        };
+        if let Err(e) = auth.check(&req, crate::records::now_unix()) {
+            // The key id may be logged; a secret is never part of the error.
+            info!(error = %e, path = uri.path(), "API request refused");
+            ctx.svc
+                .metrics
+                .observe_api("", "auth", std::time::Duration::ZERO);
+            return auth_error(&ctx, &req, &e);
         }
     }
     let content_type = headers
@@ -94,8 +131,23 @@ async fn handle(
             return plain_error(&ctx, &e);
         }
     };
+    let mut params = params;
+    // The Tea SDK (ACS3) names the action and version in headers, not parameters.
+    for (header, key) in [("x-acs-action", "Action"), ("x-acs-version", "Version")] {
+        if let Some(v) = headers.get(header).and_then(|v| v.to_str().ok()) {
+            params.set_default(key, v);
+        }
+    }
     let env = render::envelope(&params);
     let action = params.get("Action").unwrap_or_default().to_string();
+    let (canonical, reshape) = match super::dialect::translate(&ctx.svc, &env, &action, &mut params)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let r = render::render_err(&env, &action, &super::request_id(), &ctx.svc.region, &e);
+            return respond(r.status, r.content_type, r.body);
+        }
+    };
     let started = std::time::Instant::now();
     let rendered = if action.is_empty() {
         render::render_err(
@@ -106,8 +158,11 @@ async fn handle(
             &ApiError::missing("Action"),
         )
     } else {
-        match super::call(&ctx.svc, &action, &params).await {
-            Ok(a) => render::render_ok(&env, &action, &a.request_id, &ctx.svc.region, &a.body),
+        match super::call(&ctx.svc, &canonical, &params).await {
+            Ok(a) => {
+                let body = super::dialect::reshape(reshape, a.body);
+                render::render_ok(&env, &action, &a.request_id, &ctx.svc.region, &body)
+            }
             Err((rid, e)) => {
                 let e = match env {
                     render::Envelope::Volcengine { .. } => super::volcengine_error(e),
@@ -185,7 +240,9 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("--api-listen {0} is not loopback: set api_token (or MIRROR_AGENT_API_TOKEN) first")]
+    #[error(
+        "--api-listen {0} is not loopback: set api_credentials (access keys the clouds' SDKs sign with) or api_token (or MIRROR_AGENT_API_TOKEN) first"
+    )]
     TokenRequired(SocketAddr),
 }
 
@@ -217,14 +274,14 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 
 pub async fn bind_tcp(
     addr: SocketAddr,
-    token: Option<&str>,
+    auth: &Authenticator,
 ) -> Result<tokio::net::TcpListener, ServeError> {
-    if token.is_none() && !addr.ip().is_loopback() {
+    if !auth.is_enforcing() && !addr.ip().is_loopback() {
         return Err(ServeError::TokenRequired(addr));
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Tcp { addr, source })?;
-    info!(%addr, token = token.is_some(), "API listening on TCP");
+    info!(%addr, ?auth, "API listening on TCP");
     Ok(listener)
 }
