@@ -82,6 +82,7 @@ pub struct Metrics {
     pub source_not_ip: IntCounterVec,
     pub source_malformed: IntCounterVec,
     pub source_attached: IntGaugeVec,
+    pub session_copy_path: IntGaugeVec,
     pub flowlog_active_flows: IntGauge,
     pub flowlog_records: IntCounterVec,
     pub flowlog_skipped_packets: IntCounterVec,
@@ -201,6 +202,19 @@ impl Metrics {
                         "1 while the programs are attached to the interface.",
                     ),
                     &["source"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            session_copy_path: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "mirror_session_copy_path",
+                        "1 for the way a session's copies take: fast (outer headers built in eBPF on the uplink) or tunnel (the kernel's VXLAN device: IPv6 targets, next hop not resolved).",
+                    ),
+                    &["session", "mode"],
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
                 r.register(Box::new(g.clone()))

@@ -239,6 +239,18 @@ impl Reconciler {
                 }
             }
         }
+        for gone in exported.sessions.iter().filter(|s| !sessions.contains(s)) {
+            for mode in ["fast", "tunnel"] {
+                let _ = m.session_copy_path.remove_label_values(&[gone, mode]);
+            }
+        }
+        for (id, path) in self.datapath.copy_paths() {
+            for mode in ["fast", "tunnel"] {
+                m.session_copy_path
+                    .with_label_values(&[id.as_str(), mode])
+                    .set(i64::from(path.mode == mode));
+            }
+        }
         exported.sessions = sessions;
         let mut sources = Vec::new();
         for (name, stats) in &c.sources {
