@@ -293,3 +293,47 @@ pub fn vxlan(outer: Ip, dport: u16, flags: u8, vni: u32, inner: &[u8]) -> Vec<u8
     out[at + 8..].copy_from_slice(inner);
     out
 }
+
+/// Offset of a frame's TCP or UDP checksum field (Ethernet, up to two VLAN tags, IPv4 or
+/// IPv6 without extension headers), if the frame holds one.
+pub fn l4_checksum_at(frame: &[u8]) -> Option<usize> {
+    let be16 = |at: usize| Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+    let mut l3 = 14;
+    let mut ethertype = be16(12)?;
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = be16(l3 + 2)?;
+        l3 += 4;
+    }
+    let (protocol, l4) = match ethertype {
+        0x0800 => {
+            let vihl = *frame.get(l3)?;
+            // A later fragment has no transport header.
+            if be16(l3 + 6)? & 0x1fff != 0 {
+                return None;
+            }
+            (*frame.get(l3 + 9)?, l3 + usize::from(vihl & 0x0f) * 4)
+        }
+        0x86dd => (*frame.get(l3 + 6)?, l3 + 40),
+        _ => return None,
+    };
+    match protocol {
+        6 => Some(l4 + 16),
+        17 => Some(l4 + 6),
+        _ => None,
+    }
+}
+
+/// Whether `copy` is the first bytes of `original` as the wire carried it: byte for byte,
+/// except the transport checksum, which a local sender leaves to offload. Captured where it
+/// was sent the original holds only the pseudo-header sum there; the copy (like the wire)
+/// holds the filled checksum.
+pub fn is_wire_prefix(copy: &[u8], original: &[u8]) -> bool {
+    if copy.len() > original.len() {
+        return false;
+    }
+    let skip = l4_checksum_at(original).map(|at| at..at + 2);
+    copy.iter()
+        .zip(original)
+        .enumerate()
+        .all(|(i, (c, o))| c == o || skip.as_ref().is_some_and(|r| r.contains(&i)))
+}

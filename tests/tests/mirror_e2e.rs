@@ -17,7 +17,7 @@ use mirror_tests::{
     agent::Agent,
     capture::{self, Capture, VxlanCopy},
     netns::in_netns,
-    packets::{Summary, summarize},
+    packets::{Summary, is_wire_prefix, summarize},
     topology::{
         COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology,
         config_with_collector,
@@ -173,7 +173,7 @@ sources = ["src0"]
         assert!(
             originals
                 .iter()
-                .any(|o| o.len() > 100 && o[..100] == c.inner[..]),
+                .any(|o| o.len() > 100 && is_wire_prefix(&c.inner, o)),
             "copy is not the first 100 bytes of any original frame"
         );
     }
@@ -522,9 +522,7 @@ sources = ["src0"]
         assert_eq!(c.outer_dst, COLLECTOR_ADDR6, "outer IPv6 destination");
         assert_eq!(c.vni, 600);
         assert!(
-            originals
-                .iter()
-                .any(|o| o.len() >= c.inner.len() && o[..c.inner.len()] == c.inner[..]),
+            originals.iter().any(|o| is_wire_prefix(&c.inner, o)),
             "copy is not a prefix of an original"
         );
     }

@@ -11,14 +11,13 @@
 
 use std::collections::BTreeMap;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use mirror_agent::{
     config::{FileConfig, Objects},
     datapath::{self, Datapath, PROG_EGRESS, PROG_ENCAP, PROG_INGRESS},
 };
 use mirror_ebpf::{ERR_NO_SESSION, SessionStats, mirror_mark};
 use mirror_tests::{
-    fixture,
+    fixture::{self, run, skb_ctx, try_run},
     netns::NetNs,
     packets::{
         ETH_P_8021AD, ETH_P_8021Q, Ip, L4, arp, dest_opts, fragment_header, frame, hop_by_hop, v4,
@@ -526,45 +525,9 @@ fn cases() -> Vec<Case> {
         ),
         // No GSO case here: BPF_PROG_TEST_RUN can set gso_segs/gso_size but not gso_type,
         // and the kernel refuses to transmit such a half-GSO clone (EBADMSG). Real GSO
-        // super-packets are covered end to end (mirror_e2e.rs, bulk TCP) and in the
-        // encapsulation fixtures below.
+        // super-packets are covered end to end (mirror_wire.rs) and in the encapsulation
+        // fixtures below.
     ]
-}
-
-/// `struct __sk_buff` offsets (include/uapi/linux/bpf.h) of the fields the test sets.
-const SKB_CTX_LEN: usize = 192;
-const SKB_MARK: usize = 8;
-const SKB_IFINDEX: usize = 40;
-const SKB_GSO_SEGS: usize = 164;
-const SKB_GSO_SIZE: usize = 176;
-
-fn skb_ctx(ifindex: u32, mark: u32, gso: Option<(u32, u32)>) -> Vec<u8> {
-    let mut ctx = vec![0u8; SKB_CTX_LEN];
-    ctx[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
-    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    if let Some((segs, size)) = gso {
-        ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&segs.to_ne_bytes());
-        ctx[SKB_GSO_SIZE..SKB_GSO_SIZE + 4].copy_from_slice(&size.to_ne_bytes());
-    }
-    ctx
-}
-
-fn run(prog: &SchedClassifier, packet: &[u8], ctx: &[u8]) -> (i32, Vec<u8>) {
-    try_run(prog, packet, ctx).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"))
-}
-
-fn try_run(prog: &SchedClassifier, packet: &[u8], ctx: &[u8]) -> Result<(i32, Vec<u8>), String> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value as i32, out))
 }
 
 struct Snapshot {

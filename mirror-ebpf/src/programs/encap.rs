@@ -185,12 +185,9 @@ pub(crate) fn try_mirror_tx(ctx: &TcContext) -> Result<bool, ()> {
     if tag_len != 0 {
         // The frame's addresses moved with it; put them in front of the tag.
         let mut macs = [0u8; 12];
-        let tag: [u8; 4] = [
-            (vlan_proto >> 8) as u8,
-            vlan_proto as u8,
-            (vlan_tci >> 8) as u8,
-            vlan_tci as u8,
-        ];
+        // vlan_proto is kept in network order, vlan_tci in host order.
+        let proto = (vlan_proto as u16).to_ne_bytes();
+        let tag: [u8; 4] = [proto[0], proto[1], (vlan_tci >> 8) as u8, vlan_tci as u8];
         // A constant length: the verifier refuses a read whose length may be zero.
         // SAFETY: helper on the program's own skb into a buffer of the given size.
         let loaded = unsafe {
