@@ -988,7 +988,16 @@ fn update_session(
         s.filter_id = f.to_string();
     }
     if let Some(t) = p.str_opt("TrafficMirrorTargetId") {
-        let target = snap.target(t).ok_or_else(|| target_not_found(t))?;
+        let materialized;
+        let target = match snap.target(t) {
+            Some(target) => target,
+            None if t.starts_with("tmt-") => return Err(target_not_found(t)),
+            None => {
+                materialized = target_from_alias(svc, p, t)?;
+                batch.put_target(&materialized)?;
+                &materialized
+            }
+        };
         for src in &s.sources {
             check_source(svc, Some(target), src)?;
         }
