@@ -478,4 +478,32 @@ mod tests {
             .to_string();
         assert!(err.contains("tmf-missing"), "{err}");
     }
+
+    #[test]
+    fn api_credentials_inline_and_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("keys");
+        std::fs::write(&file, "# comment\n\nfile-id : file-secret\n").expect("write");
+        let text = format!(
+            "[api_credentials]\nkeys = [{{ access_key_id = \"a\", access_key_secret = \"s\" }}]\nfile = \"{}\"\ntimestamp_window_seconds = 60\n",
+            file.display()
+        );
+        let cfg: FileConfig = toml::from_str(&text).expect("parse");
+        let creds = cfg.api_credentials.expect("credentials");
+        assert!(!format!("{creds:?}").contains("\"s\""), "{creds:?}");
+        let keys = creds.load().expect("load");
+        let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "file-id"]);
+        assert_eq!(keys[1].1.expose(), "file-secret");
+        assert_eq!(creds.window(), std::time::Duration::from_secs(60));
+
+        std::fs::write(&file, "a:again\n").expect("write");
+        let e = creds.load().expect_err("duplicate id");
+        assert!(e.to_string().contains("given twice"), "{e}");
+        std::fs::write(&file, "no-separator\n").expect("write");
+        let e = creds.load().expect_err("malformed line");
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

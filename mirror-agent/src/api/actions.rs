@@ -913,7 +913,13 @@ fn create_session(
         priority,
         vni: vni.unwrap_or_else(|| free_vni(snap)),
         packet_length,
-        enabled: enabled.unwrap_or(false),
+        // Volcengine's sessions have no Enabled switch and mirror once created; Alibaba's and
+        // Huawei's start disabled. Read from Version, which is not part of a ClientToken's
+        // fingerprint, so both spellings of one request stay the same request.
+        enabled: enabled.unwrap_or_else(|| {
+            p.get("Version")
+                .is_some_and(|v| v.starts_with(super::render::VOLCENGINE_VERSION))
+        }),
         filter_id: filter_id.to_string(),
         target_id: target_id.to_string(),
         sources,
@@ -982,7 +988,16 @@ fn update_session(
         s.filter_id = f.to_string();
     }
     if let Some(t) = p.str_opt("TrafficMirrorTargetId") {
-        let target = snap.target(t).ok_or_else(|| target_not_found(t))?;
+        let materialized;
+        let target = match snap.target(t) {
+            Some(target) => target,
+            None if t.starts_with("tmt-") => return Err(target_not_found(t)),
+            None => {
+                materialized = target_from_alias(svc, p, t)?;
+                batch.put_target(&materialized)?;
+                &materialized
+            }
+        };
         for src in &s.sources {
             check_source(svc, Some(target), src)?;
         }

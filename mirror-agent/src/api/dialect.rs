@@ -110,11 +110,6 @@ pub fn translate(
             p.remove("Description");
             ("UpdateTrafficMirrorFilterRuleAttribute", Reshape::None)
         }
-        "CreateTrafficMirrorSession" if !alibaba => {
-            // Volcengine's sessions have no Enabled switch: they mirror once created.
-            p.set_default("Enabled", "true");
-            ("CreateTrafficMirrorSession", Reshape::None)
-        }
         "CreateFlowLog" if alibaba => {
             alibaba_flow_log_params(p);
             ("CreateFlowLog", Reshape::None)

@@ -144,6 +144,10 @@ async fn handle(
     {
         Ok(t) => t,
         Err(e) => {
+            let e = match env {
+                render::Envelope::Volcengine { .. } => super::volcengine_error(e),
+                _ => e,
+            };
             let r = render::render_err(&env, &action, &super::request_id(), &ctx.svc.region, &e);
             return respond(r.status, r.content_type, r.body);
         }
