@@ -88,6 +88,8 @@ pub struct FileConfig {
     pub reconcile_delay_ms: Option<u64>,
     /// `auto` (TCX on 6.6+, else clsact), `tcx` or `clsact`.
     pub tc_attach: Option<crate::datapath::TcAttachMode>,
+    /// `auto` (fast path where it can run, tunnel device otherwise) or `tunnel`.
+    pub copy_path: Option<crate::datapath::CopyPathMode>,
     /// Rules per direction of one filter (SPEC: 10 by default, configurable).
     pub rule_quota: Option<usize>,
     /// Sources per session (Huawei's default is 10).

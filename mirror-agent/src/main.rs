@@ -17,7 +17,7 @@ use mirror_agent::{
     api::server,
     btf, cli,
     config::{self, FileConfig, LogFormat},
-    datapath::{self, Datapath, Persistence, TcAttachMode},
+    datapath::{self, CopyPathMode, Datapath, Persistence, TcAttachMode},
     declared, flowlog, links,
     reconciler::Reconciler,
     service::Service,
@@ -73,6 +73,10 @@ struct RunArgs {
     /// How programs attach to interfaces: auto (TCX on 6.6+, else clsact), tcx or clsact.
     #[arg(long, value_enum)]
     tc_attach: Option<TcAttachMode>,
+    /// Which way copies take: auto (outer headers built in eBPF on the uplink where the
+    /// next hop is known, the kernel's VXLAN device otherwise) or tunnel (always the device).
+    #[arg(long, value_enum)]
+    copy_path: Option<CopyPathMode>,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +106,7 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         detach_on_exit: false,
         log_format: None,
         tc_attach: None,
+        copy_path: None,
     };
     let settings = settings(&run, &file);
     if tokio::net::UnixStream::connect(&settings.api_socket)
@@ -139,6 +144,7 @@ struct Settings {
     detach_on_exit: bool,
     log_format: LogFormat,
     tc_attach: TcAttachMode,
+    copy_path: CopyPathMode,
 }
 
 fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
@@ -169,6 +175,7 @@ fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
         detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
+        copy_path: args.copy_path.or(file.copy_path).unwrap_or_default(),
     }
 }
 
@@ -303,6 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(why) = &opened.unpinned {
         health.add_fault(false, why.clone());
     }
+    datapath.set_copy_path(settings.copy_path);
     let mut loaded: Vec<(&str, bool)> = Vec::new();
     for name in datapath::attach::TC_PROGRAMS {
         let rejected = opened.rejected.get(name);

@@ -1,7 +1,10 @@
 //! Traffic generators for the end-to-end tests.
 
 use std::{
-    net::UdpSocket,
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -64,4 +67,96 @@ pub fn stream_seq(inner: &[u8]) -> Option<u32> {
     let ihl = usize::from(inner.get(14)? & 0x0f) * 4;
     let at = 14 + ihl + 8;
     Some(u32::from_be_bytes(inner.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Sends `total` bytes over one TCP connection from `client` to `addr:port` in `server`,
+/// in 64 KiB writes (the stack makes GSO super-packets of them on veth). Returns the bytes
+/// the server read.
+pub fn bulk_tcp(server: &NetNs, client: &NetNs, addr: IpAddr, port: u16, total: usize) -> usize {
+    let listener = in_netns(server, || TcpListener::bind((addr, port)).expect("listen"));
+    let reader = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        loop {
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                break got;
+            }
+            got += n;
+        }
+    });
+    in_netns(client, || {
+        let mut conn = TcpStream::connect((addr, port)).expect("connect");
+        let chunk: Vec<u8> = (0..(64 << 10)).map(|i| (i * 7 + 3) as u8).collect();
+        for _ in 0..total / chunk.len() {
+            conn.write_all(&chunk).expect("write");
+        }
+    });
+    reader.join().expect("reader")
+}
+
+/// tshark's own reassembly of the first TCP stream in `pcap` (decoding UDP 4789 as VXLAN,
+/// so it works on copies as captured at a collector and on decapsulated frames alike):
+/// the bytes each side sent.
+pub fn tshark_follow(pcap: &Path) -> (usize, usize) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-d",
+            "udp.port==4789,vxlan",
+            "-q",
+            "-z",
+            "follow,tcp,raw,0",
+        ])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Raw follow output: one hex line per segment; the second node's lines start with a tab.
+    let mut first = 0usize;
+    let mut second = 0usize;
+    let mut started = false;
+    for line in text.lines() {
+        if line.starts_with("Node 1:") {
+            started = true;
+            continue;
+        }
+        if !started || line.starts_with('=') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(hex) = line.strip_prefix('\t') {
+            second += hex.trim().len() / 2;
+        } else {
+            first += line.trim().len() / 2;
+        }
+    }
+    (first, second)
+}
+
+/// Frames in `pcap` whose TCP or UDP checksum tshark finds bad, with validation on (an
+/// outer UDP checksum of 0 over IPv4 is "not present", not bad).
+pub fn bad_checksums(pcap: &Path) -> usize {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-d",
+            "udp.port==4789,vxlan",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-Y",
+            "tcp.checksum.status == 0 || udp.checksum.status == 0",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ])
+        .output()
+        .expect("tshark");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

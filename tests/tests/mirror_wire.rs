@@ -7,29 +7,36 @@
 //! Kernel requirements: root; network namespaces, veth, VXLAN (external mode), TCX or
 //! clsact; UDP GSO (`UDP_SEGMENT`, 4.18+).
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, TcpListener, TcpStream, UdpSocket},
-    path::Path,
-    process::Command,
-    thread,
-    time::Duration,
-};
+use std::{net::UdpSocket, thread, time::Duration};
 
 use mirror_tests::{
     agent::Agent,
     capture::{self, Capture},
     netns::in_netns,
-    topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, config_with_collector},
+    topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, WL_ADDR, WL_ADDR6, config_with_collector},
+    traffic::{self, bad_checksums, tshark_follow},
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 const PORT: u16 = 5301;
 
-fn session_config(packet_length: Option<u32>) -> String {
+/// Which way the copies take: the fast path (outer headers in eBPF on the uplink) or the
+/// tunnel device (`copy_path = "tunnel"`); both must give the same copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Fast,
+    Tunnel,
+}
+
+fn session_config(packet_length: Option<u32>, way: Way) -> String {
     let pl = packet_length.map_or(String::new(), |n| format!("packet_length = {n}"));
-    config_with_collector(&format!(
-        r#"
+    let head = match way {
+        Way::Fast => "",
+        Way::Tunnel => "copy_path = \"tunnel\"\n",
+    };
+    head.to_string()
+        + &config_with_collector(&format!(
+            r#"
 [[filters]]
 id = "tmf-all"
 [[filters.ingress_rules]]
@@ -63,115 +70,36 @@ filter_id = "tmf-all"
 target_id = "tmt-col"
 sources = ["src0"]
 "#
-    ))
+        ))
+}
+
+/// Starts the source agent and checks which way its copies take.
+fn start_agent(topo: &Topology, packet_length: Option<u32>, way: Way) -> Agent {
+    // The first apply (before "datapath ready") resolves the next hop.
+    let agent = Agent::start(&topo.node, &session_config(packet_length, way));
+    agent.wait_settled(WAIT);
+    let log = agent.log_text();
+    assert_eq!(
+        log.contains("mirror_tx attached"),
+        way == Way::Fast,
+        "copies take the {way:?} way"
+    );
+    agent
 }
 
 /// Sends `total` bytes over TCP: from the workload to the node (`upload`, src0's ingress) or
 /// from the node to the workload (src0's egress). Returns the bytes the receiver read.
 fn bulk_tcp(topo: &Topology, v6: bool, upload: bool, total: usize) -> usize {
-    let (server_ns, client_ns, server_addr): (_, _, IpAddr) = if upload {
+    let (server, client, addr) = if upload {
         (
             &topo.node,
             &topo.wl,
-            if v6 { NODE_SRC_ADDR6 } else { NODE_SRC_ADDR }
-                .parse()
-                .expect("addr"),
+            if v6 { NODE_SRC_ADDR6 } else { NODE_SRC_ADDR },
         )
     } else {
-        (
-            &topo.wl,
-            &topo.node,
-            if v6 { "fd00:10::2" } else { "198.18.10.2" }
-                .parse()
-                .expect("addr"),
-        )
+        (&topo.wl, &topo.node, if v6 { WL_ADDR6 } else { WL_ADDR })
     };
-    let listener = in_netns(server_ns, || {
-        TcpListener::bind((server_addr, PORT)).expect("listen")
-    });
-    let reader = thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0usize;
-        loop {
-            let n = conn.read(&mut buf).expect("read");
-            if n == 0 {
-                break got;
-            }
-            got += n;
-        }
-    });
-    in_netns(client_ns, || {
-        let mut conn = TcpStream::connect((server_addr, PORT)).expect("connect");
-        let chunk: Vec<u8> = (0..(64 << 10)).map(|i| (i * 7 + 3) as u8).collect();
-        for _ in 0..total / chunk.len() {
-            conn.write_all(&chunk).expect("write");
-        }
-    });
-    reader.join().expect("reader")
-}
-
-/// tshark's reassembly of the first inner TCP stream: bytes per direction, keyed by the
-/// sending port.
-fn tshark_follow(pcap: &Path) -> (usize, usize) {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-n",
-            "-d",
-            "udp.port==4789,vxlan",
-            "-q",
-            "-z",
-            "follow,tcp,raw,0",
-        ])
-        .output()
-        .expect("tshark");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Raw follow output: one hex line per segment; lines of the second node start with a tab.
-    let mut first = 0usize;
-    let mut second = 0usize;
-    let mut started = false;
-    for line in text.lines() {
-        if line.starts_with("Node 1:") {
-            started = true;
-            continue;
-        }
-        if !started || line.starts_with('=') || line.trim().is_empty() {
-            continue;
-        }
-        if let Some(hex) = line.strip_prefix('\t') {
-            second += hex.trim().len() / 2;
-        } else {
-            first += line.trim().len() / 2;
-        }
-    }
-    (first, second)
-}
-
-/// Copies whose inner TCP/UDP checksum tshark finds bad, with checksum validation on.
-fn bad_checksums(pcap: &Path) -> usize {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-n",
-            "-d",
-            "udp.port==4789,vxlan",
-            "-o",
-            "tcp.check_checksum:TRUE",
-            "-o",
-            "udp.check_checksum:TRUE",
-            "-Y",
-            "tcp.checksum.status == 0 || (vxlan && udp.checksum.status == 0)",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-        ])
-        .output()
-        .expect("tshark");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    traffic::bulk_tcp(server, client, addr.parse().expect("addr"), PORT, total)
 }
 
 /// The inner IP packet's total length as its header claims it, and the bytes it holds.
@@ -200,10 +128,10 @@ fn jumbo_collector_link(topo: &Topology) {
     topo.col.exec(&["ip", "link", "set", "col0", "mtu", "9000"]);
 }
 
-fn whole_frame_stream(v6: bool, upload: bool) {
+fn whole_frame_stream(v6: bool, upload: bool, way: Way) {
     let topo = Topology::new();
     jumbo_collector_link(&topo);
-    let _agent = Agent::start(&topo.node, &session_config(None));
+    let _agent = start_agent(&topo, None, way);
     let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
     const TOTAL: usize = 4 << 20;
     let got = bulk_tcp(&topo, v6, upload, TOTAL);
@@ -247,30 +175,39 @@ fn whole_frame_stream(v6: bool, upload: bool) {
 
 #[test]
 fn tcp_ipv4_upload_whole_copies_reassemble() {
-    whole_frame_stream(false, true);
+    whole_frame_stream(false, true, Way::Fast);
 }
 
 #[test]
 fn tcp_ipv4_download_whole_copies_reassemble() {
-    whole_frame_stream(false, false);
+    whole_frame_stream(false, false, Way::Fast);
 }
 
 #[test]
 fn tcp_ipv6_upload_whole_copies_reassemble() {
-    whole_frame_stream(true, true);
+    whole_frame_stream(true, true, Way::Fast);
 }
 
 #[test]
 fn tcp_ipv6_download_whole_copies_reassemble() {
-    whole_frame_stream(true, false);
+    whole_frame_stream(true, false, Way::Fast);
 }
 
-/// With PacketLength=128 every wire segment arrives as one copy of exactly 128 bytes: the
-/// payload the copies' headers claim adds up to the stream.
 #[test]
-fn tcp_packet_length_128_one_copy_per_segment() {
+fn tunnel_device_tcp_ipv4_upload_whole_copies_reassemble() {
+    whole_frame_stream(false, true, Way::Tunnel);
+}
+
+#[test]
+fn tunnel_device_tcp_ipv6_download_whole_copies_reassemble() {
+    whole_frame_stream(true, false, Way::Tunnel);
+}
+
+/// Every wire segment arrives as one copy of `cut` bytes of inner frame (or whole, when
+/// shorter): the payload the copies' headers claim adds up to the stream.
+fn one_cut_copy_per_segment(packet_length: Option<u32>, cut: usize, way: Way) {
     let topo = Topology::new();
-    let _agent = Agent::start(&topo.node, &session_config(Some(128)));
+    let _agent = start_agent(&topo, packet_length, way);
     let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
     const TOTAL: usize = 4 << 20;
     assert_eq!(bulk_tcp(&topo, false, true, TOTAL), TOTAL);
@@ -293,7 +230,14 @@ fn tcp_packet_length_128_one_copy_per_segment() {
         let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(ip[32] >> 4) * 4;
         let payload = total - headers;
         if payload > 0 {
-            assert_eq!(c.inner.len(), 128, "a data copy is not exactly 128 bytes");
+            // A segment shorter than the cut (a write's last one) is whole.
+            let want = (14 + total).min(cut);
+            assert_eq!(
+                c.inner.len(),
+                want,
+                "a data copy of {} wire bytes",
+                14 + total
+            );
             assert!(
                 total + 14 <= 1514,
                 "a copy's headers claim {total} IP bytes: a super-packet, not a wire segment"
@@ -310,13 +254,40 @@ fn tcp_packet_length_128_one_copy_per_segment() {
     capture::remove(&pcap);
 }
 
+#[test]
+fn tcp_packet_length_128_one_copy_per_segment() {
+    one_cut_copy_per_segment(Some(128), 128, Way::Fast);
+}
+
+#[test]
+fn tunnel_device_tcp_packet_length_128_one_copy_per_segment() {
+    one_cut_copy_per_segment(Some(128), 128, Way::Tunnel);
+}
+
+/// At the usual 1500-byte collector link a full-size frame does not fit in VXLAN: a
+/// whole-frame session cuts each segment to the 1464 bytes that fit (1500 - 36), one copy
+/// per segment.
+#[test]
+fn tcp_collector_link_1500_cuts_each_segment_to_fit() {
+    one_cut_copy_per_segment(None, 1464, Way::Fast);
+}
+
 /// UDP GSO: one send of many datagrams (UDP_SEGMENT) leaves as one super-packet; each
 /// datagram must arrive as its own copy with its own UDP length and a valid checksum.
 #[test]
 fn udp_gso_one_copy_per_datagram() {
+    udp_gso(Way::Fast);
+}
+
+#[test]
+fn tunnel_device_udp_gso_one_copy_per_datagram() {
+    udp_gso(Way::Tunnel);
+}
+
+fn udp_gso(way: Way) {
     let topo = Topology::new();
     jumbo_collector_link(&topo);
-    let _agent = Agent::start(&topo.node, &session_config(None));
+    let _agent = start_agent(&topo, None, way);
     let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
     const SEG: usize = 1200;
     const SENDS: usize = 20;

@@ -30,6 +30,19 @@ pub const PROG_SEGMENT: &str = "mirror_segment";
 pub const PROG_FLOW_DROP: &str = "flow_drop";
 pub const TC_PROGRAMS: [&str; 5] = [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_TX, PROG_SEGMENT];
 
+/// Which way copies may take (`copy_path`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyPathMode {
+    /// The fast path (outer headers written in eBPF on the uplink) wherever the next hop
+    /// toward the target is resolved and the target is IPv4; the tunnel device otherwise.
+    #[default]
+    Auto,
+    /// Always the kernel's VXLAN device: copies go through the host's routing and netfilter
+    /// (e.g. to be policed there), at the cost of a route lookup per copy.
+    Tunnel,
+}
+
 /// How programs are attached to interfaces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

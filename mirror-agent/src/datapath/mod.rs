@@ -38,8 +38,8 @@ use crate::{
     model::{Direction, Session, Target},
 };
 pub use attach::{
-    DropLink, PROG_EGRESS, PROG_ENCAP, PROG_FLOW_DROP, PROG_INGRESS, PROG_SEGMENT, PROG_TX,
-    Programs, TcAttachMode, TcLink,
+    CopyPathMode, DropLink, PROG_EGRESS, PROG_ENCAP, PROG_FLOW_DROP, PROG_INGRESS, PROG_SEGMENT,
+    PROG_TX, Programs, TcAttachMode, TcLink,
 };
 pub use flowtable::FlowTables;
 use pins::{PinPaths, SavedDatapath, SavedSource, SavedTunnel};
@@ -446,6 +446,7 @@ pub struct Datapath {
     pub maps: Maps,
     netlink: rtnetlink::Handle,
     attach_mode: TcAttachMode,
+    copy_path: CopyPathMode,
     sessions: Slots,
     filters: Slots,
     rules: Slots,
@@ -509,6 +510,7 @@ impl Datapath {
             maps,
             netlink,
             attach_mode,
+            copy_path: CopyPathMode::Auto,
             sessions: Slots::new(MAX_SESSIONS),
             filters: Slots::new(MAX_FILTERS),
             rules: Slots::new(MAX_RULE_SLOTS),
@@ -949,7 +951,12 @@ impl Datapath {
             if let std::collections::btree_map::Entry::Vacant(e) =
                 next_hops.entry(target.destination_ip)
             {
-                e.insert(nexthop::resolve(&self.netlink, target.destination_ip).await);
+                e.insert(match self.copy_path {
+                    CopyPathMode::Auto => {
+                        nexthop::resolve(&self.netlink, target.destination_ip).await
+                    }
+                    CopyPathMode::Tunnel => Err(nexthop::Unresolved::Configured),
+                });
             }
         }
         let mut uplinks_used: BTreeSet<String> = BTreeSet::new();
@@ -1282,9 +1289,17 @@ impl Datapath {
         Ok(name)
     }
 
+    /// Which way copies may take from the next apply on.
+    pub fn set_copy_path(&mut self, mode: CopyPathMode) {
+        self.copy_path = mode;
+    }
+
     /// Whether a target's next hop changed since the last apply (route, neighbour, uplink
     /// address): then an apply rewrites the sessions' outer headers.
     pub async fn next_hops_changed(&self) -> bool {
+        if self.copy_path == CopyPathMode::Tunnel {
+            return false;
+        }
         for (ip, before) in &self.next_hops {
             if nexthop::resolve(&self.netlink, *ip).await != *before {
                 return true;

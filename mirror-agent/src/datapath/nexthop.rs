@@ -30,6 +30,8 @@ pub enum Unresolved {
     /// No usable neighbour entry for the next hop yet.
     Neighbour(Ipv4Addr),
     Netlink(String),
+    /// `copy_path = "tunnel"`.
+    Configured,
 }
 
 impl std::fmt::Display for Unresolved {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Unresolved {
             Unresolved::NotUnicast => write!(f, "the route to the target is not a unicast route"),
             Unresolved::Neighbour(nh) => write!(f, "next hop {nh} not resolved yet"),
             Unresolved::Netlink(e) => write!(f, "netlink: {e}"),
+            Unresolved::Configured => write!(f, "copy_path is tunnel"),
         }
     }
 }
