@@ -10,7 +10,7 @@ from common import *  # noqa: F403
 conf = volcenginesdkcore.Configuration()
 conf.ak, conf.sk, conf.region = AK, SK, "cn-beijing"
 conf.host, conf.scheme = ENDPOINT, "http"
-api = v.VPCApi(volcenginesdkcore.ApiClient(conf))
+api = Checked(v.VPCApi(volcenginesdkcore.ApiClient(conf)))
 
 
 def session(sid):
