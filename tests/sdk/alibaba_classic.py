@@ -112,6 +112,8 @@ def setup():
     wait_for(lambda: flow_log(fl)["Status"], lambda st: st == "Active", "Active")
     call("DeleteFlowLog", FlowLogId=fl)
     ok("DeleteFlowLog")
+    expect_error(lambda: call("DeleteTrafficMirrorSession", TrafficMirrorSessionId="tms-none"),
+                 "ResourceNotFound.TrafficMirrorSession", "DeleteTrafficMirrorSession(unknown)")
     save({"session": sid, "filter": fid})
     print(f"KEEP {sid} {VNI}")
 

@@ -101,6 +101,9 @@ def setup():
     expect([x.id for x in ss] == [sid], f"sessions {ss}")
     typed(ss[0].priority, int, "priority")
     ok("ListTrafficMirrorSessions")
+    e = expect_error(lambda: session("tms-none"), "ResourceNotFound.TrafficMirrorSession",
+                     "ShowTrafficMirrorSession(unknown)")
+    expect(getattr(e, "status_code", None) == 404, f"404: {e}")
     save({"session": sid, "filter": fid})
     print(f"KEEP {sid} {VNI}")
 
