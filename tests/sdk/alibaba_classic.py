@@ -5,6 +5,7 @@ import importlib
 import json
 
 from aliyunsdkcore.client import AcsClient
+from alibabacloud_vpc20160428 import models as tea_models
 
 from common import *  # noqa: F403
 
@@ -20,6 +21,9 @@ def call(action, **params):
         getattr(req, f"set_{k}")(v)
     body = json.loads(client.do_action_with_exception(req))
     typed(body.get("RequestId"), str, f"{action}.RequestId")
+    # The classic SDK hands back plain JSON; Alibaba's own response model for it is the
+    # current SDK's, which declares every field's type.
+    check_model(getattr(tea_models, f"{action}ResponseBody")().from_map(body), action)
     return body
 
 
@@ -108,6 +112,8 @@ def setup():
     wait_for(lambda: flow_log(fl)["Status"], lambda st: st == "Active", "Active")
     call("DeleteFlowLog", FlowLogId=fl)
     ok("DeleteFlowLog")
+    expect_error(lambda: call("DeleteTrafficMirrorSession", TrafficMirrorSessionId="tms-none"),
+                 "ResourceNotFound.TrafficMirrorSession", "DeleteTrafficMirrorSession(unknown)")
     save({"session": sid, "filter": fid})
     print(f"KEEP {sid} {VNI}")
 

@@ -7,8 +7,8 @@ from alibabacloud_vpc20160428 import models as m
 
 from common import *  # noqa: F403
 
-client = Client(Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT,
-                       protocol="http", region_id="cn-hangzhou"))
+client = Checked(Client(Config(access_key_id=AK, access_key_secret=SK, endpoint=ENDPOINT,
+                               protocol="http", region_id="cn-hangzhou")))
 REGION = "cn-hangzhou"
 
 

@@ -10,10 +10,10 @@ from huaweicloudsdkvpc.v3 import model as h
 from common import *  # noqa: F403
 
 PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-client = (VpcClient.new_builder()
-          .with_credentials(BasicCredentials(AK, SK, PROJECT))
-          .with_endpoints([f"http://{ENDPOINT}"])
-          .build())
+client = Checked(VpcClient.new_builder()
+                 .with_credentials(BasicCredentials(AK, SK, PROJECT))
+                 .with_endpoints([f"http://{ENDPOINT}"])
+                 .build())
 
 
 def session(sid):
@@ -101,6 +101,9 @@ def setup():
     expect([x.id for x in ss] == [sid], f"sessions {ss}")
     typed(ss[0].priority, int, "priority")
     ok("ListTrafficMirrorSessions")
+    e = expect_error(lambda: session("tms-none"), "ResourceNotFound.TrafficMirrorSession",
+                     "ShowTrafficMirrorSession(unknown)")
+    expect(getattr(e, "status_code", None) == 404, f"404: {e}")
     save({"session": sid, "filter": fid})
     print(f"KEEP {sid} {VNI}")
 

@@ -10,7 +10,7 @@ from common import *  # noqa: F403
 conf = volcenginesdkcore.Configuration()
 conf.ak, conf.sk, conf.region = AK, SK, "cn-beijing"
 conf.host, conf.scheme = ENDPOINT, "http"
-api = v.VPCApi(volcenginesdkcore.ApiClient(conf))
+api = Checked(v.VPCApi(volcenginesdkcore.ApiClient(conf)))
 
 
 def session(sid):
@@ -111,6 +111,9 @@ def setup():
     wait_for(lambda: flow_log(fl).status, lambda st: st == "Active", "Active")
     api.delete_flow_log(v.DeleteFlowLogRequest(flow_log_id=fl))
     ok("DeleteFlowLog")
+    expect_error(lambda: api.delete_traffic_mirror_session(v.DeleteTrafficMirrorSessionRequest(
+        traffic_mirror_session_id="tms-none")), "InvalidTrafficMirrorSession.NotFound",
+        "DeleteTrafficMirrorSession(unknown)")
     save({"session": sid, "filter": fid, "target": tid})
     print(f"KEEP {sid} {VNI}")
 

@@ -405,7 +405,7 @@ fn api_socket_is_0600_and_tcp_requires_the_token() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("api_token"),
+        stderr.contains("api_token") && stderr.contains("api_credentials"),
         "the refusal names the fix: {stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);

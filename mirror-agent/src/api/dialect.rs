@@ -2,7 +2,10 @@
 //! every SDK reaches the same store: Volcengine's `Describe*`/`Modify*Attributes` family and
 //! its one-rule calls (`Policy`, `TrafficDirection`), and Alibaba's flow-log parameter names
 //! (`ProjectName`/`LogStoreName`, `NetworkInterface`/`VSwitch`/`VPC`). Answers are reshaped
-//! back into the fields each SDK's response model declares.
+//! back into the fields each SDK's response model declares. Alibaba's own shapes (nested
+//! flow-log lists, counts as strings) answer requests that name its VPC API version
+//! (`Version=2016-04-28`, as both of its SDKs do); without a version the agent keeps its
+//! flat shapes, which its CLI and existing scripts read.
 
 use serde_json::{Map, Value, json};
 
@@ -18,7 +21,11 @@ pub enum Reshape {
     VolcTargets,
     VolcRuleId,
     AlibabaFlowLogs,
+    AlibabaCounts,
 }
+
+/// The API version Alibaba's VPC SDKs name.
+pub const ALIBABA_VPC_VERSION: &str = "2016-04-28";
 
 /// The canonical action for `action`, with `params` rewritten in place.
 pub fn translate(
@@ -28,6 +35,7 @@ pub fn translate(
     p: &mut Params,
 ) -> Result<(String, Reshape), ApiError> {
     let alibaba = matches!(env, Envelope::Alibaba { .. });
+    let alibaba_vpc = alibaba && p.get("Version") == Some(ALIBABA_VPC_VERSION);
     let (canonical, reshape) = match action {
         "DescribeTrafficMirrorSessions" => {
             p.rename("NetworkInterfaceId", "TrafficMirrorSourceId");
@@ -119,7 +127,15 @@ pub fn translate(
             if let Some(id) = p.remove("FlowLogId") {
                 p.set("FlowLogIds.1", &id);
             }
-            ("DescribeFlowLogs", Reshape::AlibabaFlowLogs)
+            let shape = if alibaba_vpc {
+                Reshape::AlibabaFlowLogs
+            } else {
+                Reshape::None
+            };
+            ("DescribeFlowLogs", shape)
+        }
+        "ListTrafficMirrorFilters" | "ListTrafficMirrorSessions" if alibaba_vpc => {
+            (action, Reshape::AlibabaCounts)
         }
         other => (other, Reshape::None),
     };
@@ -223,6 +239,14 @@ pub fn reshape(how: Reshape, mut body: Value) -> Value {
                 .next();
             body = json!({"TrafficMirrorFilterRuleId": id});
         }
+        Reshape::AlibabaCounts => {
+            if let Some(o) = body.as_object_mut()
+                && let Some(n) = o.get("TotalCount").and_then(Value::as_i64)
+            {
+                // Alibaba declares the count a string.
+                o.insert("TotalCount".into(), json!(n.to_string()));
+            }
+        }
         Reshape::AlibabaFlowLogs => {
             let mut list = body
                 .get_mut("FlowLogs")
@@ -246,7 +270,7 @@ pub fn reshape(how: Reshape, mut body: Value) -> Value {
             }
             if let Some(o) = body.as_object_mut() {
                 o.insert("FlowLogs".into(), json!({"FlowLog": list}));
-                o.insert("Success".into(), json!(true));
+                o.insert("Success".into(), json!("true"));
                 for k in ["TotalCount", "PageNumber", "PageSize"] {
                     // Alibaba declares these as strings.
                     if let Some(v) = o.get(k).and_then(Value::as_i64) {
