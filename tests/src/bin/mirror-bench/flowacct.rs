@@ -156,10 +156,29 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
         .unwrap_or_else(|| panic!("no FlowLogId in {v}"))
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)])["FlowLogs"][0]["Status"]
-        != "Active"
-    {
-        assert!(Instant::now() < deadline, "flow log never became Active");
+    // Volcengine's version wraps the answer in `Result`, Alibaba's does not.
+    let status = || {
+        let v = agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)]);
+        let body = if v["Result"].is_object() {
+            &v["Result"]
+        } else {
+            &v
+        };
+        // Alibaba's 2016-04-28 shape nests the list: FlowLogs.FlowLog[].
+        let logs = &body["FlowLogs"];
+        let list = if logs["FlowLog"].is_array() {
+            &logs["FlowLog"]
+        } else {
+            logs
+        };
+        list[0]["Status"].clone()
+    };
+    while status() != "Active" {
+        assert!(
+            Instant::now() < deadline,
+            "flow log never became Active: {}",
+            agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)])
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // The metrics follow the kernel's BPF stats every few seconds: read them once settled.
