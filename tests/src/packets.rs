@@ -337,3 +337,16 @@ pub fn is_wire_prefix(copy: &[u8], original: &[u8]) -> bool {
         .enumerate()
         .all(|(i, (c, o))| c == o || skip.as_ref().is_some_and(|r| r.contains(&i)))
 }
+
+/// Panics unless `got` holds exactly the frames of `sent` (same count, order and lengths),
+/// each as the wire carried it ([`is_wire_prefix`]: a transport checksum left to offload in
+/// the sender's capture is filled in the copy).
+pub fn assert_same_as_wire(got: &[Vec<u8>], sent: &[Vec<u8>], what: &str) {
+    assert_eq!(got.len(), sent.len(), "{what}: frame count");
+    for (i, (g, s)) in got.iter().zip(sent).enumerate() {
+        assert!(
+            g.len() == s.len() && is_wire_prefix(g, s),
+            "{what}: frame {i} differs\n got: {g:?}\nsent: {s:?}"
+        );
+    }
+}

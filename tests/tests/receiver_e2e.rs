@@ -19,7 +19,7 @@ use mirror_tests::{
     capture::{self, Capture},
     http::{json, metric_value as value, metrics_get, promtool_check, rpc_get_params},
     netns::{NetNs, in_netns},
-    packets::is_wire_prefix,
+    packets::assert_same_as_wire,
     topology::{
         COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR,
         config_with_collector,
@@ -333,13 +333,15 @@ fn mirror_to_receiver(
         .collect();
     assert_eq!(want_full.len(), full_count, "source capture");
     assert_eq!(want_cut.len(), EACH, "source capture");
-    assert_eq!(
-        got_full, want_full,
-        "mrx100 must carry exactly the frames of VNI 100 as the source saw them"
+    assert_same_as_wire(
+        &got_full,
+        &want_full,
+        "mrx100 must carry exactly the frames of VNI 100 as the source sent them",
     );
-    assert_eq!(
-        got_cut, want_cut,
-        "mrx200 must carry the frames of VNI 200 cut to {CUT_LEN} bytes"
+    assert_same_as_wire(
+        &got_cut,
+        &want_cut,
+        &format!("mrx200 must carry the frames of VNI 200 cut to {CUT_LEN} bytes"),
     );
     for p in [src_pcap, full_pcap, cut_pcap] {
         capture::remove(&p);
@@ -882,10 +884,10 @@ sources = ["src0"]
         .map(|f| f[..64].to_vec())
         .collect();
     assert_eq!(want.len(), 5);
-    assert_eq!(
-        capture::frames(&got_pcap),
-        want,
-        "mrx300 must carry the frames cut to 64 bytes"
+    assert_same_as_wire(
+        &capture::frames(&got_pcap),
+        &want,
+        "mrx300 must carry the frames cut to 64 bytes",
     );
     capture::remove(&src_pcap);
     capture::remove(&got_pcap);
@@ -945,12 +947,10 @@ fn same_host_source_and_tc_receiver_deliver_every_copy() {
     );
     // The frames the source saw, as the wire carries them: a local sender's UDP checksum,
     // left to offload in the source's capture, is filled in the copy.
-    assert!(
-        delivered
-            .iter()
-            .zip(&sent)
-            .all(|(d, s)| d.len() == s.len() && is_wire_prefix(d, s)),
-        "mrx100 must carry exactly the frames the source saw"
+    assert_same_as_wire(
+        &delivered,
+        &sent,
+        "mrx100 must carry exactly the frames the source sent",
     );
     capture::remove(&src_pcap);
     capture::remove(&got_pcap);
