@@ -156,7 +156,12 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
         .unwrap_or_else(|| panic!("no FlowLogId in {v}"))
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while agent.call("DescribeFlowLogs", &[("FlowLogIds.1", &id)])["FlowLogs"][0]["Status"]
+    // Volcengine's envelope, as for CreateFlowLog: without a Version the answer takes
+    // Alibaba's shape (FlowLogs.FlowLog[]); Volcengine's wraps it in Result.
+    while agent.call(
+        "DescribeFlowLogs",
+        &[("Version", "2020-04-01"), ("FlowLogIds.1", &id)],
+    )["Result"]["FlowLogs"][0]["Status"]
         != "Active"
     {
         assert!(Instant::now() < deadline, "flow log never became Active");
