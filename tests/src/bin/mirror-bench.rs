@@ -8,7 +8,9 @@
 //! - the drain of a 1 M-flow table, and its effect on the data path;
 //! - the control plane: AddSources to copies on the wire, API requests under load;
 //! - XDP receive: decapsulation and redirect into a capture veth against the kernel's VXLAN
-//!   device.
+//!   device;
+//! - GSO: a bulk TCP stream through the mirrored source (super-packets on veth), copies per
+//!   wire segment and throughput: no mirroring, tc mirred, this agent.
 //!
 //! `--quick` (CI) runs every section briefly and fails if a row is missing; it never judges
 //! speed. `--write FILE` writes the Markdown document (plots go next to it).
@@ -23,6 +25,8 @@ mod control;
 mod drain;
 #[path = "mirror-bench/flowacct.rs"]
 mod flowacct;
+#[path = "mirror-bench/gso.rs"]
+mod gso;
 #[path = "mirror-bench/progcost.rs"]
 mod progcost;
 #[path = "mirror-bench/receive.rs"]
@@ -144,6 +148,16 @@ fn main() -> ExitCode {
                 plots: Vec::new(),
             });
         }
+    }
+    if wanted("gso") {
+        let g = gso::run(quick);
+        sections.push(Section {
+            name: "gso",
+            markdown: g.markdown(quick),
+            rows: g.rows(),
+            expected: gso::Gso::expected_rows(),
+            plots: Vec::new(),
+        });
     }
     let mut out = String::new();
     for s in &sections {

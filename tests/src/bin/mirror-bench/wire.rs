@@ -50,14 +50,14 @@ pub struct Bed {
     pub s0_mac: [u8; 6],
 }
 
-fn quiet(ns: &NetNs) {
+pub fn quiet(ns: &NetNs) {
     ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
 }
 
 /// Drops everything arriving on `dev` right after the veth counted it (nftables netdev
 /// ingress with a drop policy: this kernel has no tc gact/matchall).
-fn sink(ns: &NetNs, dev: &str) {
+pub fn sink(ns: &NetNs, dev: &str) {
     ns.exec(&[
         "nft",
         &format!(
@@ -241,9 +241,14 @@ pub fn bpf_stats(bed: &Bed) -> (f64, f64, f64) {
 /// The agent in the node namespace, pinned to the work CPU; it takes its data path with it
 /// when it stops (`--detach-on-exit`), so the next method measures without it.
 pub fn start_agent(bed: &Bed, config: &str, dir: &std::path::Path) -> Agent {
+    start_agent_in(&bed.node, config, dir)
+}
+
+/// [`start_agent`] in any namespace (the GSO section has its own bed).
+pub fn start_agent_in(ns: &NetNs, config: &str, dir: &std::path::Path) -> Agent {
     let cpu = WORK_CPU.to_string();
     Agent::start_with(
-        &bed.node,
+        ns,
         config,
         dir,
         &StartOptions {
