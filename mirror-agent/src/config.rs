@@ -86,6 +86,10 @@ pub struct FileConfig {
     pub flow_table_size: Option<u32>,
     /// Holds each reconcile pass back (tests and demos: makes Modifying observable).
     pub reconcile_delay_ms: Option<u64>,
+    /// Turn the kernel's BPF run-time statistics on while the agent runs, for the
+    /// `mirror_bpf_program_*` metrics. Off by default: the switch is host-wide, and with it
+    /// on the kernel reads the clock twice per run of every BPF program on the node.
+    pub bpf_stats: Option<bool>,
     /// `auto` (TCX on 6.6+, else clsact), `tcx` or `clsact`.
     pub tc_attach: Option<crate::datapath::TcAttachMode>,
     /// `auto` (fast path where it can run, tunnel device otherwise) or `tunnel`.

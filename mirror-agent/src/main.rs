@@ -68,6 +68,10 @@ struct RunArgs {
     /// running for the next agent.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Keep the kernel's BPF run-time statistics on (host-wide; costs two clock reads per
+    /// BPF program run) for the mirror_bpf_program_* metrics.
+    #[arg(long)]
+    bpf_stats: bool,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// How programs attach to interfaces: auto (TCX on 6.6+, else clsact), tcx or clsact.
@@ -104,6 +108,7 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         metrics_listen: None,
         pin_dir: args.pin_dir,
         detach_on_exit: false,
+        bpf_stats: false,
         log_format: None,
         tc_attach: None,
         copy_path: None,
@@ -142,6 +147,7 @@ struct Settings {
     metrics_listen: Option<String>,
     pin_dir: PathBuf,
     detach_on_exit: bool,
+    bpf_stats: bool,
     log_format: LogFormat,
     tc_attach: TcAttachMode,
     copy_path: CopyPathMode,
@@ -173,6 +179,7 @@ fn settings(args: &RunArgs, file: &FileConfig) -> Settings {
             .or_else(|| file.pin_dir.clone())
             .unwrap_or_else(|| config::DEFAULT_PIN_DIR.into()),
         detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+        bpf_stats: args.bpf_stats || file.bpf_stats.unwrap_or(false),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
         copy_path: args.copy_path.or(file.copy_path).unwrap_or_default(),
@@ -452,13 +459,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    // BPF run-time statistics for mirror_bpf_program_*: kept on while the agent runs.
-    let _bpf_stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            warn!("BPF run-time statistics unavailable: {e}");
-            None
+    // BPF run-time statistics for mirror_bpf_program_*: on only when asked (host-wide, and
+    // every program run then reads the clock twice), and then kept on while the agent runs.
+    let _bpf_stats = if settings.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!("BPF run-time statistics unavailable: {e}");
+                None
+            }
         }
+    } else {
+        None
     };
 
     declare(&store, &svc, &file, &started, &mut passes).await?;

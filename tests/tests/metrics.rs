@@ -22,7 +22,7 @@ fn metrics_pass_promtool_and_count_the_packets_sent() {
     let topo = Topology::new();
     topo.node.exec(&["ip", "link", "set", "lo", "up"]);
     let config = format!(
-        "metrics_listen = \"127.0.0.1:9464\"\n{}",
+        "metrics_listen = \"127.0.0.1:9464\"\nbpf_stats = true\n{}",
         config_with_collector(
             r#"
 [[filters]]

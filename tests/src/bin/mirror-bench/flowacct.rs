@@ -135,7 +135,7 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
     let _cleanup = TempDir(dir.clone());
     let agent = start_agent(
         bed,
-        &format!("flow_drain_ms = 200\nmetrics_listen = \"{METRICS}\"\n"),
+        &format!("flow_drain_ms = 200\nbpf_stats = true\nmetrics_listen = \"{METRICS}\"\n"),
         &dir.join("agent"),
     );
     let v = agent.call(
