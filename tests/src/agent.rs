@@ -13,6 +13,16 @@ use crate::netns::NetNs;
 
 /// `target/<profile>/mirror-agent`, next to the test binary's `deps/` directory. `cargo xtask
 /// test` builds it before the tests run.
+/// `MIRROR_TEST_COPY_PATH=tunnel` runs every agent a test starts with `--copy-path
+/// tunnel`: `cargo xtask test` runs the end-to-end suites a second time that way, so the
+/// fallback path keeps passing the same tests as the fast path.
+fn copy_path_override() -> Vec<String> {
+    match std::env::var("MIRROR_TEST_COPY_PATH") {
+        Ok(v) if !v.is_empty() => vec!["--copy-path".into(), v],
+        _ => Vec::new(),
+    }
+}
+
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // A binary target (the benchmark) lives in target/<profile>/ itself, next to the agent.
@@ -232,6 +242,7 @@ impl Agent {
             .arg(dir.join("api.sock"))
             .arg("--pin-dir")
             .arg(bpf.join("mirror-agent"))
+            .args(copy_path_override())
             .args(opts.args)
             .env("RUST_LOG", opts.rust_log)
             .stdin(Stdio::null())
