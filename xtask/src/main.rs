@@ -457,21 +457,19 @@ fn main() -> ExitCode {
             ]))?;
             // The end-to-end suites again with every agent on the fallback copy path (the
             // kernel's VXLAN device), which the fast path otherwise hides.
-            run(cargo()
-                .env("MIRROR_TEST_COPY_PATH", "tunnel")
-                .args([
-                    "test",
-                    "-p",
-                    "tests",
-                    "--test",
-                    "mirror_e2e",
-                    "--test",
-                    "receiver_e2e",
-                    "--test",
-                    "restart",
-                    "--",
-                    "--test-threads=1",
-                ]))
+            run(cargo().env("MIRROR_TEST_COPY_PATH", "tunnel").args([
+                "test",
+                "-p",
+                "tests",
+                "--test",
+                "mirror_e2e",
+                "--test",
+                "receiver_e2e",
+                "--test",
+                "restart",
+                "--",
+                "--test-threads=1",
+            ]))
         }),
         Task::Bench { quick } => setup().and_then(|()| bench(quick)),
         Task::Lab => setup().and_then(|()| lab()),
