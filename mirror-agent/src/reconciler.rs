@@ -201,6 +201,9 @@ impl Reconciler {
                 .extend(errs.iter().cloned());
         }
         self.publish_plan(&snap, &links_now);
+        if let Ok(mut paths) = self.svc.copy_paths.write() {
+            *paths = self.datapath.copy_paths().clone();
+        }
         self.settle(&snap, &problems).await?;
         debug!(elapsed = ?started.elapsed(), "reconciled");
         Ok(report)

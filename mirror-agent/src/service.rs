@@ -31,6 +31,8 @@ pub struct Service {
     pub flow_log_status: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
     /// XDP mode and counters of each attached receiver (written by the reconciler).
     pub receiver_status: Arc<RwLock<BTreeMap<String, crate::datapath::receive::ReceiverStatus>>>,
+    /// The way each applied session's copies take, as of the last reconcile pass.
+    pub copy_paths: Arc<RwLock<BTreeMap<String, crate::datapath::CopyPath>>>,
     reconcile: Arc<Notify>,
 }
 
@@ -54,6 +56,7 @@ impl Service {
             links,
             flow_log_status: Arc::new(RwLock::new(BTreeMap::new())),
             receiver_status: Arc::new(RwLock::new(BTreeMap::new())),
+            copy_paths: Arc::new(RwLock::new(BTreeMap::new())),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reconcile,
         }

@@ -84,6 +84,17 @@ fn start_agent(topo: &Topology, packet_length: Option<u32>, way: Way) -> Agent {
         way == Way::Fast,
         "copies take the {way:?} way"
     );
+    let list = agent.call("ListTrafficMirrorSessions", &[]);
+    let s = &list["TrafficMirrorSessions"][0];
+    let want = match way {
+        Way::Fast => "fast",
+        Way::Tunnel => "tunnel",
+    };
+    assert_eq!(s["CopyPath"], want, "List shows the way: {s}");
+    assert_eq!(s["Segmentation"], true, "{s}");
+    if way == Way::Fast {
+        assert_eq!(s["CopyPathDetail"], "up0", "the uplink: {s}");
+    }
     agent
 }
 

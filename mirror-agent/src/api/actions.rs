@@ -133,7 +133,7 @@ pub fn read(svc: &Service, action: &str, p: &Params) -> Result<Value, ApiError> 
     match action {
         "ListTrafficMirrorFilters" => list_filters(&snap, p),
         "ListTrafficMirrorTargets" => list_targets(&snap, p),
-        "ListTrafficMirrorSessions" => list_sessions(&snap, p),
+        "ListTrafficMirrorSessions" => list_sessions(svc, &snap, p),
         "GetTrafficMirrorServiceStatus" | "GetFlowLogServiceStatus" => Ok(json!({"Enabled": true})),
         "OpenTrafficMirrorService" | "OpenFlowLogService" => Ok(json!({})),
         "DescribeFlowLogs" => super::flowlogs::describe(svc, &snap, p),
@@ -1093,7 +1093,7 @@ pub fn target_type(snap: &Snapshot, s: &SessionRecord) -> String {
         .map_or("NetworkInterface".to_string(), |t| t.instance_type.clone())
 }
 
-fn list_sessions(snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {
+fn list_sessions(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {
     let ids = p.list("TrafficMirrorSessionIds")?;
     let name = p.str_opt("TrafficMirrorSessionName");
     let filter = p.str_opt("TrafficMirrorFilterId");
@@ -1116,9 +1116,19 @@ fn list_sessions(snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {
         .collect();
     items.sort_by_key(|s| s.priority);
     let (items, meta) = page(items, p)?;
+    let paths = svc.copy_paths.read().map(|p| p.clone()).unwrap_or_default();
     let list: Vec<Value> = items
         .iter()
-        .map(|s| s.alibaba(&target_type(snap, s)))
+        .map(|s| {
+            let mut v = s.alibaba(&target_type(snap, s));
+            // This agent's extension: which way the session's copies take, and why.
+            if let (Some(obj), Some(path)) = (v.as_object_mut(), paths.get(&s.id)) {
+                obj.insert("CopyPath".into(), json!(path.mode));
+                obj.insert("CopyPathDetail".into(), json!(path.detail));
+                obj.insert("Segmentation".into(), json!(path.segmentation));
+            }
+            v
+        })
         .collect();
     Ok(merge(json!({"TrafficMirrorSessions": list}), meta))
 }
