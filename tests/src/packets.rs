@@ -350,3 +350,16 @@ pub fn assert_same_as_wire(got: &[Vec<u8>], sent: &[Vec<u8>], what: &str) {
         );
     }
 }
+
+/// For a frame holding IPv4 + TCP (a copy of a wire segment, whole or cut): the IP total
+/// length its header claims, the TCP payload length that implies, and the TCP source port.
+pub fn ipv4_tcp_claim(frame: &[u8]) -> Option<(usize, usize, u16)> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [8, 0] || ip.len() < 40 || ip[0] >> 4 != 4 || ip[9] != 6 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(ip[32] >> 4) * 4;
+    let sport = u16::from_be_bytes([ip[20], ip[21]]);
+    Some((total, total.checked_sub(headers)?, sport))
+}

@@ -100,20 +100,7 @@ pub fn bulk_tcp(server: &NetNs, client: &NetNs, addr: IpAddr, port: u16, total: 
 /// so it works on copies as captured at a collector and on decapsulated frames alike):
 /// the bytes each side sent.
 pub fn tshark_follow(pcap: &Path) -> (usize, usize) {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-n",
-            "-d",
-            "udp.port==4789,vxlan",
-            "-q",
-            "-z",
-            "follow,tcp,raw,0",
-        ])
-        .output()
-        .expect("tshark");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = tshark(pcap, &["-q", "-z", "follow,tcp,raw,0"]);
     // Raw follow output: one hex line per segment; the second node's lines start with a tab.
     let mut first = 0usize;
     let mut second = 0usize;
@@ -138,13 +125,9 @@ pub fn tshark_follow(pcap: &Path) -> (usize, usize) {
 /// Frames in `pcap` whose TCP or UDP checksum tshark finds bad, with validation on (an
 /// outer UDP checksum of 0 over IPv4 is "not present", not bad).
 pub fn bad_checksums(pcap: &Path) -> usize {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-n",
-            "-d",
-            "udp.port==4789,vxlan",
+    tshark(
+        pcap,
+        &[
             "-o",
             "tcp.check_checksum:TRUE",
             "-o",
@@ -155,8 +138,20 @@ pub fn bad_checksums(pcap: &Path) -> usize {
             "fields",
             "-e",
             "frame.number",
-        ])
+        ],
+    )
+    .lines()
+    .count()
+}
+
+/// tshark's standard output on `pcap`: numeric, UDP 4789 decoded as VXLAN.
+fn tshark(pcap: &Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-n", "-d", "udp.port==4789,vxlan"])
+        .args(args)
         .output()
         .expect("tshark");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

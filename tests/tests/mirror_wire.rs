@@ -13,6 +13,7 @@ use mirror_tests::{
     agent::Agent,
     capture::{self, Capture},
     netns::in_netns,
+    packets::ipv4_tcp_claim,
     topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, WL_ADDR, WL_ADDR6, config_with_collector},
     traffic::{self, bad_checksums, tshark_follow},
 };
@@ -228,18 +229,13 @@ fn one_cut_copy_per_segment(packet_length: Option<u32>, cut: usize, way: Way) {
     let copies = capture::vxlan_copies(&pcap, 4789);
     let mut claimed_payload = 0usize;
     let mut data_copies = 0usize;
-    for c in copies.iter().filter(|c| c.inner.len() >= 34) {
-        let ip = &c.inner[14..];
-        if ip[0] >> 4 != 4 || ip[9] != 6 {
+    for c in &copies {
+        let Some((total, payload, sport)) = ipv4_tcp_claim(&c.inner) else {
             continue;
-        }
-        let sport = u16::from_be_bytes([ip[20], ip[21]]);
+        };
         if sport == PORT {
             continue; // the server's ACKs
         }
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(ip[32] >> 4) * 4;
-        let payload = total - headers;
         if payload > 0 {
             // A segment shorter than the cut (a write's last one) is whole.
             let want = (14 + total).min(cut);

@@ -19,7 +19,7 @@ use mirror_tests::{
     capture::{self, Capture},
     http::{json, metric_value as value, metrics_get, promtool_check, rpc_get_params},
     netns::{NetNs, in_netns},
-    packets::assert_same_as_wire,
+    packets::{assert_same_as_wire, ipv4_tcp_claim},
     topology::{
         COLLECTOR_ADDR, COLLECTOR_ADDR6, NODE_SRC_ADDR, NODE_UP_ADDR, Topology, WL_ADDR,
         config_with_collector,
@@ -1269,13 +1269,10 @@ sources = ["src0"]
         assert_eq!(bad_checksums(&pcap), 0, "bad checksums on mrx100");
     } else {
         let mut claimed = 0usize;
-        for f in frames
-            .iter()
-            .filter(|f| f.len() >= 54 && f[12..14] == [8, 0])
-        {
-            let ip = &f[14..];
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let payload = total - usize::from(ip[0] & 0x0f) * 4 - usize::from(ip[32] >> 4) * 4;
+        for f in &frames {
+            let Some((total, payload, _)) = ipv4_tcp_claim(f) else {
+                continue;
+            };
             if payload == 0 {
                 continue;
             }

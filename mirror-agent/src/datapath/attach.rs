@@ -258,21 +258,10 @@ impl Programs {
         self.attach_ordered(name, ifname, attach_type, mode, pin, LinkOrder::default())
     }
 
-    /// As `attach`, but first in the device's TCX chain (cls_bpf: a new filter gets a
-    /// better priority than those present): `mirror_tx` must encapsulate a copy before the
-    /// uplink's other programs, ours included, see it.
-    pub fn attach_first(
-        &mut self,
-        name: &'static str,
-        ifname: &str,
-        attach_type: TcAttachType,
-        mode: TcAttachMode,
-        pin: Option<PathBuf>,
-    ) -> Result<TcLink, DatapathError> {
-        self.attach_ordered(name, ifname, attach_type, mode, pin, LinkOrder::first())
-    }
-
-    fn attach_ordered(
+    /// As `attach`, at a given place in the device's TCX chain. `mirror_tx` goes first
+    /// (cls_bpf: a new filter gets a better priority than those present anyway): it must
+    /// encapsulate a copy before the uplink's other programs, ours included, see it.
+    pub fn attach_ordered(
         &mut self,
         name: &'static str,
         ifname: &str,

@@ -1271,12 +1271,13 @@ impl Datapath {
             .programs
             .pins()
             .map(|p| p.links.join(format!("tx-{name}")));
-        let link = self.programs.attach_first(
+        let link = self.programs.attach_ordered(
             PROG_TX,
             &name,
             TcAttachType::Egress,
             self.attach_mode,
             pin,
+            aya::programs::links::LinkOrder::first(),
         )?;
         info!(uplink = %name, "mirror_tx attached: copies are encapsulated in eBPF");
         self.uplinks.insert(

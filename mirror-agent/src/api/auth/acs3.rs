@@ -4,7 +4,7 @@
 //! `x-acs-content-sha256` among the signed headers.
 
 use super::{
-    AuthError, Claim, Request, auth_fields, canonical_headers, hmac_sha256, parse_iso8601, pct,
+    AuthError, AuthFields, Claim, Request, canonical_headers, hmac_sha256, parse_iso8601, pct,
     sha256_hex,
 };
 
@@ -86,14 +86,8 @@ pub fn sign_request(s: &Signing<'_>) -> Vec<(String, String)> {
 }
 
 pub fn claim(req: &Request<'_>) -> Result<Claim, AuthError> {
-    let auth = req.header("authorization").unwrap_or_default();
-    let fields = auth_fields(auth.strip_prefix(ALGORITHM).unwrap_or_default());
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AuthError::Malformed(format!("{name} is missing")))
-    };
+    let fields = AuthFields::of(req, ALGORITHM);
+    let field = |name: &str| fields.get(name);
     let access_key_id = field("Credential")?;
     let signed_headers = field("SignedHeaders")?;
     let given = field("Signature")?;

@@ -3,7 +3,7 @@
 //! nonce: the timestamp window is its replay bound.
 
 use super::{
-    AuthError, Claim, Request, auth_fields, canonical_headers, hmac_sha256, parse_basic, pct,
+    AuthError, AuthFields, Claim, Request, canonical_headers, hmac_sha256, parse_basic, pct,
     sha256_hex,
 };
 
@@ -66,14 +66,8 @@ pub fn sign(secret: &str, string_to_sign: &str) -> String {
 }
 
 pub fn claim(req: &Request<'_>) -> Result<Claim, AuthError> {
-    let auth = req.header("authorization").unwrap_or_default();
-    let fields = auth_fields(auth.strip_prefix(ALGORITHM).unwrap_or_default());
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AuthError::Malformed(format!("{name} is missing")))
-    };
+    let fields = AuthFields::of(req, ALGORITHM);
+    let field = |name: &str| fields.get(name);
     let access_key_id = field("Access")?;
     let signed_headers = field("SignedHeaders")?;
     let given = field("Signature")?;

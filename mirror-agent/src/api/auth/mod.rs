@@ -470,14 +470,30 @@ pub fn canonical_headers(req: &Request<'_>, signed: &str, sort_values: bool) -> 
     out
 }
 
-/// `key=value` fields of an Authorization header after its scheme, split on `,`.
-pub fn auth_fields(rest: &str) -> HashMap<String, String> {
-    rest.split(',')
-        .filter_map(|f| {
-            let (k, v) = f.trim().split_once('=')?;
-            Some((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
+/// The `key=value` fields of an `Authorization` header after its algorithm name
+/// (`ACS3-HMAC-SHA256 Credential=…,SignedHeaders=…,Signature=…` and its kin).
+pub struct AuthFields(HashMap<String, String>);
+
+impl AuthFields {
+    pub fn of(req: &Request<'_>, algorithm: &str) -> AuthFields {
+        let auth = req.header("authorization").unwrap_or_default();
+        let rest = auth.strip_prefix(algorithm).unwrap_or_default();
+        AuthFields(
+            rest.split(',')
+                .filter_map(|f| {
+                    let (k, v) = f.trim().split_once('=')?;
+                    Some((k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Result<String, AuthError> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AuthError::Malformed(format!("{name} is missing")))
+    }
 }
 
 /// `2024-01-02T03:04:05Z` (Alibaba) → Unix seconds.

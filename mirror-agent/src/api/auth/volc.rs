@@ -3,7 +3,7 @@
 //! `X-Content-Sha256`, and a signing key derived from the secret through the credential
 //! scope. It has no nonce: the timestamp window is its replay bound.
 
-use super::{AuthError, Claim, Request, auth_fields, hmac_sha256, parse_basic, pct, sha256_hex};
+use super::{AuthError, AuthFields, Claim, Request, hmac_sha256, parse_basic, pct, sha256_hex};
 
 pub const ALGORITHM: &str = "HMAC-SHA256";
 
@@ -66,14 +66,8 @@ pub fn sign(secret: &str, scope: &str, string_to_sign: &str) -> String {
 }
 
 pub fn claim(req: &Request<'_>) -> Result<Claim, AuthError> {
-    let auth = req.header("authorization").unwrap_or_default();
-    let fields = auth_fields(auth.strip_prefix(ALGORITHM).unwrap_or_default());
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AuthError::Malformed(format!("{name} is missing")))
-    };
+    let fields = AuthFields::of(req, ALGORITHM);
+    let field = |name: &str| fields.get(name);
     let credential = field("Credential")?;
     let signed_headers = field("SignedHeaders")?;
     let given = field("Signature")?;
