@@ -279,12 +279,32 @@ fn sigterm_leaves_it_running_and_cleanup_or_detach_on_exit_remove_it() {
             .success()
     };
     assert!(device("mirvx4789"), "tunnel device left for the next agent");
+    assert!(
+        device("mirseg"),
+        "segmentation device left for the next agent"
+    );
+    assert!(
+        attached(&topo.node, "up0")
+            .iter()
+            .any(|(dir, name, _)| dir == "egress" && name == "mirror_tx"),
+        "the uplink keeps encapsulating copies"
+    );
     let out = Agent::cleanup(&topo.node, &dir);
     assert_eq!(out.code, 0, "cleanup: {}{}", out.stdout, out.stderr);
     assert!(attached(&topo.node, "src0").is_empty(), "{}", out.stdout);
     assert!(
         !device("mirvx4789"),
         "tunnel device removed: {}",
+        out.stdout
+    );
+    assert!(
+        !device("mirseg"),
+        "segmentation device removed: {}",
+        out.stdout
+    );
+    assert!(
+        attached(&topo.node, "up0").is_empty(),
+        "mirror_tx detached from the uplink: {}",
         out.stdout
     );
     assert!(
@@ -319,6 +339,11 @@ fn sigterm_leaves_it_running_and_cleanup_or_detach_on_exit_remove_it() {
     let dir = agent.terminate();
     assert!(attached(&topo.node, "src0").is_empty(), "detached on exit");
     assert!(!device("mirvx4789"), "tunnel device removed on exit");
+    assert!(!device("mirseg"), "segmentation device removed on exit");
+    assert!(
+        attached(&topo.node, "up0").is_empty(),
+        "mirror_tx detached on exit"
+    );
     assert!(
         !dir.join("bpf/mirror-agent").exists(),
         "pins removed on exit"
