@@ -1949,7 +1949,7 @@ fn render_sessions(sessions: &[Value]) -> String {
     });
     let mut headers = vec![
         "ID", "NAME", "PRIORITY", "VNI", "PKT-LEN", "ENABLED", "FILTER", "TARGET", "SOURCES",
-        "STATUS",
+        "STATUS", "PATH",
     ];
     if has_errors {
         headers.push("ERRORS");
@@ -1968,6 +1968,7 @@ fn render_sessions(sessions: &[Value]) -> String {
                 "TrafficMirrorTargetId",
                 "TrafficMirrorSourceIds",
                 "TrafficMirrorSessionStatus",
+                "CopyPath",
             ]
             .iter()
             .map(|f| cell(s.get(*f)))
@@ -2676,6 +2677,7 @@ mod tests {
                     "TrafficMirrorTargetType": "NetworkInterface",
                     "TrafficMirrorSourceIds": ["eth0", "eth1"],
                     "TrafficMirrorSessionStatus": "Created",
+                    "CopyPath": "fast",
                     "TrafficMirrorSessionBusinessStatus": "Normal",
                     "Tags": [],
                     "CreationTime": "2024-01-01T00:00:00Z"
@@ -2701,20 +2703,20 @@ mod tests {
         let answer = sample_sessions();
         let items = answer["TrafficMirrorSessions"].as_array().unwrap();
         let expected = "\
-ID          NAME  PRIORITY  VNI  PKT-LEN  ENABLED  FILTER  TARGET  SOURCES    STATUS   ERRORS
-tms-aaa     web   1         100  128      true     tmf-1   tmt-1   eth0,eth1  Created  -
-tms-bbbbbb  -     20        7    -        false    tmf-2   tmt-2   veth9      Created  veth9: no such interface
+ID          NAME  PRIORITY  VNI  PKT-LEN  ENABLED  FILTER  TARGET  SOURCES    STATUS   PATH  ERRORS
+tms-aaa     web   1         100  128      true     tmf-1   tmt-1   eth0,eth1  Created  fast  -
+tms-bbbbbb  -     20        7    -        false    tmf-2   tmt-2   veth9      Created  -     veth9: no such interface
 ";
         assert_eq!(render_sessions(items), expected);
         // Without errors anywhere, no ERRORS column.
         let first = render_sessions(&items[..1]);
         assert_eq!(
             first.lines().next().unwrap().split_whitespace().last(),
-            Some("STATUS")
+            Some("PATH")
         );
         assert_eq!(
             render_sessions(&[]),
-            "ID  NAME  PRIORITY  VNI  PKT-LEN  ENABLED  FILTER  TARGET  SOURCES  STATUS\n"
+            "ID  NAME  PRIORITY  VNI  PKT-LEN  ENABLED  FILTER  TARGET  SOURCES  STATUS  PATH\n"
         );
     }
 
