@@ -23,6 +23,12 @@ fn copy_path_override() -> Vec<String> {
     }
 }
 
+/// Whether agents started by tests may take the fast copy path (not forced to the tunnel
+/// device by `MIRROR_TEST_COPY_PATH`).
+pub fn fast_path_allowed() -> bool {
+    copy_path_override().is_empty()
+}
+
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // A binary target (the benchmark) lives in target/<profile>/ itself, next to the agent.
