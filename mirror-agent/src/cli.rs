@@ -158,7 +158,7 @@ pub enum FlowLogCommand {
         #[arg(long = "id", value_name = "ID")]
         ids: Vec<String>,
     },
-    /// Change name, description or interval (ModifyFlowLogAttribute).
+    /// Change name, description, interval or record format (ModifyFlowLogAttribute).
     Update {
         /// Flow log id (fl-…).
         id: String,
@@ -169,6 +169,10 @@ pub enum FlowLogCommand {
         /// Minutes: 1, 5 or 10 (AggregationInterval).
         #[arg(long)]
         interval: Option<u32>,
+        /// Record fields in AWS's syntax, e.g. '${srcaddr} ${dstaddr} ${bytes}'
+        /// (LogFormat); "" returns to AWS's default format.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
         #[command(flatten)]
         mutation: Mutation,
     },
@@ -222,6 +226,10 @@ pub struct FlowLogCreate {
     /// Interval in seconds instead (tests and demos).
     #[arg(long)]
     pub interval_seconds: Option<u32>,
+    /// Record fields in AWS's syntax, e.g. '${version} ${srcaddr} ${dstaddr} ${tcp-flags}'
+    /// (LogFormat; default: AWS's default format, the version 2 fields).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// KEY=VALUE tag, repeatable (Tags.N.Key/Value).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<Tag>,
@@ -917,6 +925,7 @@ fn plan_flow_log(command: FlowLogCommand) -> Result<Plan, String> {
             p.set("LogTopicName", c.topic);
             p.opt("AggregationInterval", c.interval);
             p.opt("AggregationIntervalSeconds", c.interval_seconds);
+            p.opt("LogFormat", c.log_format.as_deref());
             p.tags(&c.tags);
             p.mutation(&c.mutation);
             Plan::new("CreateFlowLog", p, Render::Created("FlowLogId"))
@@ -931,12 +940,14 @@ fn plan_flow_log(command: FlowLogCommand) -> Result<Plan, String> {
             name,
             description,
             interval,
+            log_format,
             mutation,
         } => {
             p.set("FlowLogId", id);
             p.opt("FlowLogName", name.as_deref());
             p.opt("Description", description.as_deref());
             p.opt("AggregationInterval", interval);
+            p.opt("LogFormat", log_format.as_deref());
             if p.len() == 1 {
                 return Err("nothing to update: give at least one attribute".into());
             }

@@ -74,8 +74,15 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     /// Access keys whose signatures (each cloud's algorithm) the TCP API listener accepts.
     pub api_credentials: Option<ApiCredentials>,
-    /// The region this node answers as in Volcengine's envelope.
+    /// The region this node answers as in Volcengine's envelope, and flow logs' `region`.
     pub region: Option<String>,
+    /// Flow-log fields AWS takes from its inventory (`${account-id}`, `${vpc-id}`,
+    /// `${subnet-id}`, `${instance-id}`, `${az-id}`): "-" in records unless set.
+    pub account_id: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub az_id: Option<String>,
     /// Flow-log files: "jsonl" (default) or "aws" (AWS space-separated text).
     pub flow_log_format: Option<String>,
     /// IPFIX collector (RFC 7011 over UDP) that receives every flow log's records.

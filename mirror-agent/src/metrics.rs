@@ -89,6 +89,9 @@ pub struct Metrics {
     pub flowlog_evicted_flows: IntCounter,
     pub flowlog_sink_errors: IntCounterVec,
     pub flowlog_drain: Histogram,
+    pub flowlog_interval_records: IntGaugeVec,
+    pub flowlog_interval_end: IntGaugeVec,
+    pub flowlog_interval_delay: Histogram,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub reconcile_duration: Histogram,
@@ -105,6 +108,14 @@ pub struct Metrics {
     pub datapath_pinned: IntGauge,
     pub program_loaded: IntGaugeVec,
     last: Mutex<HashMap<String, u64>>,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -264,6 +275,31 @@ impl Metrics {
                     "mirror_flowlog_drain_duration_seconds",
                     "Time to flip, drain and empty the kernel flow table.",
                 ))
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                h
+            },
+            flowlog_interval_records: gauge(
+                &r,
+                "mirror_flowlog_interval_records",
+                "Records of the flow log's last closed interval (OK, NODATA and SKIPDATA).",
+                &["flow_log"],
+            ),
+            flowlog_interval_end: gauge(
+                &r,
+                "mirror_flowlog_interval_end_timestamp_seconds",
+                "End (Unix seconds) of the flow log's last closed interval.",
+                &["flow_log"],
+            ),
+            flowlog_interval_delay: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "mirror_flowlog_interval_delay_seconds",
+                        "From an interval's end until its records were written to the file sink.",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+                )
                 .unwrap_or_else(|e| panic!("{e}"));
                 r.register(Box::new(h.clone()))
                     .unwrap_or_else(|e| panic!("{e}"));

@@ -326,6 +326,9 @@ impl Reconciler {
                 project: f.log_project.clone(),
                 topic: f.log_topic.clone(),
                 interfaces,
+                format: crate::flowlog::format::LogFormat::from_stored(f.log_format.as_deref())
+                    // Validated by the API before it was stored.
+                    .unwrap_or_default(),
             });
         }
         if let Ok(mut p) = self.plan.write() {

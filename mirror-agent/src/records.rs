@@ -429,6 +429,10 @@ pub struct FlowLogRecord {
     pub aggregation_interval: u32,
     /// Seconds instead of minutes (tests and demos).
     pub interval_seconds: Option<u32>,
+    /// AWS `LogFormat` (`${field} ...`); `None` is AWS's default format. Absent in stores
+    /// written before it existed.
+    #[serde(default)]
+    pub log_format: Option<String>,
     pub state: FlowLogState,
     /// Whether the operator wants it collecting (ActiveFlowLog / DeactiveFlowLog).
     pub wanted_active: bool,
@@ -461,6 +465,8 @@ impl FlowLogRecord {
             "LogProjectId": self.log_project,
             "LogTopicId": self.log_topic,
             "AggregationInterval": self.aggregation_interval,
+            // AWS's name: the fields of this flow log's records, in order.
+            "LogFormat": self.log_format.as_deref().unwrap_or(crate::flowlog::format::DEFAULT_FORMAT),
             "Status": self.state.as_str(),
             "BusinessStatus": if self.errors.is_empty() { "Normal" } else { "Error" },
             "Errors": self.errors,

@@ -178,6 +178,25 @@ impl NetNs {
     /// # Panics
     ///
     /// Only if the command cannot be started at all.
+    /// An nftables table `table` in this namespace whose input hook drops UDP to `port`
+    /// (the kernel's drop reason: NETFILTER_DROP).
+    pub fn drop_udp_input(&self, table: &str, port: u16) {
+        let port = port.to_string();
+        self.exec(&["nft", "add", "table", "inet", table]);
+        self.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            table,
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ]);
+        self.exec(&[
+            "nft", "add", "rule", "inet", table, "in", "udp", "dport", &port, "drop",
+        ]);
+    }
+
     pub fn exec_status(&self, args: &[&str]) -> Output {
         output_of(&mut self.command_with_args(args))
     }

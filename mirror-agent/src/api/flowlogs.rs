@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, actions::Outcome, rpc::Params};
 use crate::{
+    flowlog::format::{DEFAULT_FORMAT, LogFormat},
     links,
     records::{FlowLogRecord, FlowLogState, Tag, new_id, now_rfc3339},
     service::Service,
@@ -53,6 +54,9 @@ pub fn mutate(
             }
             if let Some(s) = interval_seconds(p)? {
                 f.interval_seconds = Some(s);
+            }
+            if let Some(format) = log_format(p)? {
+                f.log_format = format;
             }
             Ok(())
         }),
@@ -110,6 +114,21 @@ fn interval_seconds(p: &Params) -> Result<Option<u32>, ApiError> {
             "The specified AggregationIntervalSeconds is invalid: 1-600.",
         )),
     }
+}
+
+/// AWS's `LogFormat` (our extension of the Volcengine API): `Some(None)` is AWS's default
+/// format, which is also what an empty value asks for on ModifyFlowLogAttribute.
+fn log_format(p: &Params) -> Result<Option<Option<String>>, ApiError> {
+    let Some(v) = p.get("LogFormat") else {
+        return Ok(None);
+    };
+    if v.trim().is_empty() {
+        return Ok(Some(None));
+    }
+    let parsed = LogFormat::parse(v)
+        .map_err(|e| ApiError::bad("InvalidParameter.LogFormat", e.to_string()))?;
+    let text = parsed.text();
+    Ok(Some((text != DEFAULT_FORMAT).then_some(text)))
 }
 
 /// Project and topic names become directories: letters, digits, `-`, `_`, `.`, 2-64 chars.
@@ -182,6 +201,7 @@ fn create(
     let topic = log_name("LogTopicName", p.required("LogTopicName")?)?;
     let aggregation = interval(p)?.unwrap_or(10);
     let seconds = interval_seconds(p)?;
+    let format = log_format(p)?.flatten();
     let tags: Vec<Tag> = p
         .tags()?
         .into_iter()
@@ -216,6 +236,7 @@ fn create(
         log_topic: topic,
         aggregation_interval: aggregation,
         interval_seconds: seconds,
+        log_format: format,
         state: FlowLogState::Creating,
         wanted_active: true,
         generation: 1,
@@ -388,6 +409,7 @@ mod tests {
             log_topic: "t1".into(),
             aggregation_interval: 1,
             interval_seconds: None,
+            log_format: None,
             state: FlowLogState::Active,
             wanted_active: true,
             generation: 1,

@@ -1,5 +1,6 @@
 //! The embedded file sink: one directory per LogProjectName/LogTopicName holding an active
-//! file and rotated files, as JSON Lines (the default) or AWS space-separated text.
+//! file and rotated files, as JSON Lines (the default) or AWS space-separated text, each
+//! record holding the fields of the flow log's `LogFormat`.
 //!
 //! Guarantees: a batch is written with one `write_all` and made durable with one
 //! `fdatasync`; a batch that fails (disk full, I/O error) is cut back off the file so that
@@ -16,7 +17,10 @@ use std::{
 use time::{OffsetDateTime, PrimitiveDateTime, macros::format_description};
 use tracing::warn;
 
-use super::record::FlowRecord;
+use super::{
+    format::{LogFormat, NodeMeta},
+    record::FlowRecord,
+};
 
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(3600);
@@ -60,6 +64,10 @@ pub struct FileSinkConfig {
     /// `<state_dir>/flowlogs/<project>/<topic>`.
     pub dir: PathBuf,
     pub format: FileFormat,
+    /// The fields of each record, in order (text files start with their names).
+    pub log_format: LogFormat,
+    /// The node's own values for account-id, vpc-id and the like.
+    pub meta: NodeMeta,
     /// Rotate before a batch that would take the active file past this size.
     pub max_file_bytes: u64,
     /// Rotate once the active file's first record is this old.
@@ -76,6 +84,8 @@ impl FileSinkConfig {
         FileSinkConfig {
             dir: dir.into(),
             format: FileFormat::JsonLines,
+            log_format: LogFormat::default(),
+            meta: NodeMeta::default(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_file_age: DEFAULT_MAX_FILE_AGE,
             retain_files: DEFAULT_RETAIN_FILES,
@@ -172,23 +182,55 @@ impl FileSink {
         };
         sink.adopt_current()?;
         sink.rotate_other_format()?;
+        if sink.header_differs()? {
+            sink.rotate((sink.now)())?;
+        }
         Ok(sink)
     }
 
-    pub fn config(&self) -> &FileSinkConfig {
-        &self.cfg
+    /// A new `LogFormat` (ModifyFlowLogAttribute) starts a new text file, so that every text
+    /// file's header names the columns of every line in it.
+    pub fn set_log_format(&mut self, log_format: LogFormat) -> Result<(), SinkError> {
+        if log_format == self.cfg.log_format {
+            return Ok(());
+        }
+        self.cfg.log_format = log_format;
+        if self.header_differs()? {
+            self.rotate((self.now)())?;
+        }
+        Ok(())
     }
 
-    /// Appends the records (one line each; AWS text files start with
-    /// [`FlowRecord::AWS_HEADER`]) and fdatasyncs once. Rotation by size or age happens
+    /// Whether the active text file was written with another header (another format, or an
+    /// agent before this one).
+    fn header_differs(&mut self) -> Result<bool, SinkError> {
+        if self.cfg.format != FileFormat::AwsText || self.len == 0 {
+            return Ok(false);
+        }
+        let header = self.cfg.log_format.header();
+        let mut first = vec![0u8; header.len() + 1];
+        // Shorter than the header line: not written with this header.
+        if self.len < first.len() as u64 {
+            return Ok(true);
+        }
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_exact(&mut first))
+            .map_err(|e| SinkError::io("read", &self.current_path, e))?;
+        Ok(first[..header.len()] != *header.as_bytes() || first[header.len()] != b'\n')
+    }
+
+    /// Appends the records (one line each; AWS text files start with the format's header)
+    /// and fdatasyncs once. Rotation by size or age happens
     /// before the batch is written, retention right after a rotation.
     pub fn write(&mut self, records: &[FlowRecord]) -> Result<(), SinkError> {
         let mut body = Vec::with_capacity(records.len() * 256);
         for r in records {
+            let (layout, meta) = (&self.cfg.log_format, &self.cfg.meta);
             match self.cfg.format {
-                FileFormat::JsonLines => r.write_json_line(&mut body)?,
+                FileFormat::JsonLines => layout.write_json_line(r, meta, &mut body)?,
                 FileFormat::AwsText => {
-                    body.extend_from_slice(r.to_aws_text().as_bytes());
+                    body.extend_from_slice(layout.text_line(r, meta).as_bytes());
                     body.push(b'\n');
                 }
             }
@@ -201,8 +243,9 @@ impl FileSink {
             return Ok(());
         }
         let buf = if self.len == 0 && self.cfg.format == FileFormat::AwsText {
-            let mut b = Vec::with_capacity(FlowRecord::AWS_HEADER.len() + 1 + body.len());
-            b.extend_from_slice(FlowRecord::AWS_HEADER.as_bytes());
+            let header = self.cfg.log_format.header();
+            let mut b = Vec::with_capacity(header.len() + 1 + body.len());
+            b.extend_from_slice(header.as_bytes());
             b.push(b'\n');
             b.extend_from_slice(&body);
             b
@@ -526,6 +569,14 @@ mod tests {
         }
     }
 
+    fn header() -> String {
+        LogFormat::default().header()
+    }
+
+    fn text(i: u16) -> String {
+        LogFormat::default().text_line(&rec(i), &NodeMeta::default())
+    }
+
     fn cfg(dir: &Path, format: FileFormat) -> FileSinkConfig {
         FileSinkConfig {
             format,
@@ -552,7 +603,12 @@ mod tests {
         assert_eq!(lines.len(), 3);
         for (line, i) in lines.iter().zip([1u16, 2, 3]) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v, rec(i).to_json());
+            let mut want = Vec::new();
+            LogFormat::default()
+                .write_json_line(&rec(i), &NodeMeta::default(), &mut want)
+                .unwrap();
+            let want: serde_json::Value = serde_json::from_slice(&want).unwrap();
+            assert_eq!(v, want);
         }
     }
 
@@ -571,19 +627,52 @@ mod tests {
         assert_eq!(files.len(), 2);
         assert!(files[1].ends_with("current.log"));
         let first = fs::read_to_string(&files[0]).unwrap();
-        assert_eq!(
-            first,
-            format!(
-                "{}\n{}\n{}\n",
-                FlowRecord::AWS_HEADER,
-                rec(1).to_aws_text(),
-                rec(2).to_aws_text()
-            )
-        );
+        assert_eq!(first, format!("{}\n{}\n{}\n", header(), text(1), text(2)));
         let second = fs::read_to_string(&files[1]).unwrap();
+        assert_eq!(second, format!("{}\n{}\n", header(), text(3)));
+    }
+
+    #[test]
+    fn a_new_log_format_starts_a_new_text_file() {
+        let d = TempDir::new("fmtchange");
+        let (_, now) = clock();
+        let mut sink = FileSink::open_with_clock(cfg(&d.0, FileFormat::AwsText), now).unwrap();
+        sink.write(&[rec(1)]).unwrap();
+        let custom = LogFormat::parse("${srcport} ${flow-direction}").unwrap();
+        sink.set_log_format(custom.clone()).unwrap();
+        sink.write(&[rec(2)]).unwrap();
+        let files = sink.files();
+        assert_eq!(files.len(), 2);
         assert_eq!(
-            second,
-            format!("{}\n{}\n", FlowRecord::AWS_HEADER, rec(3).to_aws_text())
+            fs::read_to_string(&files[0]).unwrap(),
+            format!("{}\n{}\n", header(), text(1))
+        );
+        assert_eq!(
+            fs::read_to_string(&files[1]).unwrap(),
+            "srcport flow-direction\n1002 ingress\n"
+        );
+        // Reopened with the same format (a restart): the file is adopted, not rotated.
+        drop(sink);
+        let mut c = cfg(&d.0, FileFormat::AwsText);
+        c.log_format = custom;
+        let (_, now) = clock();
+        let mut sink = FileSink::open_with_clock(c, now).unwrap();
+        sink.write(&[rec(3)]).unwrap();
+        assert_eq!(sink.files().len(), 2);
+        // Reopened with another format: the old file is rotated first.
+        drop(sink);
+        let (_, now) = clock();
+        let mut sink = FileSink::open_with_clock(cfg(&d.0, FileFormat::AwsText), now).unwrap();
+        sink.write(&[rec(4)]).unwrap();
+        let files = sink.files();
+        assert_eq!(files.len(), 3);
+        assert_eq!(
+            fs::read_to_string(&files[1]).unwrap(),
+            "srcport flow-direction\n1002 ingress\n1003 ingress\n"
+        );
+        assert_eq!(
+            fs::read_to_string(&files[2]).unwrap(),
+            format!("{}\n{}\n", header(), text(4))
         );
     }
 
@@ -593,7 +682,9 @@ mod tests {
         let (_, now) = clock();
         let line = {
             let mut b = Vec::new();
-            rec(1).write_json_line(&mut b).unwrap();
+            LogFormat::default()
+                .write_json_line(&rec(1), &NodeMeta::default(), &mut b)
+                .unwrap();
             b.len() as u64
         };
         let mut c = cfg(&d.0, FileFormat::JsonLines);

@@ -1,7 +1,8 @@
-//! Flow logs: the record type (AWS VPC Flow Logs v5 fields) and its sinks.
+//! Flow logs: the record type, its formats (AWS `LogFormat`) and its sinks.
 
 pub mod aggregate;
 pub mod files;
+pub mod format;
 pub mod ipfix;
 pub mod record;
 pub mod runner;

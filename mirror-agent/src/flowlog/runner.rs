@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use super::{
     aggregate::{self, Interval, Pending, TrafficType},
     files::{FileFormat, FileSink, FileSinkConfig},
+    format::{LogFormat, NodeMeta},
     ipfix::IpfixExporter,
     record::FlowRecord,
 };
@@ -38,6 +39,8 @@ pub struct PlannedLog {
     pub project: String,
     pub topic: String,
     pub interfaces: BTreeMap<u32, String>,
+    /// Which fields its records carry, in which order.
+    pub format: LogFormat,
 }
 
 /// Records kept for a failing sink, at most (older ones are dropped and counted).
@@ -58,6 +61,8 @@ pub struct Runner {
     pub status: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
     pub state_dir: PathBuf,
     pub format: FileFormat,
+    /// The node's values for the inventory fields (account-id, vpc-id, ...).
+    pub meta: NodeMeta,
     pub ipfix: Option<SocketAddr>,
     pub drop_reasons: BTreeMap<u64, String>,
     pub tick: Duration,
@@ -196,6 +201,14 @@ impl Runner {
                     },
                 );
                 st.started = now;
+                self.metrics
+                    .flowlog_interval_records
+                    .with_label_values(&[log.id.as_str()])
+                    .set(records.len() as i64);
+                self.metrics
+                    .flowlog_interval_end
+                    .with_label_values(&[log.id.as_str()])
+                    .set(now as i64);
                 for r in &records {
                     self.metrics
                         .flowlog_records
@@ -240,14 +253,29 @@ impl Runner {
                         .join(&log.topic);
                     let mut cfg = FileSinkConfig::new(dir);
                     cfg.format = self.format;
+                    cfg.log_format = log.format.clone();
+                    cfg.meta = self.meta.clone();
                     match FileSink::open(cfg) {
                         Ok(s) => st.sink = Some(s),
                         Err(e) => errors.push(format!("file sink: {e}")),
                     }
                 }
+                if let Some(sink) = st.sink.as_mut()
+                    && let Err(e) = sink.set_log_format(log.format.clone())
+                {
+                    errors.push(format!("file sink: {e}"));
+                }
                 if let Some(sink) = st.sink.as_mut() {
                     match sink.write(&st.backlog) {
-                        Ok(()) => st.backlog.clear(),
+                        Ok(()) => {
+                            st.backlog.clear();
+                            let written = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64());
+                            self.metrics
+                                .flowlog_interval_delay
+                                .observe((written - now as f64).max(0.0));
+                        }
                         Err(e) => {
                             self.metrics
                                 .flowlog_sink_errors

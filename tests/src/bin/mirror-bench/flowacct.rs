@@ -149,6 +149,11 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
             ("LogProjectName", "bench"),
             ("LogTopicName", "s0"),
             ("AggregationIntervalSeconds", "2"),
+            // The default (AWS v2) format has no direction.
+            (
+                "LogFormat",
+                "${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${action} ${log-status} ${flow-direction}",
+            ),
         ],
     );
     let id = v["Result"]["FlowLogId"]
