@@ -43,6 +43,9 @@ enum Command {
     /// Remove every program, link, map, pin and tunnel device an agent left running (after
     /// SIGTERM the data path stays up for the next agent), then exit. Stop the agent first.
     Cleanup(CleanupArgs),
+    /// Print the Kubernetes custom resource definitions (YAML) of the mirror objects, as
+    /// `kubectl apply -f -` takes them.
+    Crds,
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -527,6 +530,18 @@ fn main() -> ExitCode {
     // The client builds its own small runtime; only the daemon needs the multi-threaded one.
     let args = match cli.command {
         Command::Client(c) => return cli::run(&cli.client, c),
+        Command::Crds => {
+            return match mirror_agent::kubernetes::crd::crds_yaml() {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mirror-agent: CRDs: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Run(args) => args,
         Command::Cleanup(args) => {
             let result = tokio::runtime::Builder::new_current_thread()

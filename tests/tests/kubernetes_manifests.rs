@@ -1,0 +1,179 @@
+//! The Kubernetes manifests, checked offline by the tools that exist for them here (no API
+//! server can be installed on these machines): the committed CRDs are exactly what
+//! `mirror-agent crds` generates from the Rust types; `kubectl kustomize` renders the base;
+//! `kubernetes-validate --strict` accepts the CRDs and the DaemonSet as the API's schemas
+//! define them; the example custom resources pass the generated schemas and bad ones are
+//! refused with the reason (tests/sdk/validate_crs.py applies each CRD's openAPIV3Schema as
+//! the API server does, unknown fields refused).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use mirror_tests::agent::agent_binary;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("MIRROR_SDK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/sdk-venv"));
+    let p = venv.join("bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
+/// (success, stdout + stderr)
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+const CRDS: &str = "deploy/kubernetes/base/crds.yaml";
+
+#[test]
+fn committed_crds_are_generated_from_the_types() {
+    let out = Command::new(agent_binary())
+        .arg("crds")
+        .output()
+        .expect("mirror-agent crds");
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).expect("UTF-8");
+    let committed = std::fs::read_to_string(repo().join(CRDS)).expect("committed CRDs");
+    assert!(
+        generated == committed,
+        "{CRDS} is stale: regenerate it with `target/debug/mirror-agent crds > {CRDS}`"
+    );
+}
+
+#[test]
+fn kustomize_renders_and_the_api_schemas_accept_crds_and_daemonset() {
+    let (ok, rendered) = run(Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join("deploy/kubernetes/base")));
+    assert!(ok, "kubectl kustomize: {rendered}");
+    for kind in [
+        "trafficmirrorfilters",
+        "trafficmirrortargets",
+        "trafficmirrorsessions",
+        "trafficmirrorreceivers",
+        "flowlogs",
+        "mirrornodestates",
+    ] {
+        assert!(
+            rendered.contains(&format!("name: {kind}.mirror-agent.io")),
+            "{kind} missing from the rendered base"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, &rendered).expect("write rendered");
+    for manifest in [file.clone(), repo().join("deploy/daemonset.yaml")] {
+        let (ok, report) = run(Command::new(venv_bin("kubernetes-validate"))
+            .arg("--strict")
+            .arg(&manifest));
+        assert!(ok, "{}: {report}", manifest.display());
+        assert!(
+            !report.contains("WARN") && !report.contains("ERROR"),
+            "{}: {report}",
+            manifest.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn validate(resources: &Path) -> (bool, String) {
+    run(Command::new(venv_bin("python"))
+        .arg(repo().join("tests/sdk/validate_crs.py"))
+        .arg(repo().join(CRDS))
+        .arg(resources))
+}
+
+#[test]
+fn example_resources_pass_the_crd_schemas() {
+    let (ok, report) = validate(&repo().join("deploy/kubernetes/examples/payments.yaml"));
+    assert!(ok, "{report}");
+    for r in [
+        "TrafficMirrorFilter/https",
+        "TrafficMirrorTarget/ids",
+        "TrafficMirrorSession/payments",
+        "TrafficMirrorReceiver/ids-node",
+        "FlowLog/payments",
+    ] {
+        assert!(report.contains(&format!("ok {r}")), "{report}");
+    }
+}
+
+/// Each bad object is refused by the schema (so the API server refuses it), with the field.
+#[test]
+fn bad_resources_are_refused_by_the_schemas() {
+    let session = |spec: &str| {
+        format!(
+            "apiVersion: mirror-agent.io/v1alpha1\nkind: TrafficMirrorSession\nmetadata: {{name: s}}\nspec:\n  filterRef: f\n  targetRef: t\n  sources: {{interfaces: [eth0]}}\n{spec}"
+        )
+    };
+    let rule = |r: &str| {
+        format!(
+            "apiVersion: mirror-agent.io/v1alpha1\nkind: TrafficMirrorFilter\nmetadata: {{name: f}}\nspec:\n  ingressRules:\n  - {{{r}}}\n"
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("priority 0", session("  priority: 0\n  virtualNetworkId: 1\n"), "priority"),
+        ("priority too high", session("  priority: 32767\n  virtualNetworkId: 1\n"), "priority"),
+        ("VNI past 24 bits", session("  priority: 1\n  virtualNetworkId: 16777216\n"), "virtualNetworkId"),
+        (
+            "packet length below 64",
+            session("  priority: 1\n  virtualNetworkId: 1\n  packetLength: 10\n"),
+            "packetLength",
+        ),
+        ("a misspelt field", session("  priority: 1\n  virtualNetworkId: 1\n  packetLenght: 100\n"), "packetLenght"),
+        ("no filter reference", "apiVersion: mirror-agent.io/v1alpha1\nkind: TrafficMirrorSession\nmetadata: {name: s}\nspec: {priority: 1, virtualNetworkId: 1, targetRef: t, sources: {}}\n".into(), "filterRef"),
+        ("rule action", rule("priority: 1, action: allow"), "action"),
+        ("rule protocol", rule("priority: 1, action: accept, protocol: HTTP"), "protocol"),
+        ("port range", rule("priority: 1, action: accept, protocol: TCP, destinationPortRange: '80:90'"), "destinationPortRange"),
+        ("CIDR", rule("priority: 1, action: accept, sourceCidrBlock: 10.0.0.0"), "sourceCidrBlock"),
+        (
+            "receiver without VNIs",
+            "apiVersion: mirror-agent.io/v1alpha1\nkind: TrafficMirrorReceiver\nmetadata: {name: r}\nspec: {interface: eth1, virtualNetworkIds: []}\n".into(),
+            "virtualNetworkIds",
+        ),
+        (
+            "flow log traffic type",
+            "apiVersion: mirror-agent.io/v1alpha1\nkind: FlowLog\nmetadata: {name: f}\nspec: {resource: {node: true}, trafficType: Everything, aggregationInterval: 1, logProjectName: p1, logTopicName: t1}\n".into(),
+            "trafficType",
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("k8s-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (name, yaml, field) in cases {
+        let file = dir.join("bad.yaml");
+        std::fs::write(&file, &yaml).expect("write");
+        let (ok, report) = validate(&file);
+        assert!(!ok, "{name}: accepted:\n{yaml}\n{report}");
+        assert!(
+            report.starts_with("invalid ") && report.contains(field),
+            "{name}: the report names {field}: {report}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
