@@ -36,11 +36,10 @@ const EXIT_OK: u8 = 0;
 const EXIT_API_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
-/// Where and how to reach the agent; flattened into the top-level command by main.rs.
-///
-/// The environment is read by [`run`] rather than by clap, because the workspace builds clap
-/// without its `env` feature. Flags win over the environment, and `--endpoint` over
-/// `--socket`.
+// Where and how to reach the agent, flattened into the top-level command. A `//` comment, not
+// `///`: clap would print a doc comment as the program's description. The environment is read
+// by `run` rather than by clap, because the workspace builds clap without its `env` feature.
+// Flags win over the environment, and `--endpoint` over `--socket`.
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Connection and output")]
 pub struct ClientArgs {
@@ -162,8 +161,10 @@ pub enum FlowLogCommand {
     Update {
         /// Flow log id (fl-…).
         id: String,
+        /// New FlowLogName.
         #[arg(long)]
         name: Option<String>,
+        /// New Description.
         #[arg(long)]
         description: Option<String>,
         /// Minutes: 1, 5 or 10 (AggregationInterval).
@@ -178,18 +179,21 @@ pub enum FlowLogCommand {
     },
     /// Delete a flow log (DeleteFlowLog).
     Delete {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Start collecting again (ActiveFlowLog).
     Activate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Stop collecting, keep the flow log (DeactiveFlowLog).
     Deactivate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
@@ -504,11 +508,13 @@ impl RuleAction {
 pub struct RuleAdd {
     /// Filter id (tmf-…).
     pub filter: String,
+    /// Which packets the rule sees: ingress (received by the source) or egress (sent).
     #[arg(long, value_enum)]
     pub direction: Direction,
     /// Priority; the lowest matching number decides.
     #[arg(long)]
     pub priority: u32,
+    /// accept mirrors the packets the rule matches; reject (Alibaba: drop) leaves them out.
     #[arg(long, value_enum)]
     pub action: RuleAction,
     /// ALL, TCP, UDP, ICMP, ICMPv6 or a protocol number.
