@@ -195,7 +195,8 @@ impl Frame {
                     dst.octets(),
                 )
                 .expect("IPv4 payload fits");
-                h.set_options(options)
+                h.options = options[..]
+                    .try_into()
                     .expect("IPv4 options: a multiple of 4, at most 40");
                 // The same bytes whatever the crate's defaults: total length of header and
                 // payload, a fixed id, no DF.
@@ -363,7 +364,7 @@ pub fn ipv4_tcp_claim(frame: &[u8]) -> Option<(usize, usize, u16)> {
         return None;
     };
     let header = ip.header();
-    if header.protocol() != IpNumber::TCP || packet.link_exts.len() > 0 {
+    if header.protocol() != IpNumber::TCP || !packet.link_exts.is_empty() {
         return None;
     }
     let tcp = ip.payload().payload;
