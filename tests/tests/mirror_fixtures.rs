@@ -514,6 +514,22 @@ fn cases() -> Vec<Case> {
                 .to_vec(),
             Malformed,
         ),
+        // Regressions found by the differential test (tests/tests/differential.rs).
+        case(
+            "IPv6 destination options whose length runs past the end of the packet",
+            Ingress,
+            {
+                let mut p = frame(
+                    with_ext(v6("fd00:3::5", "fd00:2::1"), vec![dest_opts()]),
+                    L4::Icmpv6,
+                )
+                .build();
+                // 2048 bytes claimed; before the fix the ICMPv6 "after" it was matched.
+                p[14 + 40 + 1] = 0xff;
+                p
+            },
+            Malformed,
+        ),
         case(
             "VLAN tag cut short",
             Ingress,

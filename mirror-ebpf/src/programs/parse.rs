@@ -225,6 +225,9 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Option<Parsed> {
             51 => (hdr_len + 2) * 4,
             _ => break,
         };
+        // The whole header must be in the packet: one whose length runs past the end is
+        // malformed, not a way to read the "ports" from beyond it.
+        be16_at(ctx, off + len - 2)?;
         next = (head >> 8) as u8;
         off += len;
         walked += 1;
