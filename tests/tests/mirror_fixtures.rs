@@ -531,6 +531,19 @@ fn cases() -> Vec<Case> {
             Malformed,
         ),
         case(
+            "IPv6 later fragment: the walk stops at the fragment header (protocol 60, not ICMPv6)",
+            Ingress,
+            frame(
+                with_ext(
+                    v6("fd00:3::5", "fd00:2::1"),
+                    vec![fragment_header(100, false), dest_opts()],
+                ),
+                L4::Icmpv6,
+            )
+            .build(),
+            NotMirrored(&[]),
+        ),
+        case(
             "VLAN tag cut short",
             Ingress,
             {

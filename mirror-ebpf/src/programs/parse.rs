@@ -231,8 +231,13 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Option<Parsed> {
         next = (head >> 8) as u8;
         off += len;
         walked += 1;
+        if !first_fragment {
+            // A later fragment: what follows is fragment data, not more headers. Its
+            // protocol is the fragment header's next header; it has no ports.
+            break;
+        }
     }
-    if is_ipv6_ext_header(next) {
+    if first_fragment && is_ipv6_ext_header(next) {
         // Longer chain than we walk: the upper-layer protocol is unknown.
         return Some(Parsed::Malformed);
     }
