@@ -558,6 +558,12 @@ fn cases() -> Vec<Case> {
             Malformed,
         ),
         case(
+            "TCP from source port 0: tmr-a2's open source side takes every port",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(0, 80)).build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
+        case(
             "VLAN tag cut short",
             Ingress,
             {
