@@ -546,15 +546,13 @@ fn cases() -> Vec<Case> {
         case(
             "TCP header of 14 bytes (no room for the fixed 20): malformed, not matched on ports",
             Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).build()[..14 + 20 + 14]
-                .to_vec(),
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).build()[..14 + 20 + 14].to_vec(),
             Malformed,
         ),
         case(
             "UDP header of 6 bytes: malformed",
             Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build()[..14 + 20 + 6]
-                .to_vec(),
+            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build()[..14 + 20 + 6].to_vec(),
             Malformed,
         ),
         case(

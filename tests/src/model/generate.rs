@@ -567,3 +567,122 @@ fn malform(rng: &mut Rng, f: &mut Vec<u8>, l3: usize, l4: usize, v6: bool) {
         }
     }
 }
+
+/// One frame for the receiving programs: VXLAN toward `port` for a served VNI (the common
+/// case), unserved VNIs, other ports and protocols, outer tags (one, QinQ), IPv4 options and
+/// fragments, IPv6, a VXLAN header without the I flag, a UDP length that lies, padding after
+/// the datagram, and frames cut anywhere. Never shorter than 15 bytes.
+pub fn receiver_frame(rng: &mut Rng, port: u16, vnis: &[u32]) -> Vec<u8> {
+    if rng.chance(3) {
+        let mut f = ethernet(&[], 0x0806);
+        f.extend(rng.bytes(28));
+        return f;
+    }
+    // The inner frame: what a source mirrored, possibly cut by PacketLength.
+    let inner_len = match rng.below(10) {
+        0 => rng.range(0, 40),
+        1 => rng.range(1000, 1600),
+        _ => rng.range(40, 300),
+    } as usize;
+    let mut inner = ethernet(&[], ETH_P_IP);
+    inner.extend(rng.bytes(inner_len));
+    inner.truncate(inner_len.max(rng.range(0, 14) as usize));
+    let vni = if rng.chance(75) && !vnis.is_empty() {
+        *rng.pick(vnis)
+    } else {
+        rng.below(1 << 24) as u32
+    };
+    let flags = match rng.below(12) {
+        0 => 0,
+        1 => rng.u64() as u8,
+        _ => 0x08,
+    };
+    let mut vx = vec![flags, 0, 0, 0];
+    vx.extend_from_slice(&vni.to_be_bytes()[1..]);
+    vx.push(0);
+    vx.extend(inner);
+    let dport = match rng.below(10) {
+        0 => *rng.pick(&[4789u16, 8472, 4790]),
+        1 => rng.u64() as u16,
+        _ => port,
+    };
+    let mut udp = udp_header(rng.range(49152, 65535) as u16, dport, vx.len());
+    match rng.below(10) {
+        0 => {
+            let claimed = rng.range(0, 64) as u16;
+            udp[4..6].copy_from_slice(&claimed.to_be_bytes());
+        }
+        1 => {
+            let claimed = (8 + vx.len() as u64 + rng.range(1, 20)) as u16;
+            udp[4..6].copy_from_slice(&claimed.to_be_bytes());
+        }
+        _ => {}
+    }
+    udp.extend(vx);
+    let protocol = if rng.chance(95) {
+        17
+    } else {
+        *rng.pick(&[6u8, 1, 0, 47])
+    };
+    let tags: Vec<(u16, u16)> = match rng.below(12) {
+        0 | 1 => vec![(0x8100, rng.below(4096) as u16)],
+        2 => vec![(0x88a8, 1), (0x8100, 2)],
+        3 => vec![(0x8100, 1), (0x8100, 2)],
+        _ => Vec::new(),
+    };
+    let mut f;
+    let l3;
+    if rng.chance(25) {
+        let src = Ipv6Addr::from(u128::from(rng.u64()));
+        let dst = Ipv6Addr::from(u128::from(rng.u64()));
+        f = ethernet(&tags, ETH_P_IPV6);
+        l3 = f.len();
+        f.extend(ipv6_header(src, dst, protocol, udp.len()));
+    } else {
+        let frag = match rng.below(12) {
+            0 => 0x2000,
+            1 => rng.range(1, 0x1fff) as u16,
+            2 => 0x4000,
+            _ => 0,
+        };
+        let options = if rng.chance(10) {
+            let n = 4 * rng.range(1, 10) as usize;
+            rng.bytes(n)
+        } else {
+            Vec::new()
+        };
+        f = ethernet(&tags, ETH_P_IP);
+        l3 = f.len();
+        let (src, dst) = (
+            Ipv4Addr::from(rng.u64() as u32),
+            Ipv4Addr::from(rng.u64() as u32),
+        );
+        f.extend(ipv4_header(src, dst, protocol, frag, &options, udp.len()));
+    }
+    let l4 = f.len();
+    f.extend(udp);
+    match rng.below(12) {
+        0 => {
+            // Ethernet padding or a trailer after the datagram.
+            let n = rng.range(1, 40) as usize;
+            f.extend(rng.bytes(n));
+        }
+        1 => {
+            let at = rng.range(l3 as u64, (l4 + 20).min(f.len()) as u64) as usize;
+            f.truncate(at);
+        }
+        2 => {
+            let at = rng.range(15, f.len() as u64) as usize;
+            f.truncate(at);
+        }
+        3 if l3 + 20 <= f.len() => {
+            // A bad version or IHL in the outer header.
+            f[l3] = rng.u64() as u8;
+        }
+        _ => {}
+    }
+    if f.len() < 15 {
+        f.resize(15, 0);
+    }
+    f
+}
