@@ -6,6 +6,7 @@ pub mod agent;
 pub mod capture;
 pub mod fixture;
 pub mod http;
+pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod pktgen;

@@ -514,6 +514,53 @@ fn cases() -> Vec<Case> {
                 .to_vec(),
             Malformed,
         ),
+        // Regressions found by the differential test (tests/tests/differential.rs).
+        case(
+            "IPv6 destination options whose length runs past the end of the packet",
+            Ingress,
+            {
+                let mut p = frame(
+                    with_ext(v6("fd00:3::5", "fd00:2::1"), vec![dest_opts()]),
+                    L4::Icmpv6,
+                )
+                .build();
+                // 2048 bytes claimed; before the fix the ICMPv6 "after" it was matched.
+                p[14 + 40 + 1] = 0xff;
+                p
+            },
+            Malformed,
+        ),
+        case(
+            "IPv6 later fragment: the walk stops at the fragment header (protocol 60, not ICMPv6)",
+            Ingress,
+            frame(
+                with_ext(
+                    v6("fd00:3::5", "fd00:2::1"),
+                    vec![fragment_header(100, false), dest_opts()],
+                ),
+                L4::Icmpv6,
+            )
+            .build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "TCP header of 14 bytes (no room for the fixed 20): malformed, not matched on ports",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).build()[..14 + 20 + 14].to_vec(),
+            Malformed,
+        ),
+        case(
+            "UDP header of 6 bytes: malformed",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build()[..14 + 20 + 6].to_vec(),
+            Malformed,
+        ),
+        case(
+            "TCP from source port 0: tmr-a2's open source side takes every port",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(0, 80)).build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
         case(
             "VLAN tag cut short",
             Ingress,

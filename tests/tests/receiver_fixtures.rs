@@ -8,7 +8,7 @@
 //! veth for the capture pairs' `rx_pass`; a devmap hash (5.4+), looked up from TC. The receiver is set up by the agent's own `Datapath::apply`, so the maps hold what
 //! the agent writes.
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::programs::SchedClassifier;
 use mirror_agent::{
     config::Objects,
     datapath::{
@@ -78,7 +78,7 @@ impl Prog {
     /// Runs the program on `packet` arriving on `ifindex`: (verdict, frame afterwards).
     fn run(self, dp: &mut Datapath, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
         match self {
-            Prog::Xdp => run(
+            Prog::Xdp => fixture::try_run_xdp(
                 dp.xdp_program(PROG_RECEIVE).expect("receive program"),
                 packet,
                 ifindex,
@@ -314,51 +314,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-/// egress_ifindex. The kernel wants data_end = the packet's length and the rest zero.
-fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
-    let mut ctx = vec![0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-/// `struct __sk_buff` (192 bytes) with only `ifindex` (offset 40) set: the test run makes
-/// that device the skb's, as the receiving interface is for a TC ingress program.
-fn skb_ctx(ifindex: u32) -> Vec<u8> {
-    let mut ctx = vec![0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 fn run_tc(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let ctx = skb_ctx(ifindex);
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
-}
-
-fn run(prog: &Xdp, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let ctx = xdp_ctx(ifindex, packet.len());
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    fixture::try_run(prog, packet, &fixture::skb_ctx(ifindex, 0, None))
+        .map(|(ret, out)| (ret as u32, out))
 }
 
 fn receivers() -> Objects {
