@@ -117,6 +117,7 @@ pub fn desired(
             filter_id: s.filter_id.clone(),
             target_id: s.target_id.clone(),
             sources,
+            budget: s.budget,
         });
     }
     for r in &snap.receivers {

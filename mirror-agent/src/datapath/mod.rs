@@ -26,9 +26,10 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use mirror_ebpf::{
-    DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCES, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig, SessionStats,
-    SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
+    BudgetState, DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS,
+    MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX,
+    SessionConfig, SessionStats, SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4,
+    VXLAN_OVERHEAD_IPV6,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -118,6 +119,7 @@ pub struct Maps {
     pub source_stats: PerCpuArray<MapData, SourceStats>,
     pub rule_stats: PerCpuArray<MapData, u64>,
     pub skb_layout: Array<MapData, SkbLayout>,
+    pub budget_state: Array<MapData, BudgetState>,
 }
 
 impl Maps {
@@ -138,6 +140,7 @@ impl Maps {
             source_stats: take(ebpf, "SOURCE_STATS")?,
             rule_stats: take(ebpf, "RULE_STATS")?,
             skb_layout: take(ebpf, "SKB_LAYOUT")?,
+            budget_state: take(ebpf, "BUDGET_STATE")?,
         })
     }
 
@@ -185,6 +188,9 @@ impl Maps {
                 for (t, e) in total.errors.iter_mut().zip(v.errors) {
                     *t += e;
                 }
+                for (t, e) in total.skipped.iter_mut().zip(v.skipped) {
+                    *t += e;
+                }
             }
         }
         Ok(out)
@@ -226,6 +232,13 @@ impl Maps {
                 .map_err(map_err("SESSION_STATS"))?;
         }
         Ok(())
+    }
+
+    /// A slot handed to a new session starts with full budget buckets.
+    fn reset_budget_state(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.budget_state
+            .set(slot, BudgetState::default(), 0)
+            .map_err(map_err("BUDGET_STATE"))
     }
 
     fn reset_source_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
@@ -1046,6 +1059,7 @@ impl Datapath {
             };
             if !known {
                 self.maps.reset_session_stats(slot)?;
+                self.maps.reset_budget_state(slot)?;
             }
             let cfg = encode::encode_session(
                 session,
@@ -1636,6 +1650,10 @@ fn zeroed_session() -> SessionConfig {
         eth_addrs: [0; 12],
         outer_src: 0,
         outer_dst: 0,
+        packet_cost: 0,
+        bit_cost: 0,
+        sample_one_in: 1,
+        copy_overhead: 0,
     }
 }
 
