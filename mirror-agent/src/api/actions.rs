@@ -1133,6 +1133,7 @@ fn list_sessions(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Ap
     items.sort_by_key(|s| s.priority);
     let (items, meta) = page(items, p)?;
     let paths = svc.copy_paths.read().map(|p| p.clone()).unwrap_or_default();
+    let skipped = svc.skipped.read().map(|s| s.clone()).unwrap_or_default();
     let list: Vec<Value> = items
         .iter()
         .map(|s| {
@@ -1142,6 +1143,21 @@ fn list_sessions(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Ap
                 obj.insert("CopyPath".into(), json!(path.mode));
                 obj.insert("CopyPathDetail".into(), json!(path.detail));
                 obj.insert("Segmentation".into(), json!(path.segmentation));
+            }
+            // And what its budget, its sampling and the kernel left out, per direction.
+            if let Some(obj) = v.as_object_mut() {
+                let skips = skipped.get(&s.id).copied().unwrap_or_default();
+                let by_dir = |d: usize| -> serde_json::Map<String, Value> {
+                    crate::datapath::SKIP_REASONS_SHOWN
+                        .iter()
+                        .zip(skips[d])
+                        .map(|(r, n)| (r.to_string(), json!(n)))
+                        .collect()
+                };
+                obj.insert(
+                    "SkippedPackets".into(),
+                    json!({"Ingress": by_dir(0), "Egress": by_dir(1)}),
+                );
             }
             v
         })

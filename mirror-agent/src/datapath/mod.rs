@@ -108,6 +108,28 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }
 
+/// Reasons a matching packet was not copied, as List and the metrics name them: the data
+/// path's `SKIP_*` reasons, then copies the kernel could not send (every `ERR_*` reason).
+pub const SKIP_REASONS_SHOWN: [&str; mirror_ebpf::SKIP_REASONS + 1] = [
+    mirror_ebpf::SKIP_REASON_NAMES[0],
+    mirror_ebpf::SKIP_REASON_NAMES[1],
+    mirror_ebpf::SKIP_REASON_NAMES[2],
+    "send_errors",
+];
+
+/// Skipped packets of one session: `[direction][reason of SKIP_REASONS_SHOWN]`.
+pub type SkippedPackets = [[u64; mirror_ebpf::SKIP_REASONS + 1]; DIRECTIONS];
+
+/// A session's counters as `SkippedPackets`.
+pub fn skipped_packets(stats: &[SessionStats; DIRECTIONS]) -> SkippedPackets {
+    let mut out = [[0; mirror_ebpf::SKIP_REASONS + 1]; DIRECTIONS];
+    for (o, s) in out.iter_mut().zip(stats) {
+        o[..mirror_ebpf::SKIP_REASONS].copy_from_slice(&s.skipped);
+        o[mirror_ebpf::SKIP_REASONS] = s.errors.iter().sum();
+    }
+    out
+}
+
 /// The maps, taken out of the `Ebpf` object so they can be written while programs are
 /// borrowed for attaching.
 pub struct Maps {
