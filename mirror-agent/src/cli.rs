@@ -5,7 +5,12 @@
 //! untouched so scripts see exactly what the API said.
 
 use std::{
-    collections::HashSet, ffi::OsString, fmt, io::Write, path::PathBuf, process::ExitCode,
+    collections::{BTreeMap, HashSet},
+    ffi::OsString,
+    fmt,
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
     time::Duration,
 };
 
@@ -336,7 +341,28 @@ pub struct SessionCreate {
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<Tag>,
     #[command(flatten)]
+    pub budget: BudgetArgs,
+    #[command(flatten)]
     pub mutation: Mutation,
+}
+
+/// This agent's budget and sampling of a session (docs/api.md); on update, a budget of 0
+/// removes it and `--sample-one-in 1` mirrors every packet again.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BudgetArgs {
+    /// Most wire packets mirrored per second (MaxPacketsPerSecond); 0: unlimited.
+    #[arg(long, value_name = "PPS")]
+    pub max_packets_per_second: Option<u64>,
+    /// Most bits per second the copies take on the wire, outer headers included
+    /// (MaxBitsPerSecond); 0: unlimited.
+    #[arg(long, value_name = "BPS")]
+    pub max_bits_per_second: Option<u64>,
+    /// Mirror one in N matching packets (SampleOneIn); 1: all.
+    #[arg(long, value_name = "N")]
+    pub sample_one_in: Option<u32>,
+    /// How the one in N is chosen (SampleMode): packet (at random) or flow (whole flows).
+    #[arg(long, value_name = "packet|flow")]
+    pub sample_mode: Option<String>,
 }
 
 /// ListTrafficMirrorSessions.
@@ -390,6 +416,8 @@ pub struct SessionUpdate {
     /// TrafficMirrorTargetId.
     #[arg(long, value_name = "TMT")]
     pub target: Option<String>,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     #[command(flatten)]
     pub mutation: Mutation,
 }
@@ -705,6 +733,13 @@ impl Params {
         if let Some(v) = value {
             self.set(key, v.to_string());
         }
+    }
+
+    fn budget(&mut self, b: &BudgetArgs) {
+        self.opt("MaxPacketsPerSecond", b.max_packets_per_second);
+        self.opt("MaxBitsPerSecond", b.max_bits_per_second);
+        self.opt("SampleOneIn", b.sample_one_in);
+        self.opt("SampleMode", b.sample_mode.as_deref());
     }
 
     /// `Prefix.1=a&Prefix.2=b`, the list form every cloud SDK sends.
@@ -1031,6 +1066,7 @@ fn plan_session(command: SessionCommand) -> Result<Plan, String> {
             p.set("TrafficMirrorTargetId", c.target);
             p.list("TrafficMirrorSourceIds", &c.sources);
             p.tags(&c.tags);
+            p.budget(&c.budget);
             p.mutation(&c.mutation);
             Plan::new(
                 "CreateTrafficMirrorSession",
@@ -1057,6 +1093,7 @@ fn plan_session(command: SessionCommand) -> Result<Plan, String> {
             p.opt("Enabled", c.enabled);
             p.opt("TrafficMirrorFilterId", c.filter.as_deref());
             p.opt("TrafficMirrorTargetId", c.target.as_deref());
+            p.budget(&c.budget);
             if p.len() == 1 {
                 return Err("nothing to update: give at least one attribute".into());
             }
@@ -1947,6 +1984,13 @@ fn render_sessions(sessions: &[Value]) -> String {
         "ID", "NAME", "PRIORITY", "VNI", "PKT-LEN", "ENABLED", "FILTER", "TARGET", "SOURCES",
         "STATUS", "PATH",
     ];
+    // Budget columns only where a session has a budget or sampling, or skipped something.
+    let has_budget = sessions
+        .iter()
+        .any(|s| budget_cell(s) != "-" || skipped_cell(s) != "-");
+    if has_budget {
+        headers.extend(["BUDGET", "SKIPPED"]);
+    }
     if has_errors {
         headers.push("ERRORS");
     }
@@ -1969,6 +2013,10 @@ fn render_sessions(sessions: &[Value]) -> String {
             .iter()
             .map(|f| cell(s.get(*f)))
             .collect();
+            if has_budget {
+                row.push(budget_cell(s));
+                row.push(skipped_cell(s));
+            }
             if has_errors {
                 let errors = s
                     .get("TrafficMirrorSessionErrors")
@@ -1987,6 +2035,56 @@ fn render_sessions(sessions: &[Value]) -> String {
         })
         .collect();
     table(&headers, &rows)
+}
+
+/// `10000pps,1000000bps,1/100flow`, or `-` for a session that mirrors everything it matches.
+fn budget_cell(s: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = s.get("MaxPacketsPerSecond").and_then(Value::as_u64) {
+        parts.push(format!("{n}pps"));
+    }
+    if let Some(n) = s.get("MaxBitsPerSecond").and_then(Value::as_u64) {
+        parts.push(format!("{n}bps"));
+    }
+    if let Some(n) = s
+        .get("SampleOneIn")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 1)
+    {
+        let mode = s
+            .get("SampleMode")
+            .and_then(Value::as_str)
+            .unwrap_or("packet");
+        parts.push(format!("1/{n}{mode}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// Skipped packets by reason, both directions together: `budget_packets=12,sampled_out=3`.
+fn skipped_cell(s: &Value) -> String {
+    let Some(dirs) = s.get("SkippedPackets").and_then(Value::as_object) else {
+        return "-".into();
+    };
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for reasons in dirs.values().filter_map(Value::as_object) {
+        for (reason, n) in reasons {
+            *totals.entry(reason.as_str()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    let parts: Vec<String> = totals
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn render_filters(filters: &[Value]) -> String {
@@ -2721,6 +2819,29 @@ tms-bbbbbb  -     20        7    -        false    tmf-2   tmt-2   veth9      Cr
         assert_eq!(
             render_sessions(&[]),
             "ID  NAME  PRIORITY  VNI  PKT-LEN  ENABLED  FILTER  TARGET  SOURCES  STATUS  PATH\n"
+        );
+    }
+
+    #[test]
+    fn sessions_table_shows_budgets_and_skips() {
+        let mut answer = sample_sessions();
+        answer["TrafficMirrorSessions"][0]["MaxPacketsPerSecond"] = json!(10000);
+        answer["TrafficMirrorSessions"][0]["SampleOneIn"] = json!(100);
+        answer["TrafficMirrorSessions"][0]["SampleMode"] = json!("flow");
+        answer["TrafficMirrorSessions"][0]["SkippedPackets"] = json!({
+            "Ingress": {"budget_packets": 5, "budget_bits": 0, "sampled_out": 7, "send_errors": 0},
+            "Egress": {"budget_packets": 1, "budget_bits": 0, "sampled_out": 0, "send_errors": 0},
+        });
+        let items = answer["TrafficMirrorSessions"].as_array().unwrap();
+        let out = render_sessions(items);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert!(header.ends_with(&["PATH", "BUDGET", "SKIPPED", "ERRORS"]));
+        let first: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert!(first.contains(&"10000pps,1/100flow"), "{first:?}");
+        assert!(
+            first.contains(&"budget_packets=6,sampled_out=7"),
+            "{first:?}"
         );
     }
 

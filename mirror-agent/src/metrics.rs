@@ -75,6 +75,7 @@ pub struct Metrics {
     pub session_truncated: IntCounterVec,
     pub session_segmented: IntCounterVec,
     pub session_errors: IntCounterVec,
+    pub session_skipped: IntCounterVec,
     pub rule_hits: IntCounterVec,
     pub source_packets: IntCounterVec,
     pub source_bytes: IntCounterVec,
@@ -168,6 +169,12 @@ impl Metrics {
                 &r,
                 "mirror_session_errors_total",
                 "Copies not sent, by reason.",
+                &["session", "direction", "reason"],
+            ),
+            session_skipped: counter(
+                &r,
+                "mirror_session_skipped_packets_total",
+                "Matching wire packets not mirrored, by reason: over the session's packet or bit budget, sampled out, or copies the kernel could not send (send_errors, the sum of mirror_session_errors_total).",
                 &["session", "direction", "reason"],
             ),
             rule_hits: counter(

@@ -241,6 +241,29 @@ impl Frame {
     }
 }
 
+/// The Internet checksum of `bytes` (RFC 1071), as a number to write big-endian: for headers
+/// built by hand on purpose (malformed ones included), which etherparse's types refuse.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    etherparse::checksum::Sum16BitWords::new()
+        .add_slice(bytes)
+        .ones_complement()
+        .to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_of_a_known_ipv4_header() {
+        // 198.18.0.1 → 198.18.0.2, UDP, total length 50, DF, TTL 64: checksum 0xae93.
+        let mut h = [
+            0x45, 0, 0, 0x32, 0, 0, 0x40, 0, 0x40, 0x11, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+        ];
+        assert_eq!(super::checksum(&h), 0xae93);
+        h[10..12].copy_from_slice(&0xae93u16.to_be_bytes());
+        assert_eq!(super::checksum(&h), 0);
+    }
+}
+
 /// An ARP request frame: never a mirror candidate.
 pub fn arp() -> Vec<u8> {
     let mut out = vec![0xff; 6];
