@@ -320,6 +320,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
 
     let health = Arc::new(mirror_agent::metrics::Health::default());
+    let kernel = mirror_agent::kernel::KernelReport::probe();
+    info!(
+        release = %kernel.release,
+        "kernel features: {}",
+        kernel.summary()
+    );
+    for line in kernel.degradations() {
+        warn!("{line}");
+        health.add_fault(false, line);
+    }
+    if settings.tc_attach == TcAttachMode::Auto && !kernel.has(mirror_agent::kernel::TCX) {
+        info!("no TCX in this kernel (6.6+): attaching the TC programs with clsact");
+    }
     let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
         file.flow_table_size
@@ -349,7 +362,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     // Dropped packets become REJECT flows; without BTF the rest of flow logging still works.
-    let drop_reasons = match drop_layout() {
+    let drop_reasons = match kernel
+        .drop_accounting()
+        .map_err(anyhow::Error::msg)
+        .and_then(|()| drop_layout())
+    {
         Ok((layout, reasons)) => {
             let ok = match datapath.enable_drop_accounting(layout) {
                 Ok(()) => true,
@@ -363,7 +380,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             reasons
         }
         Err(e) => {
-            warn!("drop accounting unavailable (kernel BTF): {e}");
+            warn!("drop accounting unavailable: {e:#}");
             Default::default()
         }
     };
@@ -394,6 +411,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     svc.metrics
         .datapath_pinned
         .set(i64::from(opened.unpinned.is_none()));
+    for f in &kernel.features {
+        svc.metrics
+            .kernel_feature
+            .with_label_values(&[f.name])
+            .set(i64::from(f.present));
+    }
     for (name, ok) in loaded {
         svc.metrics
             .program_loaded
