@@ -38,6 +38,28 @@ pub fn with_datapath<T: Send>(
     })
 }
 
+/// TC verdicts (include/uapi/linux/pkt_cls.h) as [`run`] returns them. `TC_ACT_UNSPEC` is TCX's
+/// "next": the next program, then the device, handle the packet as if nobody looked.
+pub const TC_ACT_UNSPEC: i32 = -1;
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+/// XDP verdicts (include/uapi/linux/bpf.h).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// A TC verdict by name, for failure messages.
+pub fn tc_verdict(ret: i32) -> String {
+    match ret {
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC".into(),
+        TC_ACT_OK => "TC_ACT_OK".into(),
+        TC_ACT_SHOT => "TC_ACT_SHOT".into(),
+        TC_ACT_REDIRECT => "TC_ACT_REDIRECT".into(),
+        other => format!("TC verdict {other}"),
+    }
+}
+
 /// `struct __sk_buff` offsets (include/uapi/linux/bpf.h) of the fields the test sets.
 pub const SKB_CTX_LEN: usize = 192;
 pub const SKB_MARK: usize = 8;

@@ -131,9 +131,10 @@ fn check_source(
         after,
         copy,
     } = seen;
-    if ret != -1 || out != frame {
+    if ret != fixture::TC_ACT_UNSPEC || out != frame {
         return Err(format!(
-            "the original must pass unchanged: verdict {ret}, changed {}",
+            "the original must pass unchanged: {}, changed {}",
+            fixture::tc_verdict(ret),
             out != frame
         ));
     }
@@ -507,8 +508,13 @@ fn check_rx(
     after: &ReceiverStatus,
 ) -> Result<(), String> {
     let (pass, redirect, drop) = match hook {
-        Hook::Xdp => (2, 4, 1),
-        Hook::Tc => (u32::MAX, 7, 2),
+        Hook::Xdp => (fixture::XDP_PASS, fixture::XDP_REDIRECT, fixture::XDP_DROP),
+        // The TC verdicts read back as `u32`.
+        Hook::Tc => (
+            fixture::TC_ACT_UNSPEC as u32,
+            fixture::TC_ACT_REDIRECT as u32,
+            fixture::TC_ACT_SHOT as u32,
+        ),
     };
     match &want.verdict {
         Verdict::Pass if ret != pass || out != frame => {

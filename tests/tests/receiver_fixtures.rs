@@ -18,17 +18,14 @@ use mirror_agent::{
 };
 use mirror_ebpf::{RxInterfaceStats, RxVniStats};
 use mirror_tests::{
-    fixture,
+    fixture::{self, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     netns::{NetNs, in_netns},
     packets::{ETH_P_8021Q, Ip, L4, VXLAN_FLAG_I, arp, frame, v4, v6, vxlan},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-/// TC verdicts as the test run returns them (an `int` read back as `u32`).
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_REDIRECT: u32 = 7;
+/// TC verdicts as this file's runner returns them: the `int` read back as `u32`.
+const TC_ACT_UNSPEC: u32 = fixture::TC_ACT_UNSPEC as u32;
+const TC_ACT_REDIRECT: u32 = fixture::TC_ACT_REDIRECT as u32;
 const RECEIVER: &str = "tmrcv-fx";
 const PORT: u16 = 4789;
 
