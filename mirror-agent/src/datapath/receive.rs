@@ -9,6 +9,7 @@
 //! to get NAPI without GRO (GRO would merge the mirrored TCP segments the tools must see as
 //! sent). See docs/architecture.md.
 
+use mirror_ebpf::map_names;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -222,11 +223,11 @@ impl Receive {
             tc_unavailable,
             tc_mode,
             pin_dir,
-            interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
-            vnis: super::take_map(ebpf, "RX_VNIS")?,
-            capture: super::take_map(ebpf, "RX_CAPTURE")?,
-            interface_stats: super::take_map(ebpf, "RX_INTERFACE_STATS")?,
-            vni_stats: super::take_map(ebpf, "RX_VNI_STATS")?,
+            interfaces: super::take_map(ebpf, map_names::RX_INTERFACES)?,
+            vnis: super::take_map(ebpf, map_names::RX_VNIS)?,
+            capture: super::take_map(ebpf, map_names::RX_CAPTURE)?,
+            interface_stats: super::take_map(ebpf, map_names::RX_INTERFACE_STATS)?,
+            vni_stats: super::take_map(ebpf, map_names::RX_VNI_STATS)?,
             interface_slots: Slots::new(MAX_RX_INTERFACES),
             vni_slots: Slots::new(MAX_RX_VNIS),
             attached: BTreeMap::new(),
@@ -403,7 +404,7 @@ impl Receive {
                     self.interface_slots
                         .get_or_alloc(&r.id)
                         .ok_or_else(|| DatapathError::Map {
-                            name: "RX_INTERFACES",
+                            name: map_names::RX_INTERFACES,
                             source: MapError::OutOfBounds {
                                 index: MAX_RX_INTERFACES,
                                 max_entries: MAX_RX_INTERFACES,
@@ -411,7 +412,7 @@ impl Receive {
                         })?;
                 self.interface_stats
                     .set(slot, zeroed_per_cpu()?, 0)
-                    .map_err(map_err("RX_INTERFACE_STATS"))?;
+                    .map_err(map_err(map_names::RX_INTERFACE_STATS))?;
                 // Before the program: attached first, it would only pass.
                 self.interfaces
                     .insert(
@@ -423,7 +424,7 @@ impl Receive {
                         },
                         0,
                     )
-                    .map_err(map_err("RX_INTERFACES"))?;
+                    .map_err(map_err(map_names::RX_INTERFACES))?;
                 fresh = Some(BTreeMap::new());
                 slot
             }
@@ -527,7 +528,7 @@ impl Receive {
         rxlinks::detach(ebpf, a.mode.program(), a.link);
         match self.interfaces.remove(&a.ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("RX_INTERFACES")(e)),
+            Err(e) => return Err(map_err(map_names::RX_INTERFACES)(e)),
         }
         self.interface_slots.release(id);
         for (vni, c) in std::mem::take(&mut a.captures) {
@@ -692,7 +693,7 @@ async fn add_capture(
             place_vni(&mut maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot)
         }
         None => Err(DatapathError::Map {
-            name: "RX_VNIS",
+            name: map_names::RX_VNIS,
             source: MapError::OutOfBounds {
                 index: MAX_RX_VNIS,
                 max_entries: MAX_RX_VNIS,
@@ -727,12 +728,12 @@ fn place_vni(
 ) -> Result<(), DatapathError> {
     stats
         .set(slot, zeroed_per_cpu()?, 0)
-        .map_err(map_err("RX_VNI_STATS"))?;
+        .map_err(map_err(map_names::RX_VNI_STATS))?;
     maps.capture
         .insert(slot, inner_ifindex, None, 0)
         .map_err(|e| match e {
             aya::maps::xdp::XdpMapError::MapError(source) => DatapathError::Map {
-                name: "RX_CAPTURE",
+                name: map_names::RX_CAPTURE,
                 source,
             },
             other => DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {other}"))),
@@ -746,7 +747,7 @@ fn place_vni(
             RxVni { slot },
             0,
         )
-        .map_err(map_err("RX_VNIS"))
+        .map_err(map_err(map_names::RX_VNIS))
 }
 
 fn vni_key(vni: u32) -> String {
@@ -766,7 +767,7 @@ async fn drop_capture(
         vni,
     }) {
         Ok(()) | Err(MapError::KeyNotFound) => {}
-        Err(e) => return Err(map_err("RX_VNIS")(e)),
+        Err(e) => return Err(map_err(map_names::RX_VNIS)(e)),
     }
     if let Err(e) = maps.capture.remove(c.slot) {
         debug!(vni, error = %e, "RX_CAPTURE entry already gone");
