@@ -5,7 +5,12 @@
 //! untouched so scripts see exactly what the API said.
 
 use std::{
-    collections::HashSet, ffi::OsString, fmt, io::Write, path::PathBuf, process::ExitCode,
+    collections::{BTreeMap, HashSet},
+    ffi::OsString,
+    fmt,
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
     time::Duration,
 };
 
@@ -36,11 +41,10 @@ const EXIT_OK: u8 = 0;
 const EXIT_API_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
-/// Where and how to reach the agent; flattened into the top-level command by main.rs.
-///
-/// The environment is read by [`run`] rather than by clap, because the workspace builds clap
-/// without its `env` feature. Flags win over the environment, and `--endpoint` over
-/// `--socket`.
+// Where and how to reach the agent, flattened into the top-level command. A `//` comment, not
+// `///`: clap would print a doc comment as the program's description. The environment is read
+// by `run` rather than by clap, because the workspace builds clap without its `env` feature.
+// Flags win over the environment, and `--endpoint` over `--socket`.
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Connection and output")]
 pub struct ClientArgs {
@@ -162,8 +166,10 @@ pub enum FlowLogCommand {
     Update {
         /// Flow log id (fl-…).
         id: String,
+        /// New FlowLogName.
         #[arg(long)]
         name: Option<String>,
+        /// New Description.
         #[arg(long)]
         description: Option<String>,
         /// Minutes: 1, 5 or 10 (AggregationInterval).
@@ -178,18 +184,21 @@ pub enum FlowLogCommand {
     },
     /// Delete a flow log (DeleteFlowLog).
     Delete {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Start collecting again (ActiveFlowLog).
     Activate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Stop collecting, keep the flow log (DeactiveFlowLog).
     Deactivate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
@@ -332,7 +341,28 @@ pub struct SessionCreate {
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<Tag>,
     #[command(flatten)]
+    pub budget: BudgetArgs,
+    #[command(flatten)]
     pub mutation: Mutation,
+}
+
+/// This agent's budget and sampling of a session (docs/api.md); on update, a budget of 0
+/// removes it and `--sample-one-in 1` mirrors every packet again.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BudgetArgs {
+    /// Most wire packets mirrored per second (MaxPacketsPerSecond); 0: unlimited.
+    #[arg(long, value_name = "PPS")]
+    pub max_packets_per_second: Option<u64>,
+    /// Most bits per second the copies take on the wire, outer headers included
+    /// (MaxBitsPerSecond); 0: unlimited.
+    #[arg(long, value_name = "BPS")]
+    pub max_bits_per_second: Option<u64>,
+    /// Mirror one in N matching packets (SampleOneIn); 1: all.
+    #[arg(long, value_name = "N")]
+    pub sample_one_in: Option<u32>,
+    /// How the one in N is chosen (SampleMode): packet (at random) or flow (whole flows).
+    #[arg(long, value_name = "packet|flow")]
+    pub sample_mode: Option<String>,
 }
 
 /// ListTrafficMirrorSessions.
@@ -386,6 +416,8 @@ pub struct SessionUpdate {
     /// TrafficMirrorTargetId.
     #[arg(long, value_name = "TMT")]
     pub target: Option<String>,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     #[command(flatten)]
     pub mutation: Mutation,
 }
@@ -504,11 +536,13 @@ impl RuleAction {
 pub struct RuleAdd {
     /// Filter id (tmf-…).
     pub filter: String,
+    /// Which packets the rule sees: ingress (received by the source) or egress (sent).
     #[arg(long, value_enum)]
     pub direction: Direction,
     /// Priority; the lowest matching number decides.
     #[arg(long)]
     pub priority: u32,
+    /// accept mirrors the packets the rule matches; reject (Alibaba: drop) leaves them out.
     #[arg(long, value_enum)]
     pub action: RuleAction,
     /// ALL, TCP, UDP, ICMP, ICMPv6 or a protocol number.
@@ -699,6 +733,13 @@ impl Params {
         if let Some(v) = value {
             self.set(key, v.to_string());
         }
+    }
+
+    fn budget(&mut self, b: &BudgetArgs) {
+        self.opt("MaxPacketsPerSecond", b.max_packets_per_second);
+        self.opt("MaxBitsPerSecond", b.max_bits_per_second);
+        self.opt("SampleOneIn", b.sample_one_in);
+        self.opt("SampleMode", b.sample_mode.as_deref());
     }
 
     /// `Prefix.1=a&Prefix.2=b`, the list form every cloud SDK sends.
@@ -1025,6 +1066,7 @@ fn plan_session(command: SessionCommand) -> Result<Plan, String> {
             p.set("TrafficMirrorTargetId", c.target);
             p.list("TrafficMirrorSourceIds", &c.sources);
             p.tags(&c.tags);
+            p.budget(&c.budget);
             p.mutation(&c.mutation);
             Plan::new(
                 "CreateTrafficMirrorSession",
@@ -1051,6 +1093,7 @@ fn plan_session(command: SessionCommand) -> Result<Plan, String> {
             p.opt("Enabled", c.enabled);
             p.opt("TrafficMirrorFilterId", c.filter.as_deref());
             p.opt("TrafficMirrorTargetId", c.target.as_deref());
+            p.budget(&c.budget);
             if p.len() == 1 {
                 return Err("nothing to update: give at least one attribute".into());
             }
@@ -1864,8 +1907,7 @@ fn created_rules(json: &Value, indent: &str) -> String {
             rows.push(vec![direction.to_string(), sanitize(id)]);
         }
     }
-    let widths = widths(&[], &rows);
-    rows.iter().map(|r| line(indent, r, &widths)).collect()
+    indented(indent, &aligned_lines(None, &rows))
 }
 
 /// A cell of a table: strings as they are, numbers and booleans printed, lists
@@ -1897,48 +1939,28 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-fn widths(headers: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
-    let columns = rows
-        .iter()
-        .map(Vec::len)
-        .chain([headers.len()])
-        .max()
-        .unwrap_or(0);
-    (0..columns)
-        .map(|i| {
-            let header = headers.get(i).map_or(0, |h| h.chars().count());
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .chain([header])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect()
+/// Rows (and a header) in aligned columns, two spaces apart, with no borders, as kubectl
+/// prints them; one line each, trailing spaces trimmed. comfy-table measures cells in terminal
+/// columns, so names in Chinese (two columns a character) keep the columns straight.
+fn aligned_lines(headers: Option<&[&str]>, rows: &[Vec<String>]) -> Vec<String> {
+    let mut grid = comfy_table::Table::new();
+    grid.load_style(comfy_table::TableStyle::new());
+    if let Some(headers) = headers {
+        grid.set_header(headers.to_vec());
+    }
+    grid.add_rows(rows.iter().cloned());
+    for column in grid.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    grid.lines().map(|l| l.trim_end().to_string()).collect()
 }
 
-fn line<S: AsRef<str>>(indent: &str, cells: &[S], widths: &[usize]) -> String {
-    let mut s = String::from(indent);
-    for (i, c) in cells.iter().enumerate() {
-        let c = c.as_ref();
-        s.push_str(c);
-        if i + 1 < cells.len() {
-            let width = widths.get(i).copied().unwrap_or(0);
-            s.push_str(&" ".repeat(width.saturating_sub(c.chars().count()) + 2));
-        }
-    }
-    let mut s = s.trim_end().to_string();
-    s.push('\n');
-    s
+fn indented(indent: &str, lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{indent}{l}\n")).collect()
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let widths = widths(headers, rows);
-    let mut s = line("", headers, &widths);
-    for r in rows {
-        s.push_str(&line("", r, &widths));
-    }
-    s
+    indented("", &aligned_lines(Some(headers), rows))
 }
 
 fn render_list(render: Render, items: &[Value]) -> String {
@@ -1962,6 +1984,13 @@ fn render_sessions(sessions: &[Value]) -> String {
         "ID", "NAME", "PRIORITY", "VNI", "PKT-LEN", "ENABLED", "FILTER", "TARGET", "SOURCES",
         "STATUS", "PATH",
     ];
+    // Budget columns only where a session has a budget or sampling, or skipped something.
+    let has_budget = sessions
+        .iter()
+        .any(|s| budget_cell(s) != "-" || skipped_cell(s) != "-");
+    if has_budget {
+        headers.extend(["BUDGET", "SKIPPED"]);
+    }
     if has_errors {
         headers.push("ERRORS");
     }
@@ -1984,6 +2013,10 @@ fn render_sessions(sessions: &[Value]) -> String {
             .iter()
             .map(|f| cell(s.get(*f)))
             .collect();
+            if has_budget {
+                row.push(budget_cell(s));
+                row.push(skipped_cell(s));
+            }
             if has_errors {
                 let errors = s
                     .get("TrafficMirrorSessionErrors")
@@ -2002,6 +2035,56 @@ fn render_sessions(sessions: &[Value]) -> String {
         })
         .collect();
     table(&headers, &rows)
+}
+
+/// `10000pps,1000000bps,1/100flow`, or `-` for a session that mirrors everything it matches.
+fn budget_cell(s: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = s.get("MaxPacketsPerSecond").and_then(Value::as_u64) {
+        parts.push(format!("{n}pps"));
+    }
+    if let Some(n) = s.get("MaxBitsPerSecond").and_then(Value::as_u64) {
+        parts.push(format!("{n}bps"));
+    }
+    if let Some(n) = s
+        .get("SampleOneIn")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 1)
+    {
+        let mode = s
+            .get("SampleMode")
+            .and_then(Value::as_str)
+            .unwrap_or("packet");
+        parts.push(format!("1/{n}{mode}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// Skipped packets by reason, both directions together: `budget_packets=12,sampled_out=3`.
+fn skipped_cell(s: &Value) -> String {
+    let Some(dirs) = s.get("SkippedPackets").and_then(Value::as_object) else {
+        return "-".into();
+    };
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for reasons in dirs.values().filter_map(Value::as_object) {
+        for (reason, n) in reasons {
+            *totals.entry(reason.as_str()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    let parts: Vec<String> = totals
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn render_filters(filters: &[Value]) -> String {
@@ -2060,17 +2143,25 @@ fn render_filters(filters: &[Value]) -> String {
         rule_rows.push(rows);
     }
     // One width per column across all filters, and one across all rules, so every block
-    // lines up with the others.
-    let filter_widths = widths(&FILTER_HEADERS, &filter_rows);
+    // lines up with the others: two grids, whose lines are then interleaved.
+    let filter_lines = aligned_lines(Some(&FILTER_HEADERS), &filter_rows);
     let all_rules: Vec<Vec<String>> = rule_rows.iter().flatten().cloned().collect();
-    let rule_widths = widths(&RULE_HEADERS, &all_rules);
-    let mut s = line("", &FILTER_HEADERS, &filter_widths);
-    for (row, rules) in filter_rows.iter().zip(&rule_rows) {
-        s.push_str(&line("", row, &filter_widths));
+    let rule_lines = aligned_lines(Some(&RULE_HEADERS), &all_rules);
+    let (rule_header, mut rule_lines) = match rule_lines.split_first() {
+        Some((header, rest)) => (header.as_str(), rest.iter()),
+        None => ("", [].iter()),
+    };
+    let mut filter_lines = filter_lines.iter();
+    let mut s = filter_lines
+        .next()
+        .map(|header| format!("{header}\n"))
+        .unwrap_or_default();
+    for (row, rules) in filter_lines.zip(&rule_rows) {
+        s.push_str(&format!("{row}\n"));
         if !rules.is_empty() {
-            s.push_str(&line("  ", &RULE_HEADERS, &rule_widths));
-            for r in rules {
-                s.push_str(&line("  ", r, &rule_widths));
+            s.push_str(&format!("  {rule_header}\n"));
+            for line in rule_lines.by_ref().take(rules.len()) {
+                s.push_str(&format!("  {line}\n"));
             }
         }
     }
@@ -2732,6 +2823,29 @@ tms-bbbbbb  -     20        7    -        false    tmf-2   tmt-2   veth9      Cr
     }
 
     #[test]
+    fn sessions_table_shows_budgets_and_skips() {
+        let mut answer = sample_sessions();
+        answer["TrafficMirrorSessions"][0]["MaxPacketsPerSecond"] = json!(10000);
+        answer["TrafficMirrorSessions"][0]["SampleOneIn"] = json!(100);
+        answer["TrafficMirrorSessions"][0]["SampleMode"] = json!("flow");
+        answer["TrafficMirrorSessions"][0]["SkippedPackets"] = json!({
+            "Ingress": {"budget_packets": 5, "budget_bits": 0, "sampled_out": 7, "send_errors": 0},
+            "Egress": {"budget_packets": 1, "budget_bits": 0, "sampled_out": 0, "send_errors": 0},
+        });
+        let items = answer["TrafficMirrorSessions"].as_array().unwrap();
+        let out = render_sessions(items);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert!(header.ends_with(&["PATH", "BUDGET", "SKIPPED", "ERRORS"]));
+        let first: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert!(first.contains(&"10000pps,1/100flow"), "{first:?}");
+        assert!(
+            first.contains(&"budget_packets=6,sampled_out=7"),
+            "{first:?}"
+        );
+    }
+
+    #[test]
     fn filters_table() {
         let answer = json!({
             "RequestId": "REQ-2",
@@ -2800,6 +2914,23 @@ ID     NAME  TYPE              INSTANCE  DESTINATION         STATUS
 tmt-1  c     NetworkInterface  -         192.0.2.9:4789      Available
 tmt-2  -     NetworkInterface  eth3      -                   Available
 tmt-3  -     -                 -         [2001:db8::1]:4789  -
+";
+        assert_eq!(render_targets(&items), expected);
+    }
+
+    /// The seeds' own examples name objects in Chinese: each of those characters takes two
+    /// terminal columns, and the columns after the name must still line up.
+    #[test]
+    fn wide_characters_keep_columns_aligned() {
+        let items = [
+            json!({"TrafficMirrorTargetId": "tmt-1", "TrafficMirrorTargetName": "流量镜像目标", "Status": "Available"}),
+            json!({"TrafficMirrorTargetId": "tmt-2", "TrafficMirrorTargetName": "ids", "Status": "Available"}),
+        ];
+        // "流量镜像目标" is 6 characters and 12 columns wide.
+        let expected = "\
+ID     NAME          TYPE  INSTANCE  DESTINATION  STATUS
+tmt-1  流量镜像目标  -     -         -            Available
+tmt-2  ids           -     -         -            Available
 ";
         assert_eq!(render_targets(&items), expected);
     }

@@ -54,8 +54,10 @@ pub const DEFAULT_SOURCE_QUOTA: usize = 10;
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object a line, for a log collector.
     Json,
 }
 
@@ -284,6 +286,22 @@ pub struct SessionConfig {
     pub target_id: String,
     #[serde(default)]
     pub sources: Vec<String>,
+    /// This agent's budget and sampling (docs/api.md); absent or 0: unlimited.
+    pub max_packets_per_second: Option<i64>,
+    pub max_bits_per_second: Option<i64>,
+    pub sample_one_in: Option<i64>,
+    pub sample_mode: Option<String>,
+}
+
+impl SessionConfig {
+    pub fn budget(&self) -> Result<model::Budget, model::InvalidParam> {
+        model::Budget::default().with(model::BudgetChange {
+            max_packets_per_second: self.max_packets_per_second,
+            max_bits_per_second: self.max_bits_per_second,
+            sample_one_in: self.sample_one_in,
+            sample_mode: self.sample_mode.as_deref(),
+        })
+    }
 }
 
 impl FileConfig {
@@ -376,6 +394,7 @@ impl FileConfig {
                 .map(model::check_packet_length)
                 .transpose()
                 .map_err(invalid)?;
+            let budget = s.budget().map_err(invalid)?;
             let reference = |reason: String| ConfigError::Reference {
                 what: "session",
                 id: s.id.clone(),
@@ -416,6 +435,7 @@ impl FileConfig {
                 filter_id: s.filter_id.clone(),
                 target_id: s.target_id.clone(),
                 sources,
+                budget,
             });
         }
         Ok(objects)

@@ -124,6 +124,8 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             priority: s.priority as u16,
             vni: s.virtual_network_id as u32,
             packet_length: s.packet_length.map(|l| l as u32),
+            // Checked with the rest of the file (`FileConfig::objects`) before it is declared.
+            budget: s.budget().unwrap_or_default(),
             enabled: s.enabled,
             filter_id: s.filter_id.clone(),
             target_id: s.target_id.clone(),
@@ -271,6 +273,7 @@ fn same_session(a: &SessionRecord, b: &SessionRecord) -> bool {
     a.priority == b.priority
         && a.vni == b.vni
         && a.packet_length == b.packet_length
+        && a.budget == b.budget
         && a.enabled == b.enabled
         && a.filter_id == b.filter_id
         && a.target_id == b.target_id

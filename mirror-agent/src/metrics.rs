@@ -75,6 +75,7 @@ pub struct Metrics {
     pub session_truncated: IntCounterVec,
     pub session_segmented: IntCounterVec,
     pub session_errors: IntCounterVec,
+    pub session_skipped: IntCounterVec,
     pub rule_hits: IntCounterVec,
     pub source_packets: IntCounterVec,
     pub source_bytes: IntCounterVec,
@@ -107,6 +108,7 @@ pub struct Metrics {
     pub receiver_attached: IntGaugeVec,
     pub datapath_pinned: IntGauge,
     pub program_loaded: IntGaugeVec,
+    pub kernel_feature: IntGaugeVec,
     last: Mutex<HashMap<String, u64>>,
 }
 
@@ -168,6 +170,12 @@ impl Metrics {
                 &r,
                 "mirror_session_errors_total",
                 "Copies not sent, by reason.",
+                &["session", "direction", "reason"],
+            ),
+            session_skipped: counter(
+                &r,
+                "mirror_session_skipped_packets_total",
+                "Matching wire packets not mirrored, by reason: over the session's packet or bit budget, sampled out, or copies the kernel could not send (send_errors, the sum of mirror_session_errors_total).",
                 &["session", "direction", "reason"],
             ),
             rule_hits: counter(
@@ -443,6 +451,12 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("{e}"));
                 g
             },
+            kernel_feature: gauge(
+                &r,
+                "mirror_kernel_feature",
+                "1 when the running kernel has the feature the data path uses, 0 when the agent works without it (see /healthz).",
+                &["feature"],
+            ),
             registry: r,
             last: Mutex::new(HashMap::new()),
         }

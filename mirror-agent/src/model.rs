@@ -5,6 +5,7 @@
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A rejected parameter: `code` is the API error code, `param` names the parameter.
@@ -382,6 +383,123 @@ pub struct Session {
     pub target_id: String,
     /// Interface names (aliases already resolved).
     pub sources: Vec<String>,
+    pub budget: Budget,
+}
+
+/// How a session picks the one in `SampleOneIn` packets it mirrors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleMode {
+    /// Each packet drawn at random.
+    #[default]
+    Packet,
+    /// By a hash of the flow (both directions alike): a flow is mirrored whole or not at all.
+    Flow,
+}
+
+impl SampleMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SampleMode::Packet => "packet",
+            SampleMode::Flow => "flow",
+        }
+    }
+}
+
+/// This agent's extension of the clouds' sessions: what a session may cost (SPEC's sessions
+/// copy everything; docs/api.md). `None` = unlimited / every packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Budget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_packets_per_second: Option<u64>,
+    /// Bits of the copies on the wire, outer headers included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bits_per_second: Option<u64>,
+    /// One in this many matching packets is mirrored; never 1 (that is `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_one_in: Option<u32>,
+    pub sample_mode: SampleMode,
+}
+
+/// Largest `SampleOneIn`: 2^24.
+pub const SAMPLE_ONE_IN_MAX: i64 = 1 << 24;
+/// Largest budgets: beyond these the data path's cost arithmetic loses its precision (a
+/// copy would cost under a nanosecond of budget), and no node sends that much anyway.
+pub const MAX_PACKETS_PER_SECOND_MAX: i64 = 1_000_000_000;
+pub const MAX_BITS_PER_SECOND_MAX: i64 = 1_000_000_000_000;
+
+/// The budget parameters as given (absent: `None`), each checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetChange<'a> {
+    pub max_packets_per_second: Option<i64>,
+    pub max_bits_per_second: Option<i64>,
+    pub sample_one_in: Option<i64>,
+    pub sample_mode: Option<&'a str>,
+}
+
+impl Budget {
+    /// `self` with the given parameters changed: a budget of 0 removes it, `SampleOneIn` 1
+    /// mirrors every packet; absent parameters keep their value.
+    pub fn with(self, c: BudgetChange) -> Result<Budget, InvalidParam> {
+        fn rate(
+            v: i64,
+            max: i64,
+            code: &'static str,
+            param: &str,
+        ) -> Result<Option<u64>, InvalidParam> {
+            match v {
+                0 => Ok(None),
+                1.. if v <= max => Ok(Some(v as u64)),
+                _ => Err(InvalidParam::new(
+                    code,
+                    param,
+                    format!("{v} is not in 0-{max} (0: unlimited)"),
+                )),
+            }
+        }
+        let mut b = self;
+        if let Some(v) = c.max_packets_per_second {
+            b.max_packets_per_second = rate(
+                v,
+                MAX_PACKETS_PER_SECOND_MAX,
+                "InvalidMaxPacketsPerSecond.Malformed",
+                "MaxPacketsPerSecond",
+            )?;
+        }
+        if let Some(v) = c.max_bits_per_second {
+            b.max_bits_per_second = rate(
+                v,
+                MAX_BITS_PER_SECOND_MAX,
+                "InvalidMaxBitsPerSecond.Malformed",
+                "MaxBitsPerSecond",
+            )?;
+        }
+        if let Some(n) = c.sample_one_in {
+            if !(1..=SAMPLE_ONE_IN_MAX).contains(&n) {
+                return Err(InvalidParam::new(
+                    "InvalidSampleOneIn.Malformed",
+                    "SampleOneIn",
+                    format!("{n} is not in 1-{SAMPLE_ONE_IN_MAX} (1: every packet)"),
+                ));
+            }
+            b.sample_one_in = (n > 1).then_some(n as u32);
+        }
+        if let Some(m) = c.sample_mode {
+            b.sample_mode = if m.eq_ignore_ascii_case("packet") {
+                SampleMode::Packet
+            } else if m.eq_ignore_ascii_case("flow") {
+                SampleMode::Flow
+            } else {
+                return Err(InvalidParam::new(
+                    "InvalidSampleMode.Malformed",
+                    "SampleMode",
+                    format!("{m:?} is not packet or flow"),
+                ));
+            };
+        }
+        Ok(b)
+    }
 }
 
 pub const SESSION_PRIORITY_MAX: i64 = 32766;
@@ -428,6 +546,70 @@ pub fn check_packet_length(v: i64) -> Result<u32, InvalidParam> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_parameters_checked_and_zero_removes() {
+        let set = Budget::default()
+            .with(BudgetChange {
+                max_packets_per_second: Some(10_000),
+                max_bits_per_second: Some(1_000_000),
+                sample_one_in: Some(100),
+                sample_mode: Some("Flow"),
+            })
+            .unwrap();
+        assert_eq!(set.max_packets_per_second, Some(10_000));
+        assert_eq!(set.sample_one_in, Some(100));
+        assert_eq!(set.sample_mode, SampleMode::Flow);
+        let cleared = set
+            .with(BudgetChange {
+                max_packets_per_second: Some(0),
+                sample_one_in: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(cleared.max_packets_per_second, None);
+        assert_eq!(cleared.max_bits_per_second, Some(1_000_000));
+        assert_eq!(cleared.sample_one_in, None);
+        for (c, code) in [
+            (
+                BudgetChange {
+                    max_packets_per_second: Some(-1),
+                    ..Default::default()
+                },
+                "InvalidMaxPacketsPerSecond.Malformed",
+            ),
+            (
+                BudgetChange {
+                    max_bits_per_second: Some(MAX_BITS_PER_SECOND_MAX + 1),
+                    ..Default::default()
+                },
+                "InvalidMaxBitsPerSecond.Malformed",
+            ),
+            (
+                BudgetChange {
+                    sample_one_in: Some(SAMPLE_ONE_IN_MAX + 1),
+                    ..Default::default()
+                },
+                "InvalidSampleOneIn.Malformed",
+            ),
+            (
+                BudgetChange {
+                    sample_one_in: Some(0),
+                    ..Default::default()
+                },
+                "InvalidSampleOneIn.Malformed",
+            ),
+            (
+                BudgetChange {
+                    sample_mode: Some("bytes"),
+                    ..Default::default()
+                },
+                "InvalidSampleMode.Malformed",
+            ),
+        ] {
+            assert_eq!(Budget::default().with(c).unwrap_err().code, code);
+        }
+    }
 
     #[test]
     fn port_ranges_in_every_spelling() {

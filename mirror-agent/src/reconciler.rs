@@ -117,6 +117,7 @@ pub fn desired(
             filter_id: s.filter_id.clone(),
             target_id: s.target_id.clone(),
             sources,
+            budget: s.budget,
         });
     }
     for r in &snap.receivers {
@@ -215,7 +216,15 @@ impl Reconciler {
         let c = self.datapath.counters();
         let dirs = ["ingress", "egress"];
         let mut sessions = Vec::new();
+        let mut skipped = BTreeMap::new();
         for (id, stats) in &c.sessions {
+            let skips = crate::datapath::skipped_packets(stats);
+            for (d, per_reason) in dirs.iter().zip(&skips) {
+                for (reason, n) in crate::datapath::SKIP_REASONS_SHOWN.iter().zip(per_reason) {
+                    m.set_total(&m.session_skipped, "sk", &[id, d, reason], *n);
+                }
+            }
+            skipped.insert(id.clone(), skips);
             for (d, s) in dirs.iter().zip(stats) {
                 let l = [id.as_str(), d];
                 m.set_total(&m.session_packets, "sp", &l, s.packets);
@@ -240,6 +249,9 @@ impl Reconciler {
                 for reason in mirror_ebpf::ERR_REASON_NAMES {
                     m.forget(&m.session_errors, "se", &[gone, d, reason]);
                 }
+                for reason in crate::datapath::SKIP_REASONS_SHOWN {
+                    m.forget(&m.session_skipped, "sk", &[gone, d, reason]);
+                }
             }
         }
         for gone in exported.sessions.iter().filter(|s| !sessions.contains(s)) {
@@ -255,6 +267,9 @@ impl Reconciler {
             }
         }
         exported.sessions = sessions;
+        if let Ok(mut live) = self.svc.skipped.write() {
+            *live = skipped;
+        }
         let mut sources = Vec::new();
         for (name, stats) in &c.sources {
             for (d, s) in dirs.iter().zip(stats) {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::{self, FilterRule, InvalidParam, RuleSpec};
+use crate::model::{self, Budget, FilterRule, InvalidParam, RuleSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tag {
@@ -284,6 +284,9 @@ pub struct SessionRecord {
     pub priority: u16,
     pub vni: u32,
     pub packet_length: Option<u32>,
+    /// Budgets and sampling; records written before they existed read as unlimited.
+    #[serde(default)]
+    pub budget: Budget,
     pub enabled: bool,
     pub filter_id: String,
     pub target_id: String,
@@ -322,6 +325,19 @@ impl SessionRecord {
         if let (Some(obj), Some(len)) = (v.as_object_mut(), self.packet_length) {
             obj.insert("PacketLength".into(), json!(len));
         }
+        if let Some(obj) = v.as_object_mut() {
+            let b = &self.budget;
+            for (key, value) in [
+                ("MaxPacketsPerSecond", b.max_packets_per_second),
+                ("MaxBitsPerSecond", b.max_bits_per_second),
+            ] {
+                if let Some(value) = value {
+                    obj.insert(key.into(), json!(value));
+                }
+            }
+            obj.insert("SampleOneIn".into(), json!(b.sample_one_in.unwrap_or(1)));
+            obj.insert("SampleMode".into(), json!(b.sample_mode.as_str()));
+        }
         if let (Some(obj), false) = (v.as_object_mut(), self.errors.is_empty()) {
             obj.insert("TrafficMirrorSessionErrors".into(), json!(self.errors));
         }
@@ -340,6 +356,10 @@ impl SessionRecord {
             "traffic_mirror_target_type": target_type,
             "virtual_network_id": self.vni,
             "packet_length": self.packet_length,
+            "max_packets_per_second": self.budget.max_packets_per_second,
+            "max_bits_per_second": self.budget.max_bits_per_second,
+            "sample_one_in": self.budget.sample_one_in.unwrap_or(1),
+            "sample_mode": self.budget.sample_mode.as_str(),
             "priority": self.priority,
             "enabled": self.enabled,
             "type": "eni",

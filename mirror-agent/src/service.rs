@@ -33,6 +33,9 @@ pub struct Service {
     pub receiver_status: Arc<RwLock<BTreeMap<String, crate::datapath::receive::ReceiverStatus>>>,
     /// The way each applied session's copies take, as of the last reconcile pass.
     pub copy_paths: Arc<RwLock<BTreeMap<String, crate::datapath::CopyPath>>>,
+    /// Matching packets each session did not copy, per direction and reason, as of the last
+    /// counter read (written by the reconciler, shown by List).
+    pub skipped: Arc<RwLock<BTreeMap<String, crate::datapath::SkippedPackets>>>,
     reconcile: Arc<Notify>,
 }
 
@@ -57,6 +60,7 @@ impl Service {
             flow_log_status: Arc::new(RwLock::new(BTreeMap::new())),
             receiver_status: Arc::new(RwLock::new(BTreeMap::new())),
             copy_paths: Arc::new(RwLock::new(BTreeMap::new())),
+            skipped: Arc::new(RwLock::new(BTreeMap::new())),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reconcile,
         }

@@ -92,6 +92,17 @@ impl SourceConfig {
 pub const SESSION_ENABLED: u32 = 1;
 /// The target is an IPv6 VTEP (`remote_ipv6`), otherwise IPv4 (`remote_ipv4`).
 pub const SESSION_REMOTE_IPV6: u32 = 2;
+/// `SampleMode` flow: the sampling decision comes from a hash of the flow's addresses and
+/// ports (the same for both directions), so a flow is mirrored whole or not at all.
+/// Otherwise each packet is drawn at random.
+pub const SESSION_SAMPLE_FLOW: u32 = 4;
+
+/// Depth of a session's budget buckets: one tenth of a second of its budget.
+pub const BUDGET_BURST_NS: u64 = 100_000_000;
+/// Fractional bits of the budget costs (`SessionConfig::packet_cost`, `bit_cost`): a cost is
+/// nanoseconds of budget times 2^16, so a rate is kept to better than 0.01 % up to 100 Gbit/s
+/// and 10 M packets/s.
+pub const BUDGET_COST_SHIFT: u32 = 16;
 
 /// Outer headers the fast path (`mirror_tx`) writes in front of a copy: Ethernet (14) +
 /// IPv4 (20) + UDP (8) + VXLAN (8).
@@ -136,6 +147,30 @@ pub struct SessionConfig {
     /// Outer IPv4 source and destination, network byte order words (fast path).
     pub outer_src: u32,
     pub outer_dst: u32,
+    /// `MaxPacketsPerSecond` as the nanoseconds of budget one wire packet uses, times
+    /// 2^`BUDGET_COST_SHIFT` (10^9 * 2^16 / rate). 0: no packet budget.
+    pub packet_cost: u64,
+    /// `MaxBitsPerSecond` likewise, per bit of a copy on the wire. 0: no bit budget.
+    pub bit_cost: u64,
+    /// `SampleOneIn`: one in this many matching packets is mirrored. 0 and 1: all.
+    pub sample_one_in: u32,
+    /// Bytes a copy carries on the wire beyond its inner frame (outer Ethernet, IP, UDP,
+    /// VXLAN), counted by the bit budget.
+    pub copy_overhead: u32,
+}
+
+/// Value of the `BUDGET_STATE` array, indexed by session slot: the budget buckets, shared by
+/// all CPUs and both directions, in the "virtual scheduling" form of a token bucket (GCRA,
+/// ITU-T I.371): each word is the time at which the bucket will be full again, in
+/// nanoseconds of `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE). A copy is admitted
+/// while that time stays within `BUDGET_BURST_NS` of now; admitting it moves the time on by
+/// the copy's cost (compare-and-swap, so CPUs never admit the same budget twice).
+/// Written by the source programs; zeroed by the agent when a slot gets a new session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetState {
+    pub packets_full_at: u64,
+    pub bits_full_at: u64,
 }
 
 /// `Rule::action` values.
@@ -245,7 +280,19 @@ pub struct SessionStats {
     /// packets whose checksum the kernel had to fill.
     pub segmented: u64,
     pub errors: [u64; ERR_REASONS],
+    /// Wire packets that matched but were not mirrored, by `SKIP_*` reason. Decided before
+    /// the clone: a skipped packet costs no copy.
+    pub skipped: [u64; SKIP_REASONS],
 }
+
+/// Reasons a matching packet was not copied; indexes of `SessionStats::skipped`.
+pub const SKIP_BUDGET_PACKETS: usize = 0;
+pub const SKIP_BUDGET_BITS: usize = 1;
+pub const SKIP_SAMPLED_OUT: usize = 2;
+pub const SKIP_REASONS: usize = 3;
+/// Names used in List output and metrics, same order as the `SKIP_*` indexes.
+pub const SKIP_REASON_NAMES: [&str; SKIP_REASONS] =
+    ["budget_packets", "budget_bits", "sampled_out"];
 
 /// Per-CPU value of `SOURCE_STATS`, indexed by `stats_slot * DIRECTIONS + direction`.
 /// Written by the source programs, read by the agent.
@@ -432,6 +479,7 @@ mod user {
     // so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for SourceConfig {}
     unsafe impl aya::Pod for SessionConfig {}
+    unsafe impl aya::Pod for BudgetState {}
     unsafe impl aya::Pod for FilterConfig {}
     unsafe impl aya::Pod for SessionStats {}
     unsafe impl aya::Pod for SourceStats {}
@@ -448,13 +496,15 @@ mod user {
 
 // No implicit padding: each size is the sum of the fields' sizes.
 const _: () = assert!(core::mem::size_of::<SourceConfig>() == 2 * MAX_SESSIONS_PER_SOURCE + 8);
-const _: () = assert!(core::mem::size_of::<SessionConfig>() == 6 * 4 + 16 + 4 + 8 + 12 + 8);
+const _: () =
+    assert!(core::mem::size_of::<SessionConfig>() == 6 * 4 + 16 + 4 + 8 + 12 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<BudgetState>() == 16);
 const _: () = assert!(core::mem::size_of::<Rule>() == 4 + 8 + 4 + 64);
 const _: () = assert!(
     core::mem::size_of::<FilterConfig>()
         == 4 * DIRECTIONS + DIRECTIONS * MAX_RULES_PER_DIRECTION * core::mem::size_of::<Rule>()
 );
-const _: () = assert!(core::mem::size_of::<SessionStats>() == 8 * (5 + ERR_REASONS));
+const _: () = assert!(core::mem::size_of::<SessionStats>() == 8 * (5 + ERR_REASONS + SKIP_REASONS));
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 8 * 6);
 const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);

@@ -285,6 +285,9 @@ fn session_crud_and_sources() {
             "packet_length": 96,
             "priority": 11,
             "enabled": true,
+            "max_packets_per_second": 10000,
+            "sample_one_in": 100,
+            "sample_mode": "flow",
         }})),
         201,
     );
@@ -302,6 +305,10 @@ fn session_crud_and_sources() {
         ("packet_length", json!(96)),
         ("priority", json!(11)),
         ("enabled", json!(true)),
+        ("max_packets_per_second", json!(10000)),
+        ("max_bits_per_second", Value::Null),
+        ("sample_one_in", json!(100)),
+        ("sample_mode", json!("flow")),
     ] {
         assert_eq!(s[k], v, "{k} of {s}");
     }
@@ -328,6 +335,8 @@ fn session_crud_and_sources() {
             "packet_length": 128,
             "priority": 12,
             "enabled": false,
+            "max_packets_per_second": 0,
+            "max_bits_per_second": 20000000,
         }})),
         200,
     );
@@ -341,6 +350,9 @@ fn session_crud_and_sources() {
         ("packet_length", json!(128)),
         ("priority", json!(12)),
         ("enabled", json!(false)),
+        ("max_packets_per_second", Value::Null),
+        ("max_bits_per_second", json!(20000000)),
+        ("sample_one_in", json!(100)),
     ] {
         assert_eq!(s[k], v, "{k} of {s}");
     }
@@ -782,6 +794,12 @@ fn invalid_bodies_are_400_and_change_nothing() {
         ("POST", &sessions, session(json!({"virtual_network_id": -1}))),
         ("POST", &sessions, session(json!({"packet_length": 63}))),
         ("POST", &sessions, session(json!({"packet_length": 9001}))),
+        ("POST", &sessions, session(json!({"max_packets_per_second": -1}))),
+        ("POST", &sessions, session(json!({"max_bits_per_second": 1.5}))),
+        ("POST", &sessions, session(json!({"sample_one_in": 0}))),
+        ("POST", &sessions, session(json!({"sample_one_in": 16_777_217}))),
+        ("POST", &sessions, session(json!({"sample_mode": "bytes"}))),
+        ("PUT", &this, br#"{"traffic_mirror_session": {"max_packets_per_second": "many"}}"#.to_vec()),
         ("POST", &sessions, session(json!({"name": long}))),
         ("POST", &sessions, session(json!({"description": "<b>"}))),
         ("POST", &sessions, session(json!({"enabled": "maybe"}))),

@@ -978,6 +978,43 @@ fn create_session_validation_errors() {
         ),
         (vec![("Tags.2.Key", "b")], "InvalidTag.Disorder"),
         (vec![("Tags.1.Key", "a"), ("Tags.2.Key", "b")], OK),
+        // This agent's budget and sampling (docs/api.md).
+        (
+            vec![("MaxPacketsPerSecond", "-1")],
+            "InvalidMaxPacketsPerSecond.Malformed",
+        ),
+        (
+            vec![("MaxPacketsPerSecond", "1.5")],
+            "InvalidMaxPacketsPerSecond.Malformed",
+        ),
+        (
+            vec![("MaxPacketsPerSecond", "1000000001")],
+            "InvalidMaxPacketsPerSecond.Malformed",
+        ),
+        (
+            vec![("MaxBitsPerSecond", "-8")],
+            "InvalidMaxBitsPerSecond.Malformed",
+        ),
+        (
+            vec![("MaxBitsPerSecond", "1000000000001")],
+            "InvalidMaxBitsPerSecond.Malformed",
+        ),
+        (vec![("SampleOneIn", "0")], "InvalidSampleOneIn.Malformed"),
+        (
+            vec![("SampleOneIn", "16777217")],
+            "InvalidSampleOneIn.Malformed",
+        ),
+        (vec![("SampleMode", "bytes")], "InvalidSampleMode.Malformed"),
+        (
+            vec![
+                ("MaxPacketsPerSecond", "10000"),
+                ("MaxBitsPerSecond", "1000000"),
+                ("SampleOneIn", "16777216"),
+                ("SampleMode", "flow"),
+            ],
+            OK,
+        ),
+        (vec![("MaxPacketsPerSecond", "0")], OK),
     ];
     let mut failures = Vec::new();
     let mut check = |params: &[(&str, &str)], want: &str| {
@@ -1018,6 +1055,78 @@ fn create_session_validation_errors() {
         "nothing was created: {:?}",
         n.sessions(&[])
     );
+}
+
+/// Budgets and sampling: set on create, shown by List with the skips, changed and removed
+/// (0) by an update, refused with a clear code, in both envelopes' spelling of a session.
+#[test]
+fn session_budgets_shown_changed_and_removed() {
+    let n = default_node();
+    let (f, t) = (n.filter(), n.target());
+    let id = n.ok(&[
+        ("Action", "CreateTrafficMirrorSession"),
+        ("TrafficMirrorFilterId", &f),
+        ("TrafficMirrorTargetId", &t),
+        ("Priority", "1"),
+        ("TrafficMirrorSourceIds.1", "src0"),
+        ("MaxPacketsPerSecond", "10000"),
+        ("MaxBitsPerSecond", "50000000"),
+        ("SampleOneIn", "100"),
+        ("SampleMode", "flow"),
+    ])["TrafficMirrorSessionId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let s = n.settle(&id);
+    assert_eq!(s["MaxPacketsPerSecond"], json!(10000), "{s}");
+    assert_eq!(s["MaxBitsPerSecond"], json!(50000000));
+    assert_eq!(s["SampleOneIn"], json!(100));
+    assert_eq!(s["SampleMode"], json!("flow"));
+    for dir in ["Ingress", "Egress"] {
+        let reasons = keys(&s["SkippedPackets"][dir]);
+        assert_eq!(
+            reasons,
+            set(&[
+                "budget_packets",
+                "budget_bits",
+                "sampled_out",
+                "send_errors"
+            ]),
+            "{s}"
+        );
+    }
+    // 0 removes a budget, SampleOneIn 1 mirrors everything; the rest stays.
+    n.ok(&[
+        ("Action", "UpdateTrafficMirrorSessionAttribute"),
+        ("TrafficMirrorSessionId", &id),
+        ("MaxPacketsPerSecond", "0"),
+        ("SampleOneIn", "1"),
+    ]);
+    let s = n.settle(&id);
+    assert_eq!(s.get("MaxPacketsPerSecond"), None, "{s}");
+    assert_eq!(s["MaxBitsPerSecond"], json!(50000000));
+    assert_eq!(s["SampleOneIn"], json!(1));
+    for (k, v, code) in [
+        (
+            "MaxPacketsPerSecond",
+            "-5",
+            "InvalidMaxPacketsPerSecond.Malformed",
+        ),
+        ("MaxBitsPerSecond", "x", "InvalidMaxBitsPerSecond.Malformed"),
+        ("SampleOneIn", "16777217", "InvalidSampleOneIn.Malformed"),
+        ("SampleMode", "stream", "InvalidSampleMode.Malformed"),
+    ] {
+        n.fails(
+            &[
+                ("Action", "UpdateTrafficMirrorSessionAttribute"),
+                ("TrafficMirrorSessionId", &id),
+                (k, v),
+            ],
+            400,
+            code,
+        );
+    }
+    assert_eq!(n.settle(&id)["MaxBitsPerSecond"], json!(50000000));
 }
 
 /// The same field checks on UpdateTrafficMirrorSessionAttribute, and the rule and filter

@@ -858,6 +858,19 @@ fn session_fields(p: &Params) -> Result<SessionFields, ApiError> {
     Ok((priority, vni, len, enabled))
 }
 
+/// `budget` with this agent's budget parameters applied (absent ones keep their value).
+fn budget_fields(p: &Params, budget: model::Budget) -> Result<model::Budget, ApiError> {
+    Ok(budget.with(model::BudgetChange {
+        max_packets_per_second: p.int(
+            "MaxPacketsPerSecond",
+            "InvalidMaxPacketsPerSecond.Malformed",
+        )?,
+        max_bits_per_second: p.int("MaxBitsPerSecond", "InvalidMaxBitsPerSecond.Malformed")?,
+        sample_one_in: p.int("SampleOneIn", "InvalidSampleOneIn.Malformed")?,
+        sample_mode: p.str_opt("SampleMode"),
+    })?)
+}
+
 fn create_session(
     svc: &Service,
     snap: &Snapshot,
@@ -874,6 +887,7 @@ fn create_session(
             .or(p.get("Description")),
     )?;
     let (priority, vni, packet_length, enabled) = session_fields(p)?;
+    let budget = budget_fields(p, model::Budget::default())?;
     let priority = priority.ok_or_else(|| ApiError::missing("Priority"))?;
     let filter_id = p.required("TrafficMirrorFilterId")?;
     let target_id = p.required("TrafficMirrorTargetId")?;
@@ -913,6 +927,7 @@ fn create_session(
         priority,
         vni: vni.unwrap_or_else(|| free_vni(snap)),
         packet_length,
+        budget,
         // Volcengine's sessions have no Enabled switch and mirror once created; Alibaba's and
         // Huawei's start disabled. Read from Version, which is not part of a ClientToken's
         // fingerprint, so both spellings of one request stay the same request.
@@ -980,6 +995,7 @@ fn update_session(
     if let Some(l) = packet_length {
         s.packet_length = Some(l);
     }
+    s.budget = budget_fields(p, s.budget)?;
     if let Some(e) = enabled {
         s.enabled = e;
     }
@@ -1117,6 +1133,7 @@ fn list_sessions(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Ap
     items.sort_by_key(|s| s.priority);
     let (items, meta) = page(items, p)?;
     let paths = svc.copy_paths.read().map(|p| p.clone()).unwrap_or_default();
+    let skipped = svc.skipped.read().map(|s| s.clone()).unwrap_or_default();
     let list: Vec<Value> = items
         .iter()
         .map(|s| {
@@ -1126,6 +1143,21 @@ fn list_sessions(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Ap
                 obj.insert("CopyPath".into(), json!(path.mode));
                 obj.insert("CopyPathDetail".into(), json!(path.detail));
                 obj.insert("Segmentation".into(), json!(path.segmentation));
+            }
+            // And what its budget, its sampling and the kernel left out, per direction.
+            if let Some(obj) = v.as_object_mut() {
+                let skips = skipped.get(&s.id).copied().unwrap_or_default();
+                let by_dir = |d: usize| -> serde_json::Map<String, Value> {
+                    crate::datapath::SKIP_REASONS_SHOWN
+                        .iter()
+                        .zip(skips[d])
+                        .map(|(r, n)| (r.to_string(), json!(n)))
+                        .collect()
+                };
+                obj.insert(
+                    "SkippedPackets".into(),
+                    json!({"Ingress": by_dir(0), "Egress": by_dir(1)}),
+                );
             }
             v
         })

@@ -339,6 +339,10 @@ fn session_params(o: &Map<String, Value>, id: Option<&str>) -> Result<Params, Ap
         ("traffic_mirror_target_id", "TrafficMirrorTargetId"),
         ("virtual_network_id", "VirtualNetworkId"),
         ("packet_length", "PacketLength"),
+        ("max_packets_per_second", "MaxPacketsPerSecond"),
+        ("max_bits_per_second", "MaxBitsPerSecond"),
+        ("sample_one_in", "SampleOneIn"),
+        ("sample_mode", "SampleMode"),
         ("priority", "Priority"),
         ("enabled", "Enabled"),
     ] {

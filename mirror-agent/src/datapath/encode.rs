@@ -5,12 +5,35 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use mirror_ebpf::{
     ACTION_ACCEPT, ACTION_REJECT, FilterConfig, MAX_RULES_PER_DIRECTION, RULE_ANY_PROTOCOL,
-    RULE_MATCH_PORTS, Rule, SESSION_ENABLED, SESSION_REMOTE_IPV6, SessionConfig,
+    RULE_MATCH_PORTS, Rule, SESSION_ENABLED, SESSION_REMOTE_IPV6, SESSION_SAMPLE_FLOW,
+    SessionConfig,
 };
 
 use crate::model::{
-    Action, Direction, Filter, FilterRule, IpVersion, PortRange, Protocol, Session, Target,
+    Action, Budget, Direction, Filter, FilterRule, IpVersion, PortRange, Protocol, SampleMode,
+    Session, Target,
 };
+
+/// Nanoseconds of budget one unit (a packet, a bit) uses at `per_second`, in the data
+/// path's fixed point (`BUDGET_COST_SHIFT`). 0: no budget.
+pub fn budget_cost(per_second: Option<u64>) -> u64 {
+    match per_second {
+        Some(rate) if rate > 0 => {
+            ((1_000_000_000u128 << mirror_ebpf::BUDGET_COST_SHIFT) / u128::from(rate)).max(1) as u64
+        }
+        _ => 0,
+    }
+}
+
+/// The budget and sampling fields of a session's map value.
+fn encode_budget(b: &Budget, cfg: &mut SessionConfig) {
+    cfg.packet_cost = budget_cost(b.max_packets_per_second);
+    cfg.bit_cost = budget_cost(b.max_bits_per_second);
+    cfg.sample_one_in = b.sample_one_in.unwrap_or(1);
+    if b.sample_mode == SampleMode::Flow {
+        cfg.flags |= SESSION_SAMPLE_FLOW;
+    }
+}
 
 /// Address and mask as the raw network-order words the program compares.
 fn cidr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
@@ -150,7 +173,18 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
         eth_addrs: [0; 12],
         outer_src: 0,
         outer_dst: 0,
+        packet_cost: 0,
+        bit_cost: 0,
+        sample_one_in: 1,
+        copy_overhead: 0,
     };
+    encode_budget(&session.budget, &mut cfg);
+    // What the wire carries beyond the inner frame: outer Ethernet + the VXLAN overhead.
+    cfg.copy_overhead = 14
+        + match target.destination_ip {
+            IpAddr::V4(_) => mirror_ebpf::VXLAN_OVERHEAD_IPV4,
+            IpAddr::V6(_) => mirror_ebpf::VXLAN_OVERHEAD_IPV6,
+        };
     if let (Some(fast), IpAddr::V4(dst)) = (at.fast, target.destination_ip) {
         cfg.uplink_ifindex = fast.uplink_ifindex;
         cfg.eth_addrs[..6].copy_from_slice(&fast.eth_dst);
@@ -165,6 +199,18 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
 mod tests {
     use super::*;
     use crate::model::RuleSpec;
+
+    #[test]
+    fn budget_costs_in_fixed_point() {
+        assert_eq!(budget_cost(None), 0);
+        // 10 k packets/s: 100 µs each.
+        assert_eq!(
+            budget_cost(Some(10_000)) >> mirror_ebpf::BUDGET_COST_SHIFT,
+            100_000
+        );
+        // 10 Gbit/s: 0.1 ns per bit, kept to the fixed point's precision.
+        assert_eq!(budget_cost(Some(10_000_000_000)), 6553);
+    }
 
     #[test]
     fn ipv4_cidr_words_are_network_order() {

@@ -26,9 +26,10 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use mirror_ebpf::{
-    DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCES, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig, SessionStats,
-    SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4, VXLAN_OVERHEAD_IPV6,
+    BudgetState, DIRECTIONS, FilterConfig, MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS,
+    MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, SOURCE_ACTIVE, SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX,
+    SessionConfig, SessionStats, SkbLayout, SourceConfig, SourceStats, VXLAN_OVERHEAD_IPV4,
+    VXLAN_OVERHEAD_IPV6,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -107,6 +108,28 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }
 
+/// Reasons a matching packet was not copied, as List and the metrics name them: the data
+/// path's `SKIP_*` reasons, then copies the kernel could not send (every `ERR_*` reason).
+pub const SKIP_REASONS_SHOWN: [&str; mirror_ebpf::SKIP_REASONS + 1] = [
+    mirror_ebpf::SKIP_REASON_NAMES[0],
+    mirror_ebpf::SKIP_REASON_NAMES[1],
+    mirror_ebpf::SKIP_REASON_NAMES[2],
+    "send_errors",
+];
+
+/// Skipped packets of one session: `[direction][reason of SKIP_REASONS_SHOWN]`.
+pub type SkippedPackets = [[u64; mirror_ebpf::SKIP_REASONS + 1]; DIRECTIONS];
+
+/// A session's counters as `SkippedPackets`.
+pub fn skipped_packets(stats: &[SessionStats; DIRECTIONS]) -> SkippedPackets {
+    let mut out = [[0; mirror_ebpf::SKIP_REASONS + 1]; DIRECTIONS];
+    for (o, s) in out.iter_mut().zip(stats) {
+        o[..mirror_ebpf::SKIP_REASONS].copy_from_slice(&s.skipped);
+        o[mirror_ebpf::SKIP_REASONS] = s.errors.iter().sum();
+    }
+    out
+}
+
 /// The maps, taken out of the `Ebpf` object so they can be written while programs are
 /// borrowed for attaching.
 pub struct Maps {
@@ -118,6 +141,7 @@ pub struct Maps {
     pub source_stats: PerCpuArray<MapData, SourceStats>,
     pub rule_stats: PerCpuArray<MapData, u64>,
     pub skb_layout: Array<MapData, SkbLayout>,
+    pub budget_state: Array<MapData, BudgetState>,
 }
 
 impl Maps {
@@ -138,6 +162,7 @@ impl Maps {
             source_stats: take(ebpf, "SOURCE_STATS")?,
             rule_stats: take(ebpf, "RULE_STATS")?,
             skb_layout: take(ebpf, "SKB_LAYOUT")?,
+            budget_state: take(ebpf, "BUDGET_STATE")?,
         })
     }
 
@@ -185,6 +210,9 @@ impl Maps {
                 for (t, e) in total.errors.iter_mut().zip(v.errors) {
                     *t += e;
                 }
+                for (t, e) in total.skipped.iter_mut().zip(v.skipped) {
+                    *t += e;
+                }
             }
         }
         Ok(out)
@@ -226,6 +254,13 @@ impl Maps {
                 .map_err(map_err("SESSION_STATS"))?;
         }
         Ok(())
+    }
+
+    /// A slot handed to a new session starts with full budget buckets.
+    fn reset_budget_state(&mut self, slot: u32) -> Result<(), DatapathError> {
+        self.budget_state
+            .set(slot, BudgetState::default(), 0)
+            .map_err(map_err("BUDGET_STATE"))
     }
 
     fn reset_source_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
@@ -1046,6 +1081,7 @@ impl Datapath {
             };
             if !known {
                 self.maps.reset_session_stats(slot)?;
+                self.maps.reset_budget_state(slot)?;
             }
             let cfg = encode::encode_session(
                 session,
@@ -1636,6 +1672,10 @@ fn zeroed_session() -> SessionConfig {
         eth_addrs: [0; 12],
         outer_src: 0,
         outer_dst: 0,
+        packet_cost: 0,
+        bit_cost: 0,
+        sample_one_in: 1,
+        copy_overhead: 0,
     }
 }
 

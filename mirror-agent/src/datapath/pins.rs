@@ -42,6 +42,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "FLOW_CTL",
     "FLOW_STATS",
     "SKB_LAYOUT",
+    "BUDGET_STATE",
     // aya-log's ring buffer: adopted programs keep logging where the new agent reads.
     "AYA_LOGS",
 ];

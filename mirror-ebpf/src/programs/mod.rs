@@ -8,6 +8,7 @@
 //! (`mirror_segment` after the `mirseg` device) and a VXLAN packet (`mirror_tx` on the uplink,
 //! or `mirror_encap` on the tunnel device as the fallback).
 
+mod budget;
 mod encap;
 mod flows;
 mod matcher;
@@ -309,10 +310,30 @@ fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet
     let Some(session) = SESSIONS.get(slot) else {
         return false;
     };
-    let dev = copy_device(ctx, session, pkt);
     let Some(stats) = session_stats(slot, DIR) else {
         return false;
     };
+    // Before the clone: a copy the session's sampling or budget leaves out costs nothing more.
+    let len = ctx.len() as u64;
+    let copy_bytes = || {
+        // A super-packet leaves as `segs` copies, each with the headers and cut to snaplen.
+        let segs = u64::from(segs);
+        let inner = len + (segs - 1) * u64::from(pkt.headers_len);
+        let each = inner / segs;
+        let each = if each > u64::from(session.snaplen) {
+            u64::from(session.snaplen)
+        } else {
+            each
+        };
+        segs * (each + u64::from(session.copy_overhead))
+    };
+    if let Err(reason) = budget::admit(slot, session, pkt, segs, copy_bytes) {
+        if let Some(n) = stats.skipped.get_mut(reason) {
+            *n += u64::from(segs);
+        }
+        return false;
+    }
+    let dev = copy_device(ctx, session, pkt);
     // SAFETY: reading a field of the program's own context.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(mirror_mark(slot, DIR));
@@ -320,7 +341,6 @@ fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet
     ctx.set_mark(mark);
     match sent {
         Ok(()) => {
-            let len = ctx.len() as u64;
             stats.packets += segs as u64;
             // A GSO super-packet leaves as `segs` packets, each with its own copy of the
             // headers: count the bytes the wire carries.

@@ -245,6 +245,8 @@ pub fn rule_set(rng: &mut Rng, tag: u64, source: &str, target: &Target) -> RuleS
             filter_id: filters[rng.below(n_filters as u64) as usize].id.clone(),
             target_id: target.id.clone(),
             sources: vec![source.to_string()],
+            // Budgets and sampling have fixtures and end-to-end tests of their own.
+            budget: Default::default(),
         })
         .collect();
     RuleSet {

@@ -371,6 +371,7 @@ mod tests {
             filter_id: filter.into(),
             target_id: "tmt-x".into(),
             sources: vec!["eth0".into()],
+            budget: Default::default(),
         };
         let sessions = vec![
             session("tms-b", 2, "tmf-b", Some(64)),
@@ -406,6 +407,7 @@ mod tests {
             filter_id: String::new(),
             target_id: String::new(),
             sources: Vec::new(),
+            budget: Default::default(),
         };
         assert_eq!(snaplen(&s, 1500), 1464);
         let s = Session {
