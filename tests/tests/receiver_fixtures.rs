@@ -216,6 +216,21 @@ fn cases() -> Vec<Case> {
     ip_options[at..at + 8].copy_from_slice(&[VXLAN_FLAG_I, 0, 0, 0, 0, 0, 100, 0]);
     ip_options[at + 8..].copy_from_slice(&inner_tcp());
 
+    // Cut right after the UDP ports: addressed to the receiver, but no VXLAN header.
+    let cut_after_ports = frame(
+        outer4(),
+        L4::Udp {
+            sport: 49152,
+            dport: PORT,
+        },
+    )
+    .payload(20)
+    .build()[..UDP4 + 4]
+        .to_vec();
+
+    let mut qinq = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x01, 0x81, 0x00, 0x00, 0x02]);
+
     let mut tagged = vxlan(outer4(), PORT, VXLAN_FLAG_I, 200, &inner_tcp());
     tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
     assert_eq!(u16::from_be_bytes([tagged[12], tagged[13]]), ETH_P_8021Q);
@@ -264,6 +279,17 @@ fn cases() -> Vec<Case> {
             Counted::Malformed,
         ),
         pass("truncated VXLAN header", short_header, Counted::Malformed),
+        // Regressions of the differential test's receiver model (the program was right).
+        pass(
+            "UDP to the receiver's port cut right after the ports",
+            cut_after_ports,
+            Counted::Malformed,
+        ),
+        pass(
+            "QinQ (802.1ad + 802.1Q) outer frame: not the receiver's",
+            qinq,
+            Counted::NotMirror,
+        ),
         pass(
             "UDP length claims more than arrived",
             udp_too_long,
@@ -498,6 +524,20 @@ fn tc_receive_refuses_what_adjust_room_cannot_shrink_and_counts_it() {
                 "a 44-byte inner frame, IPv6 outer",
                 packet.clone(),
                 Counted::RedirectError(100),
+            )],
+        ));
+        // Padding after the datagram counts toward what must remain (a regression of the
+        // differential test's model): 30 + 10 bytes are IPv6's 40.
+        let mut padded = packet.clone();
+        padded.extend_from_slice(&[0xee; 10]);
+        failures.extend(run_cases(
+            dp,
+            Prog::Tc,
+            vec![redirect(
+                "a 44-byte inner frame, IPv6 outer, 10 bytes of padding",
+                padded,
+                tiny.clone(),
+                100,
             )],
         ));
         // With an IPv4 outer header 20 bytes must remain, which 30 are.

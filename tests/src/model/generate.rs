@@ -688,3 +688,69 @@ pub fn receiver_frame(rng: &mut Rng, port: u16, vnis: &[u32]) -> Vec<u8> {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirror_agent::model::Direction;
+
+    fn target() -> Target {
+        Target {
+            id: "tmt-t".into(),
+            destination_ip: "198.18.0.9".parse().expect("address"),
+            destination_port: 4789,
+        }
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_rule_sets_and_frames() {
+        for index in 0..20 {
+            let mut a = Rng::for_item(7, index);
+            let mut b = Rng::for_item(7, index);
+            let (sa, sb) = (
+                rule_set(&mut a, index, "eth0", &target()),
+                rule_set(&mut b, index, "eth0", &target()),
+            );
+            assert_eq!(sa.objects, sb.objects);
+            for _ in 0..50 {
+                assert_eq!(source_frame(&mut a, &sa), source_frame(&mut b, &sb));
+                assert_eq!(
+                    receiver_frame(&mut a, 4789, &[1, 2]),
+                    receiver_frame(&mut b, 4789, &[1, 2])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rule_sets_stay_within_the_quotas() {
+        for index in 0..200 {
+            let set = rule_set(&mut Rng::for_item(11, index), index, "eth0", &target());
+            let sessions = &set.objects.sessions;
+            assert!((1..=8).contains(&sessions.len()));
+            let mut prios: Vec<u16> = sessions.iter().map(|s| s.priority).collect();
+            prios.sort();
+            prios.dedup();
+            assert_eq!(prios.len(), sessions.len(), "session priorities are unique");
+            for f in &set.objects.filters {
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    let rules = f.rules_in_order(dir);
+                    assert!(rules.len() <= RULES_PER_DIRECTION);
+                    let mut p: Vec<u16> = rules.iter().map(|r| r.priority).collect();
+                    p.dedup();
+                    assert_eq!(p.len(), rules.len(), "rule priorities are unique");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_never_shorter_than_the_test_run_takes() {
+        let mut rng = Rng::new(3);
+        let set = rule_set(&mut rng, 0, "eth0", &target());
+        for _ in 0..5000 {
+            assert!(source_frame(&mut rng, &set).len() >= 15);
+            assert!(receiver_frame(&mut rng, 4789, &[5]).len() >= 15);
+        }
+    }
+}
