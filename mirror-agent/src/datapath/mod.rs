@@ -64,6 +64,14 @@ pub enum DatapathError {
         name: &'static str,
         source: MapError,
     },
+    #[error("map {name}: {reason}")]
+    MapOther { name: &'static str, reason: String },
+    #[error("{table}: all {capacity} slots are in use")]
+    SlotsExhausted { table: &'static str, capacity: u32 },
+    #[error("interface {0} not found")]
+    InterfaceNotFound(String),
+    #[error("capture devices: {0}")]
+    Captures(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("program {0} is missing from the eBPF object")]
@@ -1292,12 +1300,8 @@ impl Datapath {
 
     /// `mirror_tx` on an uplink's egress, first in line; the uplink's name.
     fn ensure_uplink(&mut self, index: u32) -> Result<String, DatapathError> {
-        let name = ifname(index).ok_or_else(|| {
-            DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("interface {index} not found"),
-            ))
-        })?;
+        let name =
+            ifname(index).ok_or_else(|| DatapathError::InterfaceNotFound(format!("#{index}")))?;
         match self.uplinks.get(&name) {
             Some(t) if t.ifindex == index => return Ok(name),
             Some(_) => {
@@ -1368,10 +1372,7 @@ impl Datapath {
             if self.attached.contains_key(ifname) {
                 self.remove_source(ifname)?;
             }
-            return Err(DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "interface not found",
-            )));
+            return Err(DatapathError::InterfaceNotFound(ifname.to_string()));
         };
         if self
             .attached
@@ -1386,16 +1387,13 @@ impl Datapath {
             a.flow_log = cfg.flags & SOURCE_FLOW_LOG != 0;
             return self.maps.set_source(index, cfg);
         }
-        let stats_slot = self
-            .sources
-            .get_or_alloc(ifname)
-            .ok_or_else(|| DatapathError::Map {
-                name: map_names::SOURCE_STATS,
-                source: MapError::OutOfBounds {
-                    index: MAX_SOURCES,
-                    max_entries: MAX_SOURCES,
-                },
-            })?;
+        let stats_slot =
+            self.sources
+                .get_or_alloc(ifname)
+                .ok_or(DatapathError::SlotsExhausted {
+                    table: map_names::SOURCE_STATS,
+                    capacity: MAX_SOURCES,
+                })?;
         self.maps.reset_source_stats(stats_slot)?;
         cfg.stats_slot = stats_slot;
         // The map entry goes in first: a program attached before it would just pass packets.

@@ -390,26 +390,18 @@ impl Receive {
         netlink: &Handle,
         r: &Receiver,
     ) -> Result<(), DatapathError> {
-        let index = ifindex(&r.interface).ok_or_else(|| {
-            DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("receiving interface {} not found", r.interface),
-            ))
-        })?;
+        let index = ifindex(&r.interface)
+            .ok_or_else(|| DatapathError::InterfaceNotFound(r.interface.clone()))?;
         let mut fresh = None;
         let stats_slot = match self.attached.get(&r.id) {
             Some(a) => a.stats_slot,
             None => {
-                let slot =
-                    self.interface_slots
-                        .get_or_alloc(&r.id)
-                        .ok_or_else(|| DatapathError::Map {
-                            name: map_names::RX_INTERFACES,
-                            source: MapError::OutOfBounds {
-                                index: MAX_RX_INTERFACES,
-                                max_entries: MAX_RX_INTERFACES,
-                            },
-                        })?;
+                let slot = self.interface_slots.get_or_alloc(&r.id).ok_or(
+                    DatapathError::SlotsExhausted {
+                        table: map_names::RX_INTERFACES,
+                        capacity: MAX_RX_INTERFACES,
+                    },
+                )?;
                 self.interface_stats
                     .set(slot, zeroed_per_cpu()?, 0)
                     .map_err(map_err(map_names::RX_INTERFACE_STATS))?;
@@ -510,9 +502,7 @@ impl Receive {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(DatapathError::Netlink(std::io::Error::other(
-                problems.join("; "),
-            )))
+            Err(DatapathError::Captures(problems.join("; ")))
         }
     }
 
@@ -692,12 +682,9 @@ async fn add_capture(
         Some(slot) => {
             place_vni(&mut maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot)
         }
-        None => Err(DatapathError::Map {
-            name: map_names::RX_VNIS,
-            source: MapError::OutOfBounds {
-                index: MAX_RX_VNIS,
-                max_entries: MAX_RX_VNIS,
-            },
+        None => Err(DatapathError::SlotsExhausted {
+            table: map_names::RX_VNIS,
+            capacity: MAX_RX_VNIS,
         }),
     };
     match placed {
@@ -736,7 +723,10 @@ fn place_vni(
                 name: map_names::RX_CAPTURE,
                 source,
             },
-            other => DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {other}"))),
+            other => DatapathError::MapOther {
+                name: map_names::RX_CAPTURE,
+                reason: other.to_string(),
+            },
         })?;
     maps.vnis
         .insert(
