@@ -325,6 +325,25 @@ pub const ERR_REASON_NAMES: [&str; ERR_REASONS] = [
     "encap",
 ];
 
+/// `total += per_cpu_value` for a counter struct. The fields are named in a destructuring
+/// `let`, so a counter added to the struct but not here is a compile error, not a sum that
+/// silently leaves it out.
+macro_rules! sum_counters {
+    ($ty:ident { $($field:ident),* $(,)? } $(, arrays { $($array:ident),* $(,)? })?) => {
+        impl core::ops::AddAssign for $ty {
+            fn add_assign(&mut self, other: Self) {
+                let $ty { $($field,)* $($($array,)*)? } = other;
+                $(self.$field += $field;)*
+                $($(
+                    for (total, value) in self.$array.iter_mut().zip($array) {
+                        *total += value;
+                    }
+                )*)?
+            }
+        }
+    };
+}
+
 /// Per-CPU value of `SESSION_STATS`, indexed by `slot * DIRECTIONS + direction`.
 ///
 /// `packets`/`bytes` are written by the source programs when a copy is handed on;
@@ -350,6 +369,17 @@ pub struct SessionStats {
     /// the clone: a skipped packet costs no copy.
     pub skipped: [u64; SKIP_REASONS],
 }
+
+sum_counters!(
+    SessionStats {
+        packets,
+        bytes,
+        copies,
+        truncated,
+        segmented
+    },
+    arrays { errors, skipped }
+);
 
 /// Reasons a matching packet was not copied; indexes of `SessionStats::skipped`.
 pub const SKIP_BUDGET_PACKETS: usize = 0;
@@ -377,6 +407,15 @@ pub struct SourceStats {
     /// Mirror copies seen on this interface (it is the uplink to a target): skipped.
     pub mirror_traffic: u64,
 }
+
+sum_counters!(SourceStats {
+    packets,
+    bytes,
+    mirrored,
+    not_ip,
+    malformed,
+    mirror_traffic
+});
 
 /// `FlowKey::action` values.
 pub const FLOW_ACCEPT: u8 = 0;
@@ -435,6 +474,11 @@ pub struct FlowStats {
     /// Flows that could not be created.
     pub skipped_flows: u64,
 }
+
+sum_counters!(FlowStats {
+    skipped_packets,
+    skipped_flows
+});
 
 /// Offsets into `struct sk_buff` and `struct net_device` for the drop tracepoint, read by
 /// the agent from the kernel's BTF (the programs cannot use CO-RE here). `valid` = 0 turns
@@ -519,6 +563,13 @@ pub struct RxInterfaceStats {
     pub unknown_vni: u64,
 }
 
+sum_counters!(RxInterfaceStats {
+    packets,
+    not_mirror,
+    malformed,
+    unknown_vni
+});
+
 /// Per-CPU value of `RX_VNI_STATS`, indexed by `RxVni::slot`.
 /// Written by `mirror_receive`, read by the agent.
 #[repr(C)]
@@ -537,6 +588,14 @@ pub struct RxVniStats {
     /// otherwise). Transmit failures after the program returned are the kernel's to count.
     pub redirect_errors: u64,
 }
+
+sum_counters!(RxVniStats {
+    frames,
+    bytes,
+    malformed,
+    no_capture,
+    redirect_errors
+});
 
 #[cfg(feature = "user")]
 mod user {

@@ -211,17 +211,7 @@ impl Maps {
                 .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
                 .map_err(map_err(map_names::SESSION_STATS))?;
             for v in values.iter() {
-                total.packets += v.packets;
-                total.bytes += v.bytes;
-                total.copies += v.copies;
-                total.truncated += v.truncated;
-                total.segmented += v.segmented;
-                for (t, e) in total.errors.iter_mut().zip(v.errors) {
-                    *t += e;
-                }
-                for (t, e) in total.skipped.iter_mut().zip(v.skipped) {
-                    *t += e;
-                }
+                *total += *v;
             }
         }
         Ok(out)
@@ -236,12 +226,7 @@ impl Maps {
                 .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
                 .map_err(map_err(map_names::SOURCE_STATS))?;
             for v in values.iter() {
-                total.packets += v.packets;
-                total.bytes += v.bytes;
-                total.mirrored += v.mirrored;
-                total.not_ip += v.not_ip;
-                total.malformed += v.malformed;
-                total.mirror_traffic += v.mirror_traffic;
+                *total += *v;
             }
         }
         Ok(out)

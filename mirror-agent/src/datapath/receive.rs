@@ -563,21 +563,14 @@ impl Receive {
             };
             if let Ok(values) = self.interface_stats.get(&a.stats_slot, 0) {
                 for v in values.iter() {
-                    st.interface.packets += v.packets;
-                    st.interface.not_mirror += v.not_mirror;
-                    st.interface.malformed += v.malformed;
-                    st.interface.unknown_vni += v.unknown_vni;
+                    st.interface += *v;
                 }
             }
             for (vni, c) in &a.captures {
                 let mut total = RxVniStats::default();
                 if let Ok(values) = self.vni_stats.get(&c.slot, 0) {
                     for v in values.iter() {
-                        total.frames += v.frames;
-                        total.bytes += v.bytes;
-                        total.malformed += v.malformed;
-                        total.no_capture += v.no_capture;
-                        total.redirect_errors += v.redirect_errors;
+                        total += *v;
                     }
                 }
                 st.vnis.insert(*vni, (capture_name(*vni), total));
