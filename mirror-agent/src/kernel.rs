@@ -185,7 +185,10 @@ mod tests {
         );
         let missing: Vec<_> = r.missing().map(|f| f.name).collect();
         // Ubuntu 22.04's 5.15.
-        assert_eq!(missing, [TCX, DROP_REASON, XDP_FRAGS, TRACING_RUNTIME_ALLOC]);
+        assert_eq!(
+            missing,
+            [TCX, DROP_REASON, XDP_FRAGS, TRACING_RUNTIME_ALLOC]
+        );
         assert!(r.drop_accounting().is_err());
         let r = KernelReport::new(
             "5.14.0".into(),
