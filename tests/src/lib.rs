@@ -29,3 +29,18 @@ pub fn time_scale() -> u32 {
 pub fn scaled(d: std::time::Duration) -> std::time::Duration {
     d * time_scale()
 }
+
+/// Whether the running kernel is at least `major.minor` (from /proc/sys/kernel/osrelease).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    kernel_version() >= (major, minor)
+}
+
+/// The running kernel's (major, minor).
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}

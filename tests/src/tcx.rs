@@ -8,7 +8,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use crate::netns::{NetNs, in_netns};
 
 /// The TCX programs attached to `dev` in `ns`: (direction, program name, program id). A
-/// device that does not exist has none.
+/// device that does not exist, or a kernel without TCX, has none.
 pub fn attached(ns: &NetNs, dev: &str) -> BTreeSet<(String, String, u32)> {
     in_netns(ns, || {
         let mut progs = BTreeSet::new();
@@ -19,6 +19,8 @@ pub fn attached(ns: &NetNs, dev: &str) -> BTreeSet<(String, String, u32)> {
             let infos = match SchedClassifier::query_tcx(dev, attach) {
                 Ok((_, infos)) => infos,
                 Err(_) if crate::netns::ifindex_in_current(dev).is_none() => continue,
+                // A kernel without TCX (before 6.6) cannot be asked, and has none attached.
+                Err(_) if !crate::kernel_at_least(6, 6) => continue,
                 Err(e) => panic!("querying TCX {kind} of {dev}: {e}"),
             };
             for info in infos {

@@ -10,18 +10,9 @@
 use mirror_tests::{
     agent::Agent,
     http::{metric_value, metrics_get},
+    kernel_version,
     topology::{Topology, config_with_collector},
 };
-
-/// The running kernel's (major, minor).
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().expect("version number"));
-    (parts.next().expect("major"), parts.next().expect("minor"))
-}
 
 #[test]
 fn the_agent_reports_the_kernels_features_and_adapts_to_missing_ones() {

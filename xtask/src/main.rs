@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -32,8 +34,13 @@ enum Task {
         args: Vec<String>,
     },
     /// Setup, formatting and lints of both crates, then every test (kernel tests included,
-    /// one at a time), with a quick benchmark pass first so its harness cannot rot.
-    Test,
+    /// one at a time), with a quick benchmark pass first so its harness cannot rot; then the
+    /// kernel-state subset again on Linux 6.1 in a VM.
+    Test {
+        /// Only the VM pass, on this kernel (6.1: Debian 12's).
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// A throwaway lab (root): workload and collector namespaces around a node namespace
     /// running the agent; creates a session and a flow log through the API, shows copies
     /// arriving (tcpdump) and flow-log records, then removes everything.
@@ -154,21 +161,7 @@ fn setup() -> Result<()> {
         eprintln!("not root: skipping Debian packages and mounts (tests need root anyway)");
         return Ok(());
     }
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    apt_install(DEBIAN_PACKAGES)?;
     mount_if_missing("bpf", "/sys/fs/bpf")?;
     mount_if_missing("tracefs", "/sys/kernel/tracing")?;
     sdk_venv()
@@ -200,6 +193,26 @@ fn sdk_venv() -> Result<()> {
         .arg(&requirements))?;
     std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
+}
+
+/// Installs those of `packages` that are not installed yet (Debian's apt).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn mount_if_missing(fstype: &str, path: &str) -> Result<()> {
@@ -488,7 +501,10 @@ fn main() -> ExitCode {
                 .arg("run")
                 .args(args))
         }),
-        Task::Test => setup().and_then(|()| {
+        Task::Test {
+            kernel: Some(kernel),
+        } => setup().and_then(|()| vm::test_kernel(&kernel)),
+        Task::Test { kernel: None } => setup().and_then(|()| {
             lint()?;
             // The end-to-end tests run the agent binary.
             run(cargo().args(["build", "-p", "mirror-agent"]))?;
@@ -515,7 +531,9 @@ fn main() -> ExitCode {
                 "restart",
                 "--",
                 "--test-threads=1",
-            ]))
+            ]))?;
+            // The fleet's older kernel: Debian 12 / Amazon Linux 2023's 6.1.
+            vm::test_kernel("6.1")
         }),
         Task::Bench { quick } => setup().and_then(|()| bench(quick)),
         Task::Fuzz { cases, seed } => setup().and_then(|()| fuzz(cases, seed)),
