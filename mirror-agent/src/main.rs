@@ -93,6 +93,13 @@ struct RunArgs {
     /// next hop is known, the kernel's VXLAN device otherwise) or tunnel (always the device).
     #[arg(long, value_enum)]
     copy_path: Option<CopyPathMode>,
+    /// Also apply this node's share of the cluster's mirror custom resources (in-cluster
+    /// service account, or KUBECONFIG), and report it in the node's MirrorNodeState.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The node's name in Kubernetes mode [default: $NODE_NAME, from the downward API].
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +135,8 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         log_format: None,
         tc_attach: None,
         copy_path: None,
+        kubernetes: false,
+        node_name: None,
     };
     let settings = settings(&run, &file);
     if tokio::net::UnixStream::connect(&settings.api_socket)
@@ -299,6 +308,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = settings(&args, &file);
     init_logging(settings.log_format);
     info!(?settings, "starting");
+    // Checked before anything is loaded: a DaemonSet without the downward API fails at once.
+    let node_name = if args.kubernetes {
+        let name = args
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+            .context(
+                "--kubernetes needs --node-name or NODE_NAME (the downward API's spec.nodeName)",
+            )?;
+        Some(name)
+    } else {
+        None
+    };
     let store = Store::open(&settings.state_dir)
         .with_context(|| format!("opening the store in {}", settings.state_dir.display()))?;
     let token = file
@@ -404,6 +427,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (passes_tx, mut passes) = tokio::sync::watch::channel(0u64);
     let started = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller_netlink = netlink.clone();
     let reconciler = Reconciler {
         svc: Arc::clone(&svc),
         datapath,
@@ -440,7 +464,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ipfix: file.ipfix_collector,
         drop_reasons,
         tick: Duration::from_millis(file.flow_drain_ms.unwrap_or(1000).max(100)),
-        stop: stop_rx,
+        stop: stop_rx.clone(),
         ticks: ticks_tx,
         metrics: Arc::clone(&svc.metrics),
     };
@@ -502,6 +526,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reconciled
         .store(true, std::sync::atomic::Ordering::SeqCst);
 
+    let controller = match node_name {
+        Some(node) => {
+            // The store keeps the last plan: until the API server answers, it is applied.
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+            let connection =
+                mirror_agent::kubernetes::node::Connection::new(&svc, Arc::clone(&health))
+                    .context("mirror_kubernetes_connected")?;
+            info!(%node, "Kubernetes mode: watching the mirror resources and this node's pods");
+            Some(tokio::spawn(
+                mirror_agent::kubernetes::node::NodeController {
+                    client,
+                    node,
+                    svc: Arc::clone(&svc),
+                    netlink: controller_netlink,
+                    connection,
+                    rule_quota: file.rule_quota(),
+                    stop: stop_rx.clone(),
+                }
+                .run(),
+            ))
+        }
+        None => None,
+    };
+
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -522,6 +572,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    if let Some(c) = controller {
+        let _ = c.await;
+    }
     let _ = runner.await;
     let mut datapath = reconciler.await.context("reconciler task")?;
     if settings.detach_on_exit || !datapath.is_pinned() {
