@@ -112,7 +112,7 @@ async fn pods_are_listed_and_watched_on_this_node_only() {
     );
     assert_eq!(q["allowWatchBookmarks"], "true");
     assert_eq!(q["timeoutSeconds"], "290");
-    assert_eq!(signals.recv().await, Some(Signal::Listing("Pod")));
+    assert_eq!(signals.recv().await, Some(Signal::Relisting("Pod")));
     assert_eq!(signals.recv().await, Some(Signal::Listed("Pod")));
 }
 
@@ -237,7 +237,7 @@ async fn too_many_requests_retries_with_backoff() {
         }
     }
     assert!(
-        matches!(&got[..], [Signal::Listing("Pod"), Signal::Error("Pod", e), Signal::Listing("Pod"), Signal::Listed("Pod")] if e.contains("TooManyRequests")),
+        matches!(&got[..], [Signal::Relisting("Pod"), Signal::Error("Pod", e), Signal::Relisting("Pod"), Signal::Listed("Pod")] if e.contains("TooManyRequests")),
         "{got:?}"
     );
 }

@@ -56,7 +56,9 @@ pub fn node_config(node: &str) -> watcher::Config {
 /// What a watch stream tells the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
-    /// A relist started or delivered an object (the store is swapped at `Listed`).
+    /// A relist starts (before any request: says nothing about the connection).
+    Relisting(&'static str),
+    /// A relist delivered an object (the store is swapped at `Listed`).
     Listing(&'static str),
     /// A (re)list completed: the kind's store holds the full set.
     Listed(&'static str),
@@ -81,7 +83,8 @@ where
         .reflect(writer)
         .map(move |r| match r {
             Ok(watcher::Event::InitDone) => Signal::Listed(kind),
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Signal::Listing(kind),
+            Ok(watcher::Event::Init) => Signal::Relisting(kind),
+            Ok(watcher::Event::InitApply(_)) => Signal::Listing(kind),
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed(kind),
             Err(e) => Signal::Error(kind, e.to_string()),
         })
@@ -312,6 +315,7 @@ impl NodeController {
                 s = signals.next() => {
                     let Some(s) = s else { break };
                     match s {
+                        Signal::Relisting(_) => {}
                         Signal::Error(kind, e) => {
                             failing.insert(kind, e.clone());
                             self.connection.set(false, Some(&e));
