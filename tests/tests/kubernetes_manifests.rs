@@ -1,8 +1,9 @@
 //! The Kubernetes manifests, checked offline by the tools that exist for them here (no API
 //! server can be installed on these machines): the committed CRDs are exactly what
 //! `mirror-agent crds` generates from the Rust types; `kubectl kustomize` renders the base;
-//! `kubernetes-validate --strict` accepts the CRDs and the DaemonSet as the API's schemas
-//! define them; the example custom resources pass the generated schemas and bad ones are
+//! `kubernetes-validate --strict` accepts everything it renders (CRDs, RBAC, the
+//! Kubernetes-mode DaemonSet) and deploy/daemonset.yaml as the API's schemas define them; the
+//! agent's ClusterRole is exactly what its requests need; the example custom resources pass the generated schemas and bad ones are
 //! refused with the reason (tests/sdk/validate_crs.py applies each CRD's openAPIV3Schema as
 //! the API server does, unknown fields refused).
 
@@ -66,7 +67,7 @@ fn committed_crds_are_generated_from_the_types() {
 }
 
 #[test]
-fn kustomize_renders_and_the_api_schemas_accept_crds_and_daemonset() {
+fn kustomize_renders_and_the_api_schemas_accept_crds_rbac_and_daemonsets() {
     let (ok, rendered) = run(Command::new("kubectl")
         .args(["kustomize"])
         .arg(repo().join("deploy/kubernetes/base")));
@@ -100,6 +101,129 @@ fn kustomize_renders_and_the_api_schemas_accept_crds_and_daemonset() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The base as `kubectl kustomize` renders it, one JSON value per object (PyYAML of the
+/// validator's venv reads the YAML).
+fn rendered_base() -> Vec<serde_json::Value> {
+    let (ok, rendered) = run(Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join("deploy/kubernetes/base")));
+    assert!(ok, "kubectl kustomize: {rendered}");
+    let mut child = Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rendered.as_bytes())
+        .expect("feed YAML");
+    let out = child.wait_with_output().expect("python output");
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+}
+
+fn object<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} missing from the rendered base"))
+}
+
+/// The agent's ClusterRole grants exactly what the node controller's requests need
+/// (mirror-agent/src/kubernetes/node.rs and status.rs): read the mirror resources, pods,
+/// namespaces and nodes; create and server-side apply MirrorNodeStates and their status.
+/// Nothing else (no secrets, no wildcards, no writes to the mirror resources).
+#[test]
+fn agent_rbac_is_least_privilege() {
+    use std::collections::BTreeSet;
+    let docs = rendered_base();
+    let role = object(&docs, "ClusterRole", "mirror-agent-node");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
+        for g in rule["apiGroups"].as_array().expect("apiGroups") {
+            for r in rule["resources"].as_array().expect("resources") {
+                for v in rule["verbs"].as_array().expect("verbs") {
+                    granted.insert(format!(
+                        "{}/{} {}",
+                        g.as_str().unwrap(),
+                        r.as_str().unwrap(),
+                        v.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    let mut want = BTreeSet::new();
+    for r in [
+        "mirror-agent.io/trafficmirrorfilters",
+        "mirror-agent.io/trafficmirrortargets",
+        "mirror-agent.io/trafficmirrorsessions",
+        "mirror-agent.io/trafficmirrorreceivers",
+        "mirror-agent.io/flowlogs",
+        "/pods",
+        "/namespaces",
+        "/nodes",
+    ] {
+        for v in ["get", "list", "watch"] {
+            want.insert(format!("{r} {v}"));
+        }
+    }
+    for v in ["get", "create", "patch"] {
+        want.insert(format!("mirror-agent.io/mirrornodestates {v}"));
+    }
+    for v in ["get", "patch"] {
+        want.insert(format!("mirror-agent.io/mirrornodestates/status {v}"));
+    }
+    assert_eq!(granted, want);
+    let binding = object(&docs, "ClusterRoleBinding", "mirror-agent-node");
+    assert_eq!(binding["roleRef"]["name"], "mirror-agent-node");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "mirror-agent", "namespace": "mirror-agent"}])
+    );
+    object(&docs, "ServiceAccount", "mirror-agent");
+}
+
+/// The base's DaemonSet runs the agent in Kubernetes mode as the bound service account,
+/// with its node's name from the downward API.
+#[test]
+fn daemonset_runs_kubernetes_mode_with_the_node_name() {
+    let docs = rendered_base();
+    let ds = object(&docs, "DaemonSet", "mirror-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "mirror-agent");
+    assert_eq!(pod["hostNetwork"], true);
+    let agent = &pod["containers"][0];
+    let args: Vec<&str> = agent["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--kubernetes"), "{args:?}");
+    let env = agent["env"].as_array().expect("env");
+    let node = env
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let caps = &agent["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        caps["add"],
+        serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"])
+    );
+    assert_eq!(agent["securityContext"]["privileged"], false);
 }
 
 fn validate(resources: &Path) -> (bool, String) {
