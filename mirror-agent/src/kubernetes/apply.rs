@@ -146,7 +146,7 @@ pub fn write(store: &Store, objects: &FileConfig) -> Result<usize, DeclareError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{
         collections::BTreeMap,
         sync::{Arc, RwLock},
@@ -163,13 +163,13 @@ mod tests {
         service::Service,
     };
 
-    struct TempStore(std::path::PathBuf);
+    pub(crate) struct TempStore(std::path::PathBuf);
     impl Drop for TempStore {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-    fn temp_store() -> (Store, TempStore) {
+    pub(crate) fn temp_store() -> (Store, TempStore) {
         let dir = std::env::temp_dir().join(format!("mirror-k8s-apply-{}", uuid::Uuid::new_v4()));
         (Store::open(&dir).unwrap(), TempStore(dir))
     }

@@ -305,3 +305,180 @@ async fn node_state_is_server_side_applied_only_on_change() {
     assert_eq!(st["status"]["sessions"][0]["state"], "Created");
     assert_eq!(write.await.unwrap(), (true, false, true));
 }
+
+/// The mock API server of the controller test: lists by path, holds watches open (or ends
+/// them with 410 when told), echoes server-side applies and reports them.
+async fn serve(
+    mut handle: Mock,
+    lists: BTreeMap<&'static str, Value>,
+    applied: mpsc::UnboundedSender<(String, Value)>,
+    mut gone: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut watches = Vec::new();
+    loop {
+        let (req, send) = tokio::select! {
+            r = handle.next_request() => match r { Some(r) => r, None => return },
+            _ = gone.changed() => {
+                // Every open watch ends with 410 Gone; from now on every list fails.
+                for send in watches.drain(..) {
+                    reply(send, StatusCode::OK, json!({"type": "ERROR", "object": status(410, "Expired")}));
+                }
+                continue;
+            }
+        };
+        let path = req.uri().path().to_string();
+        let q = query(&req);
+        if req.method() == Method::PATCH {
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            let _ = applied.send((path, body.clone()));
+            reply(send, StatusCode::OK, body);
+        } else if *gone.borrow() {
+            reply(
+                send,
+                StatusCode::SERVICE_UNAVAILABLE,
+                status(503, "ServiceUnavailable"),
+            );
+        } else if q.contains_key("watch") {
+            watches.push(send);
+        } else if let Some(list) = lists.get(path.as_str()) {
+            reply(send, StatusCode::OK, list.clone());
+        } else {
+            panic!("unexpected request {path}?{q:?}");
+        }
+    }
+}
+
+async fn next_apply(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
+    tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no server-side apply within 20 s")
+        .expect("server gone")
+}
+
+fn list_of(kind: &str, items: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"),
+           "metadata": {"resourceVersion": "7"}, "items": items})
+}
+
+/// The node controller end to end against the mock server: no plan before every watch has
+/// listed; the plan lands in the store as objects of origin kubernetes; the node's
+/// MirrorNodeState is applied with the selected pod and its error; an API-server outage
+/// (410 on every watch, then 503) leaves the store as it was and shows in the gauge and the
+/// probes; the controller stops on request.
+#[tokio::test]
+async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_going() {
+    use std::sync::{Arc, RwLock};
+
+    use crate::{metrics::Health, records::Origin, service::Service};
+
+    let (store, _dir) = super::apply::tests::temp_store();
+    let svc = Arc::new(Service::new(
+        store.clone(),
+        10,
+        10,
+        BTreeMap::new(),
+        "local".into(),
+        Arc::new(RwLock::new(Vec::new())),
+        Arc::new(tokio::sync::Notify::new()),
+    ));
+    let (conn, netlink, _) = rtnetlink::new_connection().unwrap();
+    tokio::spawn(conn);
+    let health = Arc::new(Health::default());
+    let connection = node::Connection::new(&svc, Arc::clone(&health)).unwrap();
+    let gauge = connection.gauge.clone();
+    let (client, handle) = mock_client();
+    let crd = |kind: &str, name: &str, spec: Value| {
+        json!({"apiVersion": "mirror-agent.io/v1alpha1", "kind": kind,
+               "metadata": {"name": name}, "spec": spec})
+    };
+    let g = "/apis/mirror-agent.io/v1alpha1";
+    let lists: BTreeMap<&'static str, Value> = [
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrorfilters", list_of("TrafficMirrorFilter", json!([crd("TrafficMirrorFilter", "https", json!({"ingressRules": [{"priority": 1, "action": "accept", "protocol": "TCP", "destinationPortRange": "443/443"}]}))]))),
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrortargets", list_of("TrafficMirrorTarget", json!([crd("TrafficMirrorTarget", "ids", json!({"destinationIp": "10.20.0.15"}))]))),
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrorsessions", list_of("TrafficMirrorSession", json!([crd("TrafficMirrorSession", "payments", json!({"priority": 1, "virtualNetworkId": 100, "packetLength": 256, "filterRef": "https", "targetRef": "ids", "sources": {"interfaces": ["lo"], "podSelector": {"matchLabels": {"app": "payments"}}}}))]))),
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrorreceivers", list_of("TrafficMirrorReceiver", json!([]))),
+        ("/apis/mirror-agent.io/v1alpha1/flowlogs", list_of("FlowLog", json!([]))),
+        ("/api/v1/namespaces", list_of("Namespace", json!([{"metadata": {"name": "shop"}}]))),
+        ("/api/v1/nodes", list_of("Node", json!([{"metadata": {"name": "node-a", "uid": "uid-a"}}]))),
+        ("/api/v1/pods", list_of("Pod", json!([{
+            "metadata": {"name": "pay-1", "namespace": "shop", "labels": {"app": "payments"}},
+            "spec": {"nodeName": "node-a", "containers": []},
+            "status": {"phase": "Running", "podIPs": [{"ip": "192.0.2.77"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }]))),
+    ]
+    .into_iter()
+    .collect();
+    let (applied_tx, mut applied) = mpsc::unbounded_channel();
+    let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(handle, lists, applied_tx, gone_rx));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller = tokio::spawn(
+        node::NodeController {
+            client,
+            node: "node-a".into(),
+            svc: Arc::clone(&svc),
+            netlink,
+            connection,
+            rule_quota: 10,
+            stop: stop_rx,
+        }
+        .run(),
+    );
+    let (path, object) = next_apply(&mut applied).await;
+    assert_eq!(path, format!("{g}/mirrornodestates/node-a"));
+    assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "uid-a");
+    let (path, st) = next_apply(&mut applied).await;
+    assert_eq!(path, format!("{g}/mirrornodestates/node-a/status"));
+    let session = &st["status"]["sessions"][0];
+    assert_eq!(session["name"], "payments");
+    assert_eq!(session["sources"], json!([{"interface": "lo"}]));
+    let errors = session["errors"].to_string();
+    assert!(
+        errors.contains("pod shop/pay-1: no host interface routes its IP 192.0.2.77"),
+        "{st}"
+    );
+    assert_eq!(gauge.get(), 1);
+    let snap = store.snapshot().unwrap();
+    let ids: Vec<(&str, Origin)> = snap
+        .sessions
+        .iter()
+        .map(|s| (s.id.as_str(), s.origin))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("tms-k8s-payments", Origin::Kubernetes),
+            ("tms-k8s-payments-pods", Origin::Kubernetes)
+        ]
+    );
+
+    // The API server goes away: every watch gets 410, every relist 503.
+    gone_tx.send(true).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while gauge.get() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never disconnected");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        health
+            .readiness()
+            .1
+            .contains("Kubernetes API server unreachable"),
+        "{:?}",
+        health.readiness()
+    );
+    // Planning goes on every 2 s from the kept stores: the store keeps the same objects.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let after = store.snapshot().unwrap();
+    assert_eq!(after.sessions.len(), 2);
+    assert!(after.sessions.iter().all(
+        |s| s.origin == Origin::Kubernetes && s.state != crate::records::SessionState::Deleting
+    ));
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), controller)
+        .await
+        .expect("the controller stops")
+        .unwrap();
+}
