@@ -169,6 +169,19 @@ pub(super) mod tests {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+    /// A service over `store` with the default quotas, no aliases and no links.
+    pub(crate) fn service(store: Store) -> Service {
+        Service::new(
+            store,
+            10,
+            10,
+            BTreeMap::new(),
+            "local".into(),
+            Arc::new(RwLock::new(Vec::new())),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    }
+
     pub(crate) fn temp_store() -> (Store, TempStore) {
         let dir = std::env::temp_dir().join(format!("mirror-k8s-apply-{}", uuid::Uuid::new_v4()));
         (Store::open(&dir).unwrap(), TempStore(dir))
@@ -285,15 +298,7 @@ pub(super) mod tests {
         let (store, _dir) = temp_store();
         let (objects, _) = declared(&payments(), 10);
         write(&store, &objects).unwrap();
-        let svc = Service::new(
-            store,
-            10,
-            10,
-            BTreeMap::new(),
-            "local".into(),
-            Arc::new(RwLock::new(Vec::new())),
-            Arc::new(tokio::sync::Notify::new()),
-        );
+        let svc = service(store);
         let params = |q: &str| Params::parse(Some(q), None, b"").unwrap();
         let list = actions::read(&svc, "ListTrafficMirrorSessions", &params("")).unwrap();
         let text = list.to_string();

@@ -368,20 +368,12 @@ fn list_of(kind: &str, items: Value) -> Value {
 /// probes; the controller stops on request.
 #[tokio::test]
 async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_going() {
-    use std::sync::{Arc, RwLock};
+    use std::sync::Arc;
 
-    use crate::{metrics::Health, records::Origin, service::Service};
+    use crate::{metrics::Health, records::Origin};
 
     let (store, _dir) = super::apply::tests::temp_store();
-    let svc = Arc::new(Service::new(
-        store.clone(),
-        10,
-        10,
-        BTreeMap::new(),
-        "local".into(),
-        Arc::new(RwLock::new(Vec::new())),
-        Arc::new(tokio::sync::Notify::new()),
-    ));
+    let svc = Arc::new(super::apply::tests::service(store.clone()));
     let (conn, netlink, _) = rtnetlink::new_connection().unwrap();
     tokio::spawn(conn);
     let health = Arc::new(Health::default());
