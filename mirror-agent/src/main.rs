@@ -46,6 +46,10 @@ enum Command {
     /// Print the Kubernetes custom resource definitions (YAML) of the mirror objects, as
     /// `kubectl apply -f -` takes them.
     Crds,
+    /// Run the cluster controller: one replica at a time (a Lease) writes each
+    /// TrafficMirrorSession's status (Accepted, Ready, Degraded, node counts) from the
+    /// nodes' MirrorNodeStates.
+    Controller(ControllerArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -100,6 +104,56 @@ struct RunArgs {
     /// The node's name in Kubernetes mode [default: $NODE_NAME, from the downward API].
     #[arg(long)]
     node_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ControllerArgs {
+    /// This replica's name in the Lease [default: $POD_NAME, else the host name].
+    #[arg(long)]
+    identity: Option<String>,
+    /// The namespace of the Lease [default: $POD_NAMESPACE, else mirror-agent].
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Log lines as text or JSON; the level comes from RUST_LOG (default info) [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// `mirror-agent controller`: runs until SIGTERM or SIGINT.
+async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format.unwrap_or_default());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let identity = args
+        .identity
+        .or_else(|| env("POD_NAME"))
+        .or_else(|| env("HOSTNAME"))
+        .context("--identity, POD_NAME or HOSTNAME is needed for the Lease")?;
+    let lease_namespace = args
+        .lease_namespace
+        .or_else(|| env("POD_NAMESPACE"))
+        .unwrap_or_else(|| "mirror-agent".into());
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    info!(%identity, %lease_namespace, "controller starting");
+    let task = tokio::spawn(
+        mirror_agent::kubernetes::controller::Controller {
+            client,
+            lease_namespace,
+            identity,
+            stop,
+        }
+        .run(),
+    );
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(true);
+    task.await.context("controller task")?;
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -604,6 +658,18 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mirror-agent: CRDs: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Controller(args) => {
+            let result = tokio::runtime::Runtime::new()
+                .context("starting the runtime")
+                .and_then(|rt| rt.block_on(controller(args)));
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mirror-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             };

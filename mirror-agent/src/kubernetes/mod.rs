@@ -4,6 +4,7 @@
 pub mod apply;
 #[cfg(test)]
 mod client_tests;
+pub mod controller;
 pub mod crd;
 pub mod node;
 pub mod plan;

@@ -131,7 +131,8 @@ pub fn watches(client: &Client, node: &str) -> (Watches, BoxStream<'static, Sign
     (w, futures::stream::select_all(streams).boxed())
 }
 
-fn cloned<K>(s: &reflector::Store<K>) -> Vec<K>
+/// The store's objects, owned.
+pub(super) fn cloned<K>(s: &reflector::Store<K>) -> Vec<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
