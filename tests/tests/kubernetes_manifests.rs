@@ -137,16 +137,9 @@ fn object<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serd
         .unwrap_or_else(|| panic!("{kind}/{name} missing from the rendered base"))
 }
 
-/// The agent's ClusterRole grants exactly what the node controller's requests need
-/// (mirror-agent/src/kubernetes/node.rs and status.rs): read the mirror resources, pods,
-/// namespaces and nodes; create and server-side apply MirrorNodeStates and their status.
-/// Nothing else (no secrets, no wildcards, no writes to the mirror resources).
-#[test]
-fn agent_rbac_is_least_privilege() {
-    use std::collections::BTreeSet;
-    let docs = rendered_base();
-    let role = object(&docs, "ClusterRole", "mirror-agent-node");
-    let mut granted = BTreeSet::new();
+/// Every (group/resource verb) a ClusterRole or Role grants.
+fn granted(role: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut granted = std::collections::BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
         assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
         for g in rule["apiGroups"].as_array().expect("apiGroups") {
@@ -162,6 +155,18 @@ fn agent_rbac_is_least_privilege() {
             }
         }
     }
+    granted
+}
+
+/// The agent's ClusterRole grants exactly what the node controller's requests need
+/// (mirror-agent/src/kubernetes/node.rs and status.rs): read the mirror resources, pods,
+/// namespaces and nodes; create and server-side apply MirrorNodeStates and their status.
+/// Nothing else (no secrets, no wildcards, no writes to the mirror resources).
+#[test]
+fn agent_rbac_is_least_privilege() {
+    use std::collections::BTreeSet;
+    let docs = rendered_base();
+    let granted = granted(object(&docs, "ClusterRole", "mirror-agent-node"));
     let mut want = BTreeSet::new();
     for r in [
         "mirror-agent.io/trafficmirrorfilters",
@@ -191,6 +196,66 @@ fn agent_rbac_is_least_privilege() {
         serde_json::json!([{"kind": "ServiceAccount", "name": "mirror-agent", "namespace": "mirror-agent"}])
     );
     object(&docs, "ServiceAccount", "mirror-agent");
+}
+
+/// The controller reads sessions, filters, targets and node states, writes only sessions'
+/// status, and holds its Lease in its own namespace; its pod has no host access.
+#[test]
+fn controller_rbac_is_least_privilege_and_its_pod_unprivileged() {
+    use std::collections::BTreeSet;
+    let docs = rendered_base();
+    let mut want = BTreeSet::new();
+    for r in [
+        "trafficmirrorsessions",
+        "trafficmirrorfilters",
+        "trafficmirrortargets",
+        "mirrornodestates",
+    ] {
+        for v in ["get", "list", "watch"] {
+            want.insert(format!("mirror-agent.io/{r} {v}"));
+        }
+    }
+    for v in ["get", "patch"] {
+        want.insert(format!("mirror-agent.io/trafficmirrorsessions/status {v}"));
+    }
+    assert_eq!(
+        granted(object(&docs, "ClusterRole", "mirror-agent-controller")),
+        want
+    );
+    let lease = object(&docs, "Role", "mirror-agent-controller-lease");
+    assert_eq!(lease["metadata"]["namespace"], "mirror-agent");
+    let want: BTreeSet<String> = ["get", "create", "update"]
+        .iter()
+        .map(|v| format!("coordination.k8s.io/leases {v}"))
+        .collect();
+    assert_eq!(granted(lease), want);
+    for kind in ["ClusterRoleBinding", "RoleBinding"] {
+        let name = if kind == "RoleBinding" {
+            "mirror-agent-controller-lease"
+        } else {
+            "mirror-agent-controller"
+        };
+        assert_eq!(
+            object(&docs, kind, name)["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "mirror-agent-controller", "namespace": "mirror-agent"}])
+        );
+    }
+    let pod = &object(&docs, "Deployment", "mirror-agent-controller")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "mirror-agent-controller");
+    assert!(pod.get("hostNetwork").is_none());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"][0], "controller");
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(c["securityContext"]["capabilities"].get("add").is_none());
+    let env = c["env"].to_string();
+    assert!(
+        env.contains("POD_NAME") && env.contains("POD_NAMESPACE"),
+        "{env}"
+    );
 }
 
 /// The base's DaemonSet runs the agent in Kubernetes mode as the bound service account,
