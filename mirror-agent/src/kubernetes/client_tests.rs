@@ -306,8 +306,9 @@ async fn node_state_is_server_side_applied_only_on_change() {
     assert_eq!(write.await.unwrap(), (true, false, true));
 }
 
-/// The mock API server of the controller test: lists by path, holds watches open (or ends
-/// them with 410 when told), echoes server-side applies and reports them.
+/// The mock API server of the controller tests: lists by path, holds watches open (or ends
+/// them with 410 when told), has no Lease, echoes creations and server-side applies and
+/// reports them as "METHOD path" ("PATCH path by field-manager").
 async fn serve(
     mut handle: Mock,
     lists: BTreeMap<&'static str, Value>,
@@ -328,10 +329,22 @@ async fn serve(
         };
         let path = req.uri().path().to_string();
         let q = query(&req);
-        if req.method() == Method::PATCH {
+        if req.method() == Method::PATCH || req.method() == Method::POST {
+            let method = req.method().clone();
+            let what = if method == Method::PATCH {
+                // Server-side apply, forced, by a named field manager.
+                assert_eq!(
+                    req.headers()["content-type"],
+                    "application/apply-patch+yaml"
+                );
+                assert_eq!(q["force"], "true");
+                format!("PATCH {path} by {}", q["fieldManager"])
+            } else {
+                format!("{method} {path}")
+            };
             let body = req.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&body).unwrap();
-            let _ = applied.send((path, body.clone()));
+            let _ = applied.send((what, body.clone()));
             reply(send, StatusCode::OK, body);
         } else if *gone.borrow() {
             reply(
@@ -343,6 +356,8 @@ async fn serve(
             watches.push(send);
         } else if let Some(list) = lists.get(path.as_str()) {
             reply(send, StatusCode::OK, list.clone());
+        } else if path.contains("/leases/") {
+            reply(send, StatusCode::NOT_FOUND, status(404, "NotFound"));
         } else {
             panic!("unexpected request {path}?{q:?}");
         }
@@ -419,10 +434,16 @@ async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_g
         .run(),
     );
     let (path, object) = next_apply(&mut applied).await;
-    assert_eq!(path, format!("{g}/mirrornodestates/node-a"));
+    assert_eq!(
+        path,
+        format!("PATCH {g}/mirrornodestates/node-a by mirror-agent")
+    );
     assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "uid-a");
     let (path, st) = next_apply(&mut applied).await;
-    assert_eq!(path, format!("{g}/mirrornodestates/node-a/status"));
+    assert_eq!(
+        path,
+        format!("PATCH {g}/mirrornodestates/node-a/status by mirror-agent")
+    );
     let session = &st["status"]["sessions"][0];
     assert_eq!(session["name"], "payments");
     assert_eq!(session["sources"], json!([{"interface": "lo"}]));
@@ -473,4 +494,68 @@ async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_g
         .await
         .expect("the controller stops")
         .unwrap();
+}
+
+/// The cluster controller against the mock server: it creates its Lease, then writes the
+/// session's status by server-side apply of the status subresource, from the node states.
+#[tokio::test]
+async fn the_controller_takes_its_lease_and_applies_session_status() {
+    let (client, handle) = mock_client();
+    let crd = |kind: &str, name: &str, spec: Value, status: Value| {
+        json!({"apiVersion": "mirror-agent.io/v1alpha1", "kind": kind,
+               "metadata": {"name": name, "generation": 2}, "spec": spec, "status": status})
+    };
+    let g = "/apis/mirror-agent.io/v1alpha1";
+    let lists: BTreeMap<&'static str, Value> = [
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrorsessions", list_of("TrafficMirrorSession", json!([
+            crd("TrafficMirrorSession", "payments", json!({"priority": 1, "virtualNetworkId": 100, "filterRef": "https", "targetRef": "ids", "sources": {}}), json!({}))]))),
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrorfilters", list_of("TrafficMirrorFilter", json!([
+            crd("TrafficMirrorFilter", "https", json!({}), json!({}))]))),
+        ("/apis/mirror-agent.io/v1alpha1/trafficmirrortargets", list_of("TrafficMirrorTarget", json!([]))),
+        ("/apis/mirror-agent.io/v1alpha1/mirrornodestates", list_of("MirrorNodeState", json!([
+            crd("MirrorNodeState", "node-a", json!({"nodeName": "node-a"}),
+                json!({"connected": true, "sessions": [{"name": "payments", "state": "NotApplied", "errors": ["TrafficMirrorTarget ids not found"]}]}))]))),
+    ]
+    .into_iter()
+    .collect();
+    let (applied_tx, mut applied) = mpsc::unbounded_channel();
+    let (_gone_tx, gone_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(handle, lists, applied_tx, gone_rx));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let controller = tokio::spawn(
+        super::controller::Controller {
+            client,
+            lease_namespace: "mirror-agent".into(),
+            identity: "controller-0".into(),
+            stop,
+        }
+        .run(),
+    );
+    let (what, lease) = next_apply(&mut applied).await;
+    assert_eq!(
+        what,
+        "POST /apis/coordination.k8s.io/v1/namespaces/mirror-agent/leases"
+    );
+    assert_eq!(lease["spec"]["holderIdentity"], "controller-0");
+    let (what, st) = next_apply(&mut applied).await;
+    assert_eq!(
+        what,
+        format!("PATCH {g}/trafficmirrorsessions/payments/status by mirror-agent-controller")
+    );
+    assert_eq!(st["kind"], "TrafficMirrorSession");
+    let status = &st["status"];
+    assert_eq!(status["nodesSelected"], 1);
+    assert_eq!(status["nodesFailed"], 1);
+    let accepted = &status["conditions"][0];
+    assert_eq!(
+        (&accepted["type"], &accepted["status"], &accepted["reason"]),
+        (
+            &json!("Accepted"),
+            &json!("False"),
+            &json!("TargetNotFound")
+        )
+    );
+    assert_eq!(accepted["observedGeneration"], 2);
+    stop_tx.send(true).unwrap();
+    controller.await.unwrap();
 }
