@@ -106,9 +106,14 @@ fn kustomize_renders_and_the_api_schemas_accept_crds_rbac_and_daemonsets() {
 /// The base as `kubectl kustomize` renders it, one JSON value per object (PyYAML of the
 /// validator's venv reads the YAML).
 fn rendered_base() -> Vec<serde_json::Value> {
+    rendered("deploy/kubernetes/base")
+}
+
+/// A kustomization under the repository as `kubectl kustomize` renders it, as JSON values.
+fn rendered(dir: &str) -> Vec<serde_json::Value> {
     let (ok, rendered) = run(Command::new("kubectl")
         .args(["kustomize"])
-        .arg(repo().join("deploy/kubernetes/base")));
+        .arg(repo().join(dir)));
     assert!(ok, "kubectl kustomize: {rendered}");
     let mut child = Command::new(venv_bin("python"))
         .args([
@@ -256,6 +261,69 @@ fn controller_rbac_is_least_privilege_and_its_pod_unprivileged() {
         env.contains("POD_NAME") && env.contains("POD_NAMESPACE"),
         "{env}"
     );
+}
+
+/// The example overlay changes what it says and nothing breaks: kubernetes-validate accepts
+/// it, the image, node selector and tolerations are the overlay's, the metrics port moved
+/// everywhere at once, and the agent parses the patched agent.toml.
+#[test]
+fn example_overlay_renders_validates_and_changes_what_it_says() {
+    let dir = "deploy/kubernetes/overlays/example";
+    let (ok, text) = run(Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join(dir)));
+    assert!(ok, "{text}");
+    let tmp = std::env::temp_dir().join(format!("k8s-overlay-{}.yaml", std::process::id()));
+    std::fs::write(&tmp, &text).expect("write rendered overlay");
+    let (ok, report) = run(Command::new(venv_bin("kubernetes-validate"))
+        .arg("--strict")
+        .arg(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    assert!(
+        ok && !report.contains("WARN") && !report.contains("ERROR"),
+        "{report}"
+    );
+    assert!(
+        !text.contains("9464"),
+        "the base's metrics port is left somewhere"
+    );
+    let docs = rendered(dir);
+    let pod = &object(&docs, "DaemonSet", "mirror-agent")["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["image"],
+        "registry.example.com/mirror-agent:0.1.0"
+    );
+    assert_eq!(
+        spec["nodeSelector"],
+        serde_json::json!({"mirror-agent.io/enabled": "true"})
+    );
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}])
+    );
+    let agent = &spec["containers"][0];
+    assert_eq!(agent["ports"][0]["containerPort"], 9500);
+    assert_eq!(agent["livenessProbe"]["httpGet"]["port"], 9500);
+    assert_eq!(agent["readinessProbe"]["httpGet"]["port"], 9500);
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9500");
+    let controller =
+        &object(&docs, "Deployment", "mirror-agent-controller")["spec"]["template"]["spec"];
+    assert_eq!(
+        controller["containers"][0]["image"],
+        "registry.example.com/mirror-agent:0.1.0"
+    );
+    let toml_text = object(&docs, "ConfigMap", "mirror-agent")["data"]["agent.toml"]
+        .as_str()
+        .expect("agent.toml");
+    let file: mirror_agent::config::FileConfig =
+        toml::from_str(toml_text).expect("agent.toml parses");
+    assert_eq!(file.metrics_listen.as_deref(), Some("0.0.0.0:9500"));
+    assert_eq!(
+        file.ipfix_collector,
+        Some("10.20.0.16:4739".parse().unwrap())
+    );
+    assert_eq!(file.flow_log_format.as_deref(), Some("aws"));
 }
 
 /// The base's DaemonSet runs the agent in Kubernetes mode as the bound service account,
