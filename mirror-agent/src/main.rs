@@ -663,16 +663,11 @@ fn main() -> ExitCode {
             };
         }
         Command::Controller(args) => {
-            let result = tokio::runtime::Runtime::new()
-                .context("starting the runtime")
-                .and_then(|rt| rt.block_on(controller(args)));
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mirror-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return exit(
+                tokio::runtime::Runtime::new()
+                    .context("starting the runtime")
+                    .and_then(|rt| rt.block_on(controller(args))),
+            );
         }
         Command::Run(args) => args,
         Command::Cleanup(args) => {
@@ -681,13 +676,7 @@ fn main() -> ExitCode {
                 .build()
                 .context("starting the runtime")
                 .and_then(|rt| rt.block_on(cleanup(args)));
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mirror-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return exit(result);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -697,7 +686,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    exit(runtime.block_on(run(args)))
+}
+
+/// A command's outcome as the process's exit status, the error (with its causes) on stderr.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

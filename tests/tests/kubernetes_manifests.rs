@@ -142,6 +142,14 @@ fn object<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serd
         .unwrap_or_else(|| panic!("{kind}/{name} missing from the rendered base"))
 }
 
+/// Each "group/resource verb" of every resource with every verb.
+fn grants(resources: &[&str], verbs: &[&str]) -> std::collections::BTreeSet<String> {
+    resources
+        .iter()
+        .flat_map(|r| verbs.iter().map(move |v| format!("{r} {v}")))
+        .collect()
+}
+
 /// Every (group/resource verb) a ClusterRole or Role grants.
 fn granted(role: &serde_json::Value) -> std::collections::BTreeSet<String> {
     let mut granted = std::collections::BTreeSet::new();
@@ -169,30 +177,29 @@ fn granted(role: &serde_json::Value) -> std::collections::BTreeSet<String> {
 /// Nothing else (no secrets, no wildcards, no writes to the mirror resources).
 #[test]
 fn agent_rbac_is_least_privilege() {
-    use std::collections::BTreeSet;
     let docs = rendered_base();
     let granted = granted(object(&docs, "ClusterRole", "mirror-agent-node"));
-    let mut want = BTreeSet::new();
-    for r in [
-        "mirror-agent.io/trafficmirrorfilters",
-        "mirror-agent.io/trafficmirrortargets",
-        "mirror-agent.io/trafficmirrorsessions",
-        "mirror-agent.io/trafficmirrorreceivers",
-        "mirror-agent.io/flowlogs",
-        "/pods",
-        "/namespaces",
-        "/nodes",
-    ] {
-        for v in ["get", "list", "watch"] {
-            want.insert(format!("{r} {v}"));
-        }
-    }
-    for v in ["get", "create", "patch"] {
-        want.insert(format!("mirror-agent.io/mirrornodestates {v}"));
-    }
-    for v in ["get", "patch"] {
-        want.insert(format!("mirror-agent.io/mirrornodestates/status {v}"));
-    }
+    let mut want = grants(
+        &[
+            "mirror-agent.io/trafficmirrorfilters",
+            "mirror-agent.io/trafficmirrortargets",
+            "mirror-agent.io/trafficmirrorsessions",
+            "mirror-agent.io/trafficmirrorreceivers",
+            "mirror-agent.io/flowlogs",
+            "/pods",
+            "/namespaces",
+            "/nodes",
+        ],
+        &["get", "list", "watch"],
+    );
+    want.extend(grants(
+        &["mirror-agent.io/mirrornodestates"],
+        &["get", "create", "patch"],
+    ));
+    want.extend(grants(
+        &["mirror-agent.io/mirrornodestates/status"],
+        &["get", "patch"],
+    ));
     assert_eq!(granted, want);
     let binding = object(&docs, "ClusterRoleBinding", "mirror-agent-node");
     assert_eq!(binding["roleRef"]["name"], "mirror-agent-node");
@@ -207,33 +214,33 @@ fn agent_rbac_is_least_privilege() {
 /// status, and holds its Lease in its own namespace; its pod has no host access.
 #[test]
 fn controller_rbac_is_least_privilege_and_its_pod_unprivileged() {
-    use std::collections::BTreeSet;
     let docs = rendered_base();
-    let mut want = BTreeSet::new();
-    for r in [
-        "trafficmirrorsessions",
-        "trafficmirrorfilters",
-        "trafficmirrortargets",
-        "mirrornodestates",
-    ] {
-        for v in ["get", "list", "watch"] {
-            want.insert(format!("mirror-agent.io/{r} {v}"));
-        }
-    }
-    for v in ["get", "patch"] {
-        want.insert(format!("mirror-agent.io/trafficmirrorsessions/status {v}"));
-    }
+    let mut want = grants(
+        &[
+            "mirror-agent.io/trafficmirrorsessions",
+            "mirror-agent.io/trafficmirrorfilters",
+            "mirror-agent.io/trafficmirrortargets",
+            "mirror-agent.io/mirrornodestates",
+        ],
+        &["get", "list", "watch"],
+    );
+    want.extend(grants(
+        &["mirror-agent.io/trafficmirrorsessions/status"],
+        &["get", "patch"],
+    ));
     assert_eq!(
         granted(object(&docs, "ClusterRole", "mirror-agent-controller")),
         want
     );
     let lease = object(&docs, "Role", "mirror-agent-controller-lease");
     assert_eq!(lease["metadata"]["namespace"], "mirror-agent");
-    let want: BTreeSet<String> = ["get", "create", "update"]
-        .iter()
-        .map(|v| format!("coordination.k8s.io/leases {v}"))
-        .collect();
-    assert_eq!(granted(lease), want);
+    assert_eq!(
+        granted(lease),
+        grants(
+            &["coordination.k8s.io/leases"],
+            &["get", "create", "update"]
+        )
+    );
     for kind in ["ClusterRoleBinding", "RoleBinding"] {
         let name = if kind == "RoleBinding" {
             "mirror-agent-controller-lease"

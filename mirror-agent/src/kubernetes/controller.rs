@@ -21,16 +21,16 @@ use kube::{
     Api, Client, ResourceExt as _,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
     crd::{
-        GROUP, MirrorNodeState, SessionStatus, TrafficMirrorFilter, TrafficMirrorSession,
-        TrafficMirrorTarget, VERSION,
+        MirrorNodeState, SessionStatus, TrafficMirrorFilter, TrafficMirrorSession,
+        TrafficMirrorTarget,
     },
     node::{Signal, cloned, watch},
+    status::status_patch,
 };
 
 pub const FIELD_MANAGER: &str = "mirror-agent-controller";
@@ -242,16 +242,6 @@ impl LeaseLock {
     }
 }
 
-/// The server-side apply body of a session's status subresource.
-pub fn status_patch(name: &str, status: &SessionStatus) -> serde_json::Value {
-    json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": "TrafficMirrorSession",
-        "metadata": {"name": name},
-        "status": status,
-    })
-}
-
 pub struct Controller {
     pub client: Client,
     pub lease_namespace: String,
@@ -332,7 +322,11 @@ impl Controller {
                     continue;
                 }
                 match api
-                    .patch_status(&name, &params, &Patch::Apply(status_patch(&name, &status)))
+                    .patch_status(
+                        &name,
+                        &params,
+                        &Patch::Apply(status_patch("TrafficMirrorSession", &name, &status)),
+                    )
                     .await
                 {
                     Ok(_) => {

@@ -110,11 +110,12 @@ pub fn object_patch(node: &Node) -> Value {
     })
 }
 
-/// The server-side apply body of the status subresource.
-pub fn status_patch(name: &str, status: &NodeStateStatus) -> Value {
+/// The server-side apply body of a `kind` object's status subresource: only the status, so
+/// the field manager owns nothing else.
+pub fn status_patch(kind: &str, name: &str, status: &impl serde::Serialize) -> Value {
     json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": "MirrorNodeState",
+        "kind": kind,
         "metadata": {"name": name},
         "status": status,
     })
@@ -175,7 +176,7 @@ impl StatusWriter {
                 .patch_status(
                     &self.node,
                     &params,
-                    &Patch::Apply(status_patch(&self.node, &status)),
+                    &Patch::Apply(status_patch("MirrorNodeState", &self.node, &status)),
                 )
                 .await
                 .map_err(err)?;
