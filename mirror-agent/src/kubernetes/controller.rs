@@ -29,7 +29,7 @@ use super::{
         MirrorNodeState, SessionStatus, TrafficMirrorFilter, TrafficMirrorSession,
         TrafficMirrorTarget,
     },
-    node::{Signal, cloned, watch},
+    node::{Signal, cloned, watch_all},
     status::status_patch,
 };
 
@@ -251,27 +251,11 @@ pub struct Controller {
 
 impl Controller {
     pub async fn run(mut self) {
-        let all = kube::runtime::watcher::Config::default;
-        let (sessions, s1) = watch(
-            Api::<TrafficMirrorSession>::all(self.client.clone()),
-            all(),
-            "TrafficMirrorSession",
-        );
-        let (filters, s2) = watch(
-            Api::<TrafficMirrorFilter>::all(self.client.clone()),
-            all(),
-            "TrafficMirrorFilter",
-        );
-        let (targets, s3) = watch(
-            Api::<TrafficMirrorTarget>::all(self.client.clone()),
-            all(),
-            "TrafficMirrorTarget",
-        );
-        let (states, s4) = watch(
-            Api::<MirrorNodeState>::all(self.client.clone()),
-            all(),
-            "MirrorNodeState",
-        );
+        let c = &self.client;
+        let (sessions, s1) = watch_all::<TrafficMirrorSession>(c, "TrafficMirrorSession");
+        let (filters, s2) = watch_all::<TrafficMirrorFilter>(c, "TrafficMirrorFilter");
+        let (targets, s3) = watch_all::<TrafficMirrorTarget>(c, "TrafficMirrorTarget");
+        let (states, s4) = watch_all::<MirrorNodeState>(c, "MirrorNodeState");
         let mut signals = futures::stream::select_all(vec![s1, s2, s3, s4]);
         let lock = LeaseLock {
             api: Api::namespaced(self.client.clone(), &self.lease_namespace),

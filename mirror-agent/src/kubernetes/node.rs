@@ -92,6 +92,18 @@ where
     (reader, stream)
 }
 
+/// A cluster-wide watch of every object of kind `K`.
+pub fn watch_all<K>(
+    client: &Client,
+    kind: &'static str,
+) -> (reflector::Store<K>, BoxStream<'static, Signal>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watch(Api::all(client.clone()), watcher::Config::default(), kind)
+}
+
 /// Every store the planner reads.
 pub struct Watches {
     pub filters: reflector::Store<TrafficMirrorFilter>,
@@ -107,13 +119,12 @@ pub struct Watches {
 
 /// Starts every watch the node needs; the returned stream carries all their signals.
 pub fn watches(client: &Client, node: &str) -> (Watches, BoxStream<'static, Signal>) {
-    let all = watcher::Config::default;
-    let (filters, s1) = watch(Api::all(client.clone()), all(), "TrafficMirrorFilter");
-    let (targets, s2) = watch(Api::all(client.clone()), all(), "TrafficMirrorTarget");
-    let (sessions, s3) = watch(Api::all(client.clone()), all(), "TrafficMirrorSession");
-    let (receivers, s4) = watch(Api::all(client.clone()), all(), "TrafficMirrorReceiver");
-    let (flow_logs, s5) = watch(Api::all(client.clone()), all(), "FlowLog");
-    let (namespaces, s6) = watch(Api::all(client.clone()), all(), "Namespace");
+    let (filters, s1) = watch_all(client, "TrafficMirrorFilter");
+    let (targets, s2) = watch_all(client, "TrafficMirrorTarget");
+    let (sessions, s3) = watch_all(client, "TrafficMirrorSession");
+    let (receivers, s4) = watch_all(client, "TrafficMirrorReceiver");
+    let (flow_logs, s5) = watch_all(client, "FlowLog");
+    let (namespaces, s6) = watch_all(client, "Namespace");
     let (nodes, s7) = watch(Api::all(client.clone()), node_config(node), "Node");
     let (pods, s8) = watch(Api::all(client.clone()), pods_config(node), "Pod");
     let streams = vec![s1, s2, s3, s4, s5, s6, s7, s8];
