@@ -363,10 +363,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(settings.log_format);
     info!(?settings, "starting");
     // Checked before anything is loaded: a DaemonSet without the downward API fails at once.
-    let node_name = if args.kubernetes {
+    let node_name = if args.kubernetes || file.kubernetes.unwrap_or(false) {
         let name = args
             .node_name
             .clone()
+            .or_else(|| file.node_name.clone())
             .or_else(|| std::env::var("NODE_NAME").ok())
             .filter(|n| !n.is_empty())
             .context(
