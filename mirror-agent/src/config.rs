@@ -103,6 +103,10 @@ pub struct FileConfig {
     pub tc_attach: Option<crate::datapath::TcAttachMode>,
     /// `auto` (fast path where it can run, tunnel device otherwise) or `tunnel`.
     pub copy_path: Option<crate::datapath::CopyPathMode>,
+    /// Kubernetes mode: also apply this node's share of the cluster's mirror resources.
+    pub kubernetes: Option<bool>,
+    /// The node's name in Kubernetes mode (else `NODE_NAME`).
+    pub node_name: Option<String>,
     /// Rules per direction of one filter (SPEC: 10 by default, configurable).
     pub rule_quota: Option<usize>,
     /// Sources per session (Huawei's default is 10).

@@ -38,6 +38,14 @@ pub enum DeclareError {
 pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
     // Validates everything (ranges, references, quotas) before anything is written.
     file.objects()?;
+    sync_as(store, file, Origin::Config)
+}
+
+/// Writes `file`'s objects as the whole set of objects of `origin`: changed ones are marked
+/// for re-apply, objects of that origin it no longer declares are removed; other origins'
+/// objects are left alone. The caller has validated the objects (Kubernetes' node controller
+/// validates each planned session on its own, so one bad object does not block the others).
+pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize, DeclareError> {
     let snap = store.snapshot()?;
     let now = now_rfc3339();
     let mut batch = Batch::default();
@@ -53,7 +61,7 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             destination_ip: Some(t.destination_ip.to_string()),
             destination_port: t.destination_port.unwrap_or(DEFAULT_VXLAN_PORT),
             tags: Vec::new(),
-            origin: Origin::Config,
+            origin,
             created_at: now.clone(),
             updated_at: now.clone(),
         };
@@ -86,7 +94,7 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             }
         }
         let old = snap.filter(&f.id);
-        if old.is_some_and(|o| o.rules == rules && o.origin == Origin::Config) {
+        if old.is_some_and(|o| o.rules == rules && o.origin == origin) {
             continue;
         }
         let rec = FilterRecord {
@@ -95,7 +103,7 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             description: old.map(|o| o.description.clone()).unwrap_or_default(),
             tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
             rules,
-            origin: Origin::Config,
+            origin,
             created_at: old.map_or_else(|| now.clone(), |o| o.created_at.clone()),
             updated_at: now.clone(),
         };
@@ -134,7 +142,7 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             generation: 1,
             errors: Vec::new(),
             tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
-            origin: Origin::Config,
+            origin,
             created_at: old.map_or_else(|| now.clone(), |o| o.created_at.clone()),
             updated_at: now.clone(),
         };
@@ -158,10 +166,10 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
         }
     }
 
-    changes += sync_receivers(&snap, file, &now, &mut batch)?;
+    changes += sync_receivers(&snap, file, origin, &now, &mut batch)?;
 
     // Config objects the file no longer declares.
-    for s in snap.sessions.iter().filter(|s| s.origin == Origin::Config) {
+    for s in snap.sessions.iter().filter(|s| s.origin == origin) {
         if !file.sessions.iter().any(|d| d.id == s.id) && s.state != SessionState::Deleting {
             let mut s = s.clone();
             s.generation += 1;
@@ -170,13 +178,13 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
             changes += 1;
         }
     }
-    for f in snap.filters.iter().filter(|f| f.origin == Origin::Config) {
+    for f in snap.filters.iter().filter(|f| f.origin == origin) {
         if !file.filters.iter().any(|d| d.id == f.id) {
             batch.delete(Kind::Filter, &f.id);
             changes += 1;
         }
     }
-    for t in snap.targets.iter().filter(|t| t.origin == Origin::Config) {
+    for t in snap.targets.iter().filter(|t| t.origin == origin) {
         if !file.targets.iter().any(|d| d.id == t.id) {
             batch.delete(Kind::Target, &t.id);
             changes += 1;
@@ -191,6 +199,7 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
 fn sync_receivers(
     snap: &crate::store::Snapshot,
     file: &FileConfig,
+    origin: Origin,
     now: &str,
     batch: &mut Batch,
 ) -> Result<usize, DeclareError> {
@@ -203,12 +212,13 @@ fn sync_receivers(
             message: e.message,
         }
     };
-    // Conflicts count against API receivers and the file's own, not the file's old ones.
+    // Conflicts count against the other origins' receivers and the file's own, not the
+    // file's old ones.
     let mut others = crate::store::Snapshot {
         receivers: snap
             .receivers
             .iter()
-            .filter(|r| r.origin == Origin::Api)
+            .filter(|r| r.origin != origin)
             .cloned()
             .collect(),
         ..Default::default()
@@ -230,7 +240,7 @@ fn sync_receivers(
             generation: old.map_or(1, |o| o.generation + 1),
             errors: Vec::new(),
             tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
-            origin: Origin::Config,
+            origin,
             created_at: old.map_or_else(|| now.to_string(), |o| o.created_at.clone()),
             updated_at: now.to_string(),
         };
@@ -239,7 +249,7 @@ fn sync_receivers(
             o.interface == rec.interface
                 && o.destination_port == rec.destination_port
                 && o.vnis == rec.vnis
-                && o.origin == Origin::Config
+                && o.origin == origin
                 && o.state != SessionState::Deleting
         });
         if !same {
@@ -250,7 +260,7 @@ fn sync_receivers(
     for rec in &records {
         batch.put_receiver(rec)?;
     }
-    for r in snap.receivers.iter().filter(|r| r.origin == Origin::Config) {
+    for r in snap.receivers.iter().filter(|r| r.origin == origin) {
         if !file.receivers.iter().any(|d| d.id == r.id) && r.state != SessionState::Deleting {
             let mut r = r.clone();
             r.generation += 1;

@@ -46,6 +46,10 @@ enum Command {
     /// Print the Kubernetes custom resource definitions (YAML) of the mirror objects, as
     /// `kubectl apply -f -` takes them.
     Crds,
+    /// Run the cluster controller: one replica at a time (a Lease) writes each
+    /// TrafficMirrorSession's status (Accepted, Ready, Degraded, node counts) from the
+    /// nodes' MirrorNodeStates.
+    Controller(ControllerArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -93,6 +97,63 @@ struct RunArgs {
     /// next hop is known, the kernel's VXLAN device otherwise) or tunnel (always the device).
     #[arg(long, value_enum)]
     copy_path: Option<CopyPathMode>,
+    /// Also apply this node's share of the cluster's mirror custom resources (in-cluster
+    /// service account, or KUBECONFIG), and report it in the node's MirrorNodeState.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The node's name in Kubernetes mode [default: $NODE_NAME, from the downward API].
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ControllerArgs {
+    /// This replica's name in the Lease [default: $POD_NAME, else the host name].
+    #[arg(long)]
+    identity: Option<String>,
+    /// The namespace of the Lease [default: $POD_NAMESPACE, else mirror-agent].
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Log lines as text or JSON; the level comes from RUST_LOG (default info) [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// `mirror-agent controller`: runs until SIGTERM or SIGINT.
+async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format.unwrap_or_default());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let identity = args
+        .identity
+        .or_else(|| env("POD_NAME"))
+        .or_else(|| env("HOSTNAME"))
+        .context("--identity, POD_NAME or HOSTNAME is needed for the Lease")?;
+    let lease_namespace = args
+        .lease_namespace
+        .or_else(|| env("POD_NAMESPACE"))
+        .unwrap_or_else(|| "mirror-agent".into());
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    info!(%identity, %lease_namespace, "controller starting");
+    let task = tokio::spawn(
+        mirror_agent::kubernetes::controller::Controller {
+            client,
+            lease_namespace,
+            identity,
+            stop,
+        }
+        .run(),
+    );
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(true);
+    task.await.context("controller task")?;
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +189,8 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         log_format: None,
         tc_attach: None,
         copy_path: None,
+        kubernetes: false,
+        node_name: None,
     };
     let settings = settings(&run, &file);
     if tokio::net::UnixStream::connect(&settings.api_socket)
@@ -299,6 +362,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = settings(&args, &file);
     init_logging(settings.log_format);
     info!(?settings, "starting");
+    // Checked before anything is loaded: a DaemonSet without the downward API fails at once.
+    let node_name = if args.kubernetes || file.kubernetes.unwrap_or(false) {
+        let name = args
+            .node_name
+            .clone()
+            .or_else(|| file.node_name.clone())
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+            .context(
+                "--kubernetes needs --node-name or NODE_NAME (the downward API's spec.nodeName)",
+            )?;
+        Some(name)
+    } else {
+        None
+    };
     let store = Store::open(&settings.state_dir)
         .with_context(|| format!("opening the store in {}", settings.state_dir.display()))?;
     let token = file
@@ -427,6 +505,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (passes_tx, mut passes) = tokio::sync::watch::channel(0u64);
     let started = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller_netlink = netlink.clone();
     let reconciler = Reconciler {
         svc: Arc::clone(&svc),
         datapath,
@@ -463,7 +542,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ipfix: file.ipfix_collector,
         drop_reasons,
         tick: Duration::from_millis(file.flow_drain_ms.unwrap_or(1000).max(100)),
-        stop: stop_rx,
+        stop: stop_rx.clone(),
         ticks: ticks_tx,
         metrics: Arc::clone(&svc.metrics),
     };
@@ -525,6 +604,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reconciled
         .store(true, std::sync::atomic::Ordering::SeqCst);
 
+    let controller = match node_name {
+        Some(node) => {
+            // The store keeps the last plan: until the API server answers, it is applied.
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+            let connection =
+                mirror_agent::kubernetes::node::Connection::new(&svc, Arc::clone(&health))
+                    .context("mirror_kubernetes_connected")?;
+            info!(%node, "Kubernetes mode: watching the mirror resources and this node's pods");
+            Some(tokio::spawn(
+                mirror_agent::kubernetes::node::NodeController {
+                    client,
+                    node,
+                    svc: Arc::clone(&svc),
+                    netlink: controller_netlink,
+                    connection,
+                    rule_quota: file.rule_quota(),
+                    stop: stop_rx.clone(),
+                }
+                .run(),
+            ))
+        }
+        None => None,
+    };
+
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -545,6 +650,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    if let Some(c) = controller {
+        let _ = c.await;
+    }
     let _ = runner.await;
     let mut datapath = reconciler.await.context("reconciler task")?;
     if settings.detach_on_exit || !datapath.is_pinned() {
@@ -578,6 +686,13 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Controller(args) => {
+            return exit(
+                tokio::runtime::Runtime::new()
+                    .context("starting the runtime")
+                    .and_then(|rt| rt.block_on(controller(args))),
+            );
+        }
         Command::Run(args) => args,
         Command::Cleanup(args) => {
             let result = tokio::runtime::Builder::new_current_thread()
@@ -585,13 +700,7 @@ fn main() -> ExitCode {
                 .build()
                 .context("starting the runtime")
                 .and_then(|rt| rt.block_on(cleanup(args)));
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mirror-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return exit(result);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -601,7 +710,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    exit(runtime.block_on(run(args)))
+}
+
+/// A command's outcome as the process's exit status, the error (with its causes) on stderr.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,6 +17,9 @@ use prometheus::{
 pub struct Health {
     pub reconciled: std::sync::atomic::AtomicBool,
     faults: Mutex<Vec<Fault>>,
+    /// Conditions that come and go (the Kubernetes API server unreachable), by key: reported
+    /// in both probes' bodies, never failing them (the data path is untouched).
+    notes: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,17 +39,33 @@ impl Health {
         }
     }
 
+    /// Sets (Some) or clears (None) the note under `key`.
+    pub fn set_note(&self, key: &'static str, note: Option<String>) {
+        if let Ok(mut n) = self.notes.lock() {
+            match note {
+                Some(text) => n.insert(key, text),
+                None => n.remove(key),
+            };
+        }
+    }
+
     pub fn faults(&self) -> Vec<Fault> {
         self.faults.lock().map(|f| f.clone()).unwrap_or_default()
     }
 
     pub fn faults_text(&self) -> String {
+        let notes: Vec<String> = self
+            .notes
+            .lock()
+            .map(|n| n.values().map(|t| format!("{t}\n")).collect())
+            .unwrap_or_default();
         self.faults()
             .iter()
             .map(|f| {
                 let kind = if f.fatal { "fault" } else { "degraded" };
                 format!("{kind}: {}\n", f.message)
             })
+            .chain(notes)
             .collect()
     }
 
@@ -578,6 +597,11 @@ impl Metrics {
         self.api_duration
             .with_label_values(&[action])
             .observe(took.as_secs_f64());
+    }
+
+    /// Adds a collector of another module (Kubernetes mode's) to what /metrics renders.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
     }
 
     pub fn render(&self) -> String {

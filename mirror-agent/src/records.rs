@@ -14,12 +14,25 @@ pub struct Tag {
 }
 
 /// Where an object came from: the config file re-declares its objects at every start and
-/// reload; API objects live until deleted.
+/// reload; API objects live until deleted; Kubernetes objects are the node's share of the
+/// cluster's custom resources, rewritten by `run --kubernetes` and read-only through the API.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     #[default]
     Api,
     Config,
+    Kubernetes,
+}
+
+impl Origin {
+    /// As the API lists it (`Origin`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Config => "config",
+            Origin::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +195,7 @@ impl FilterRecord {
             "TrafficMirrorFilterName": self.name,
             "TrafficMirrorFilterDescription": self.description,
             "TrafficMirrorFilterStatus": "Created",
+            "Origin": self.origin.as_str(),
             "IngressRules": rules("ingress"),
             "EgressRules": rules("egress"),
             "Tags": tags_json(&self.tags),
@@ -231,6 +245,7 @@ impl TargetRecord {
         json!({
             "TrafficMirrorTargetId": self.id,
             "TrafficMirrorTargetName": self.name,
+            "Origin": self.origin.as_str(),
             "Description": self.description,
             "InstanceType": self.instance_type,
             "InstanceId": self.instance_id,
@@ -318,6 +333,7 @@ impl SessionRecord {
             "TrafficMirrorSourceIds": self.sources,
             "TrafficMirrorSessionStatus": self.state.as_str(),
             "TrafficMirrorSessionBusinessStatus": if self.errors.is_empty() { "Normal" } else { "FailedToApply" },
+            "Origin": self.origin.as_str(),
             "Tags": tags_json(&self.tags),
             "CreationTime": self.created_at,
             "UpdateTime": self.updated_at,

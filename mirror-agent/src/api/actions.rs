@@ -95,6 +95,7 @@ pub async fn mutate(
     dry_run: bool,
 ) -> Result<(Outcome, Batch), ApiError> {
     let snap = svc.snapshot()?;
+    check_not_kubernetes(&snap, p)?;
     let mut batch = Batch::default();
     let out = match action {
         "CreateTrafficMirrorFilter" => create_filter(svc, &snap, p, &mut batch)?,
@@ -197,6 +198,31 @@ pub(super) fn tags(p: &Params) -> Result<Vec<Tag>, ApiError> {
         .into_iter()
         .map(|(key, value)| Tag { key, value })
         .collect())
+}
+
+/// Objects from Kubernetes are the cluster's: changed here, the node controller would
+/// rewrite them at its next plan, so the API refuses to change them (`kubectl` changes them).
+fn check_not_kubernetes(snap: &Snapshot, p: &Params) -> Result<(), ApiError> {
+    use crate::records::Origin;
+    let kubernetes = |origin: Option<Origin>| origin == Some(Origin::Kubernetes);
+    let named = |key: &str| p.get(key).map(str::to_string);
+    let hit = [
+        named("TrafficMirrorSessionId").filter(|id| kubernetes(snap.session(id).map(|s| s.origin))),
+        named("TrafficMirrorFilterId").filter(|id| kubernetes(snap.filter(id).map(|f| f.origin))),
+        named("TrafficMirrorTargetId").filter(|id| kubernetes(snap.target(id).map(|t| t.origin))),
+        named("TrafficMirrorReceiverId")
+            .filter(|id| kubernetes(snap.receiver(id).map(|r| r.origin))),
+    ]
+    .into_iter()
+    .flatten()
+    .next();
+    match hit {
+        Some(id) => Err(ApiError::bad(
+            "OperationDenied.KubernetesObject",
+            format!("{id} comes from Kubernetes custom resources and is read-only here"),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn filter_not_found(id: &str) -> ApiError {

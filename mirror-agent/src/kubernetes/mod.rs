@@ -1,6 +1,12 @@
-//! Kubernetes mode: the mirror objects as custom resources, and what one node makes of them.
-//! See docs/kubernetes.md.
+//! Kubernetes mode: the mirror objects as custom resources, what one node makes of them, and
+//! the node controller that applies it. See docs/kubernetes.md.
 
+pub mod apply;
+#[cfg(test)]
+mod client_tests;
+pub mod controller;
 pub mod crd;
+pub mod node;
 pub mod plan;
 pub mod selector;
+pub mod status;

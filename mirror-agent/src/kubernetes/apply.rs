@@ -1,0 +1,331 @@
+//! A node's plan as declared objects of origin `kubernetes`: the same records, the same
+//! validation and the same store path (`declared::sync_as`) as the config file's objects, so
+//! the reconciler applies them like any other and a restart or an API-server outage keeps
+//! them (they are in the store until the next plan replaces them).
+//!
+//! Each planned session is validated on its own with its filter and target (the config's
+//! `FileConfig::objects`), so one bad object is reported and dropped instead of blocking
+//! every other: a TrafficMirrorSession with both interfaces and pods becomes two node
+//! sessions of one priority, which a single file would refuse.
+
+use crate::{
+    config::{FileConfig, FilterConfig, ReceiverConfig, RuleConfig, SessionConfig, TargetConfig},
+    declared::{self, DeclareError},
+    records::Origin,
+    store::Store,
+};
+
+use super::{
+    crd::{FilterRule, RuleAction},
+    plan::{NodePlan, PlannedFilter, PlannedReceiver, PlannedSession, PlannedTarget},
+};
+
+fn rule(r: &FilterRule) -> RuleConfig {
+    RuleConfig {
+        id: None,
+        priority: i64::from(r.priority),
+        action: match r.action {
+            RuleAction::Accept => "accept",
+            RuleAction::Drop => "drop",
+        }
+        .into(),
+        protocol: r.protocol.clone(),
+        ip_version: r.ip_version.clone(),
+        source_cidr_block: r.source_cidr_block.clone(),
+        destination_cidr_block: r.destination_cidr_block.clone(),
+        source_port_range: r.source_port_range.clone(),
+        destination_port_range: r.destination_port_range.clone(),
+    }
+}
+
+fn filter(f: &PlannedFilter) -> FilterConfig {
+    FilterConfig {
+        id: f.id.clone(),
+        ingress_rules: f.ingress_rules.iter().map(rule).collect(),
+        egress_rules: f.egress_rules.iter().map(rule).collect(),
+    }
+}
+
+fn target(t: &PlannedTarget) -> Result<TargetConfig, String> {
+    Ok(TargetConfig {
+        id: t.id.clone(),
+        destination_ip: t
+            .destination_ip
+            .parse()
+            .map_err(|_| format!("target {}: {} is not an IP address", t.id, t.destination_ip))?,
+        destination_port: t.destination_port,
+    })
+}
+
+fn session(s: &PlannedSession) -> SessionConfig {
+    SessionConfig {
+        id: s.id.clone(),
+        priority: i64::from(s.priority),
+        virtual_network_id: i64::from(s.virtual_network_id),
+        packet_length: s.packet_length.map(i64::from),
+        enabled: s.enabled,
+        filter_id: s.filter_id.clone(),
+        target_id: s.target_id.clone(),
+        sources: s.sources.iter().map(|r| r.interface.clone()).collect(),
+        max_packets_per_second: None,
+        max_bits_per_second: None,
+        sample_one_in: None,
+        sample_mode: None,
+    }
+}
+
+fn receiver(r: &PlannedReceiver) -> ReceiverConfig {
+    ReceiverConfig {
+        id: r.id.clone(),
+        interface: r.interface.clone(),
+        destination_port: r.destination_port.map(i64::from),
+        virtual_network_ids: r
+            .virtual_network_ids
+            .iter()
+            .map(|v| i64::from(*v))
+            .collect(),
+    }
+}
+
+/// The plan's objects as a config file would declare them, and the sessions dropped as
+/// invalid (session id, reason). `rule_quota` is the node's; a session's pods are not held
+/// to the API's source quota (a selector picks as many pods as the node runs).
+pub fn declared(plan: &NodePlan, rule_quota: usize) -> (FileConfig, Vec<(String, String)>) {
+    let mut out = FileConfig::default();
+    let mut problems = Vec::new();
+    for s in &plan.sessions {
+        let Some(f) = plan.filters.iter().find(|f| f.id == s.filter_id) else {
+            problems.push((s.id.clone(), format!("filter {} not planned", s.filter_id)));
+            continue;
+        };
+        let Some(t) = plan.targets.iter().find(|t| t.id == s.target_id) else {
+            problems.push((s.id.clone(), format!("target {} not planned", s.target_id)));
+            continue;
+        };
+        let t = match target(t) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push((s.id.clone(), e));
+                continue;
+            }
+        };
+        let alone = FileConfig {
+            rule_quota: Some(rule_quota),
+            source_quota: Some(usize::MAX),
+            targets: vec![t],
+            filters: vec![filter(f)],
+            sessions: vec![session(s)],
+            ..Default::default()
+        };
+        if let Err(e) = alone.objects() {
+            problems.push((s.id.clone(), e.to_string()));
+            continue;
+        }
+        let FileConfig {
+            targets,
+            filters,
+            sessions,
+            ..
+        } = alone;
+        for t in targets {
+            if !out.targets.iter().any(|o| o.id == t.id) {
+                out.targets.push(t);
+            }
+        }
+        for f in filters {
+            if !out.filters.iter().any(|o| o.id == f.id) {
+                out.filters.push(f);
+            }
+        }
+        out.sessions.extend(sessions);
+    }
+    out.receivers = plan.receivers.iter().map(receiver).collect();
+    (out, problems)
+}
+
+/// Writes the node's objects of origin `kubernetes` (replacing the last plan's). The caller
+/// holds the service's write lock and wakes the reconciler.
+pub fn write(store: &Store, objects: &FileConfig) -> Result<usize, DeclareError> {
+    declared::sync_as(store, objects, Origin::Kubernetes)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, RwLock},
+    };
+
+    use super::*;
+    use crate::{
+        api::{actions, rpc::Params},
+        kubernetes::{
+            crd::ResolvedSource,
+            plan::{PlannedFilter, PlannedSession, PlannedTarget},
+        },
+        records::SessionState,
+        service::Service,
+    };
+
+    pub(crate) struct TempStore(std::path::PathBuf);
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    /// A service over `store` with the default quotas, no aliases and no links.
+    pub(crate) fn service(store: Store) -> Service {
+        Service::new(
+            store,
+            10,
+            10,
+            BTreeMap::new(),
+            "local".into(),
+            Arc::new(RwLock::new(Vec::new())),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    }
+
+    pub(crate) fn temp_store() -> (Store, TempStore) {
+        let dir = std::env::temp_dir().join(format!("mirror-k8s-apply-{}", uuid::Uuid::new_v4()));
+        (Store::open(&dir).unwrap(), TempStore(dir))
+    }
+
+    fn accept_443() -> FilterRule {
+        serde_json::from_value(serde_json::json!({
+            "priority": 1, "action": "accept", "protocol": "TCP", "destinationPortRange": "443/443"
+        }))
+        .unwrap()
+    }
+
+    fn session(id: &str, filter: &str, sources: &[(&str, Option<&str>)]) -> PlannedSession {
+        PlannedSession {
+            id: id.into(),
+            name: "payments".into(),
+            priority: 1,
+            virtual_network_id: 100,
+            packet_length: Some(256),
+            enabled: true,
+            filter_id: filter.into(),
+            target_id: "tmt-k8s-ids".into(),
+            sources: sources
+                .iter()
+                .map(|(i, p)| ResolvedSource {
+                    interface: (*i).into(),
+                    pod: p.map(str::to_string),
+                })
+                .collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The payments session of docs/kubernetes.md: node interfaces and pods, one priority.
+    fn payments() -> NodePlan {
+        NodePlan {
+            filters: vec![
+                PlannedFilter {
+                    id: "tmf-k8s-tls".into(),
+                    ingress_rules: vec![accept_443()],
+                    egress_rules: vec![],
+                },
+                PlannedFilter {
+                    id: "tmf-k8s-tls-pods".into(),
+                    ingress_rules: vec![],
+                    egress_rules: vec![accept_443()],
+                },
+            ],
+            targets: vec![PlannedTarget {
+                id: "tmt-k8s-ids".into(),
+                destination_ip: "10.20.0.15".into(),
+                destination_port: None,
+            }],
+            sessions: vec![
+                session("tms-k8s-payments", "tmf-k8s-tls", &[("eth0", None)]),
+                session(
+                    "tms-k8s-payments-pods",
+                    "tmf-k8s-tls-pods",
+                    &[("cali1", Some("shop/pay-1")), ("cali2", Some("shop/pay-2"))],
+                ),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_becomes_kubernetes_objects_and_replaces_the_last() {
+        let (store, _dir) = temp_store();
+        let (objects, problems) = declared(&payments(), 10);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(write(&store, &objects).unwrap(), 5);
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.sessions.len(), 2);
+        assert!(snap.sessions.iter().all(|s| s.origin == Origin::Kubernetes));
+        assert!(snap.filters.iter().all(|f| f.origin == Origin::Kubernetes));
+        let pods = snap.session("tms-k8s-payments-pods").unwrap();
+        assert_eq!(pods.sources, ["cali1", "cali2"]);
+        // The same plan again changes nothing (no re-apply, no store write).
+        assert_eq!(write(&store, &objects).unwrap(), 0);
+        // The config file's objects are another origin: an empty file leaves these alone.
+        declared::sync(&store, &FileConfig::default()).unwrap();
+        assert_eq!(store.snapshot().unwrap().sessions.len(), 2);
+        // An empty plan deletes them (sessions through Deleting, as the reconciler wants).
+        let (empty, _) = declared(&NodePlan::default(), 10);
+        write(&store, &empty).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert!(
+            snap.sessions
+                .iter()
+                .all(|s| s.state == SessionState::Deleting)
+        );
+        assert!(snap.filters.is_empty() && snap.targets.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_session_is_dropped_with_its_reason_and_the_others_applied() {
+        let mut plan = payments();
+        let mut bad = plan.filters[0].clone();
+        bad.id = "tmf-k8s-bad".into();
+        bad.ingress_rules[0].source_cidr_block = Some("10.0.0.0/99".into());
+        plan.filters.push(bad);
+        let mut s = session("tms-k8s-other", "tmf-k8s-bad", &[("eth1", None)]);
+        s.name = "other".into();
+        plan.sessions.push(s);
+        let (objects, problems) = declared(&plan, 10);
+        assert_eq!(objects.sessions.len(), 2);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "tms-k8s-other");
+        assert!(!objects.filters.iter().any(|f| f.id == "tmf-k8s-bad"));
+    }
+
+    #[tokio::test]
+    async fn kubernetes_objects_are_listed_with_their_origin_and_read_only() {
+        let (store, _dir) = temp_store();
+        let (objects, _) = declared(&payments(), 10);
+        write(&store, &objects).unwrap();
+        let svc = service(store);
+        let params = |q: &str| Params::parse(Some(q), None, b"").unwrap();
+        let list = actions::read(&svc, "ListTrafficMirrorSessions", &params("")).unwrap();
+        let text = list.to_string();
+        assert!(text.contains(r#""Origin":"kubernetes""#), "{text}");
+        for (action, q) in [
+            (
+                "DeleteTrafficMirrorSession",
+                "TrafficMirrorSessionId=tms-k8s-payments",
+            ),
+            (
+                "UpdateTrafficMirrorFilterAttribute",
+                "TrafficMirrorFilterId=tmf-k8s-tls&TrafficMirrorFilterName=x",
+            ),
+            (
+                "DeleteTrafficMirrorTarget",
+                "TrafficMirrorTargetId=tmt-k8s-ids",
+            ),
+        ] {
+            let err = actions::mutate(&svc, action, &params(q), false)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{action} was allowed"));
+            assert_eq!(err.code, "OperationDenied.KubernetesObject", "{action}");
+        }
+    }
+}
