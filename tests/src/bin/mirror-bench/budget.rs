@@ -7,10 +7,10 @@ use std::{fmt::Write as _, time::Duration};
 
 use mirror_agent::{
     config::FileConfig,
-    datapath::{self, Datapath, PROG_INGRESS, TcAttachMode},
+    datapath::{self, PROG_INGRESS},
 };
 use mirror_ebpf::{MAX_SOURCES, NO_SESSION, SourceConfig};
-use mirror_tests::{netns::in_netns, packets::L4};
+use mirror_tests::{fixture, packets::L4};
 
 use crate::{
     common::{human, ratio},
@@ -69,49 +69,36 @@ pub struct Budget {
 fn run_cost(quick: bool) -> Vec<(usize, Vec<f64>)> {
     let (runs, repeat) = if quick { (3, 1_000) } else { (7, 1_000_000) };
     let ns = netns();
-    let out = in_netns(&ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async {
-            let (mut dp, _flows) =
-                Datapath::new(TcAttachMode::Auto, 1024).expect("loading programs");
-            let file: FileConfig = toml::from_str(&cost_config()).expect("bench config");
-            let report = dp
-                .apply(&file.objects().expect("bench objects"))
-                .await
-                .expect("apply");
-            assert!(report.errors.is_empty(), "{report:?}");
-            let bx1 = datapath::ifindex("bx1").expect("bx1");
-            let ctx = skb_ctx(bx1);
-            let mut cost = Vec::new();
-            for size in COST_SIZES {
-                let mut row = Vec::new();
-                for (_, session, dport) in COST_ROWS {
-                    let slot = dp.session_slot(session).expect("session placed") as u16;
-                    let mut cfg = SourceConfig {
-                        sessions: [NO_SESSION; 8],
-                        stats_slot: MAX_SOURCES - 1,
-                        flags: 0,
-                    };
-                    cfg.sessions[0] = slot;
-                    dp.maps.set_source(bx1, cfg).expect("measured source");
-                    let pkt = sized(
-                        4,
-                        L4::Udp {
-                            sport: 40000,
-                            dport,
-                        },
-                        size,
-                    );
-                    row.push(measure(&mut dp, PROG_INGRESS, &pkt, &ctx, runs, repeat));
-                }
-                cost.push((size, row));
+    let file: FileConfig = toml::from_str(&cost_config()).expect("bench config");
+    let objects = file.objects().expect("bench objects");
+    let out = fixture::with_datapath(&ns, &objects, 1024, async |dp, _| {
+        let bx1 = datapath::ifindex("bx1").expect("bx1");
+        let ctx = skb_ctx(bx1);
+        let mut cost = Vec::new();
+        for size in COST_SIZES {
+            let mut row = Vec::new();
+            for (_, session, dport) in COST_ROWS {
+                let slot = dp.session_slot(session).expect("session placed") as u16;
+                let mut cfg = SourceConfig {
+                    sessions: [NO_SESSION; 8],
+                    stats_slot: MAX_SOURCES - 1,
+                    flags: 0,
+                };
+                cfg.sessions[0] = slot;
+                dp.maps.set_source(bx1, cfg).expect("measured source");
+                let pkt = sized(
+                    4,
+                    L4::Udp {
+                        sport: 40000,
+                        dport,
+                    },
+                    size,
+                );
+                row.push(measure(dp, PROG_INGRESS, &pkt, &ctx, runs, repeat));
             }
-            dp.shutdown().await.expect("shutdown");
-            cost
-        })
+            cost.push((size, row));
+        }
+        cost
     });
     drop(ns);
     out
