@@ -1,7 +1,11 @@
 use anyhow::{Context as _, anyhow};
 
+#[path = "build/btf_names.rs"]
+mod btf_names;
+
 /// Builds the eBPF programs (the `mirror` binary of `mirror-ebpf`) for the BPF target with the
-/// nightly toolchain and bpf-linker, and leaves the object in OUT_DIR for `include_bytes!`.
+/// nightly toolchain and bpf-linker, and leaves the object in OUT_DIR for `include_bytes!`,
+/// with its BTF's type names made acceptable to the kernel (see `build/btf_names.rs`).
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -22,5 +26,15 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
-    )
+    )?;
+    println!("cargo:rerun-if-changed=build/btf_names.rs");
+    let object = std::path::Path::new(&std::env::var("OUT_DIR").context("OUT_DIR")?).join("mirror");
+    let mut bytes =
+        std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let changed =
+        btf_names::sanitize(&mut bytes).map_err(|e| anyhow!("BTF of {}: {e}", object.display()))?;
+    if !changed.is_empty() {
+        std::fs::write(&object, &bytes).with_context(|| format!("writing {}", object.display()))?;
+    }
+    Ok(())
 }

@@ -41,11 +41,10 @@ const EXIT_OK: u8 = 0;
 const EXIT_API_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
-/// Where and how to reach the agent; flattened into the top-level command by main.rs.
-///
-/// The environment is read by [`run`] rather than by clap, because the workspace builds clap
-/// without its `env` feature. Flags win over the environment, and `--endpoint` over
-/// `--socket`.
+// Where and how to reach the agent, flattened into the top-level command. A `//` comment, not
+// `///`: clap would print a doc comment as the program's description. The environment is read
+// by `run` rather than by clap, because the workspace builds clap without its `env` feature.
+// Flags win over the environment, and `--endpoint` over `--socket`.
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Connection and output")]
 pub struct ClientArgs {
@@ -167,8 +166,10 @@ pub enum FlowLogCommand {
     Update {
         /// Flow log id (fl-…).
         id: String,
+        /// New FlowLogName.
         #[arg(long)]
         name: Option<String>,
+        /// New Description.
         #[arg(long)]
         description: Option<String>,
         /// Minutes: 1, 5 or 10 (AggregationInterval).
@@ -183,18 +184,21 @@ pub enum FlowLogCommand {
     },
     /// Delete a flow log (DeleteFlowLog).
     Delete {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Start collecting again (ActiveFlowLog).
     Activate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
     },
     /// Stop collecting, keep the flow log (DeactiveFlowLog).
     Deactivate {
+        /// Flow log id (fl-…).
         id: String,
         #[command(flatten)]
         mutation: Mutation,
@@ -532,11 +536,13 @@ impl RuleAction {
 pub struct RuleAdd {
     /// Filter id (tmf-…).
     pub filter: String,
+    /// Which packets the rule sees: ingress (received by the source) or egress (sent).
     #[arg(long, value_enum)]
     pub direction: Direction,
     /// Priority; the lowest matching number decides.
     #[arg(long)]
     pub priority: u32,
+    /// accept mirrors the packets the rule matches; reject (Alibaba: drop) leaves them out.
     #[arg(long, value_enum)]
     pub action: RuleAction,
     /// ALL, TCP, UDP, ICMP, ICMPv6 or a protocol number.
@@ -1901,8 +1907,7 @@ fn created_rules(json: &Value, indent: &str) -> String {
             rows.push(vec![direction.to_string(), sanitize(id)]);
         }
     }
-    let widths = widths(&[], &rows);
-    rows.iter().map(|r| line(indent, r, &widths)).collect()
+    indented(indent, &aligned_lines(None, &rows))
 }
 
 /// A cell of a table: strings as they are, numbers and booleans printed, lists
@@ -1934,48 +1939,28 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-fn widths(headers: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
-    let columns = rows
-        .iter()
-        .map(Vec::len)
-        .chain([headers.len()])
-        .max()
-        .unwrap_or(0);
-    (0..columns)
-        .map(|i| {
-            let header = headers.get(i).map_or(0, |h| h.chars().count());
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .chain([header])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect()
+/// Rows (and a header) in aligned columns, two spaces apart, with no borders, as kubectl
+/// prints them; one line each, trailing spaces trimmed. comfy-table measures cells in terminal
+/// columns, so names in Chinese (two columns a character) keep the columns straight.
+fn aligned_lines(headers: Option<&[&str]>, rows: &[Vec<String>]) -> Vec<String> {
+    let mut grid = comfy_table::Table::new();
+    grid.load_style(comfy_table::TableStyle::new());
+    if let Some(headers) = headers {
+        grid.set_header(headers.to_vec());
+    }
+    grid.add_rows(rows.iter().cloned());
+    for column in grid.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    grid.lines().map(|l| l.trim_end().to_string()).collect()
 }
 
-fn line<S: AsRef<str>>(indent: &str, cells: &[S], widths: &[usize]) -> String {
-    let mut s = String::from(indent);
-    for (i, c) in cells.iter().enumerate() {
-        let c = c.as_ref();
-        s.push_str(c);
-        if i + 1 < cells.len() {
-            let width = widths.get(i).copied().unwrap_or(0);
-            s.push_str(&" ".repeat(width.saturating_sub(c.chars().count()) + 2));
-        }
-    }
-    let mut s = s.trim_end().to_string();
-    s.push('\n');
-    s
+fn indented(indent: &str, lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{indent}{l}\n")).collect()
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let widths = widths(headers, rows);
-    let mut s = line("", headers, &widths);
-    for r in rows {
-        s.push_str(&line("", r, &widths));
-    }
-    s
+    indented("", &aligned_lines(Some(headers), rows))
 }
 
 fn render_list(render: Render, items: &[Value]) -> String {
@@ -2158,17 +2143,25 @@ fn render_filters(filters: &[Value]) -> String {
         rule_rows.push(rows);
     }
     // One width per column across all filters, and one across all rules, so every block
-    // lines up with the others.
-    let filter_widths = widths(&FILTER_HEADERS, &filter_rows);
+    // lines up with the others: two grids, whose lines are then interleaved.
+    let filter_lines = aligned_lines(Some(&FILTER_HEADERS), &filter_rows);
     let all_rules: Vec<Vec<String>> = rule_rows.iter().flatten().cloned().collect();
-    let rule_widths = widths(&RULE_HEADERS, &all_rules);
-    let mut s = line("", &FILTER_HEADERS, &filter_widths);
-    for (row, rules) in filter_rows.iter().zip(&rule_rows) {
-        s.push_str(&line("", row, &filter_widths));
+    let rule_lines = aligned_lines(Some(&RULE_HEADERS), &all_rules);
+    let (rule_header, mut rule_lines) = match rule_lines.split_first() {
+        Some((header, rest)) => (header.as_str(), rest.iter()),
+        None => ("", [].iter()),
+    };
+    let mut filter_lines = filter_lines.iter();
+    let mut s = filter_lines
+        .next()
+        .map(|header| format!("{header}\n"))
+        .unwrap_or_default();
+    for (row, rules) in filter_lines.zip(&rule_rows) {
+        s.push_str(&format!("{row}\n"));
         if !rules.is_empty() {
-            s.push_str(&line("  ", &RULE_HEADERS, &rule_widths));
-            for r in rules {
-                s.push_str(&line("  ", r, &rule_widths));
+            s.push_str(&format!("  {rule_header}\n"));
+            for line in rule_lines.by_ref().take(rules.len()) {
+                s.push_str(&format!("  {line}\n"));
             }
         }
     }
@@ -2921,6 +2914,23 @@ ID     NAME  TYPE              INSTANCE  DESTINATION         STATUS
 tmt-1  c     NetworkInterface  -         192.0.2.9:4789      Available
 tmt-2  -     NetworkInterface  eth3      -                   Available
 tmt-3  -     -                 -         [2001:db8::1]:4789  -
+";
+        assert_eq!(render_targets(&items), expected);
+    }
+
+    /// The seeds' own examples name objects in Chinese: each of those characters takes two
+    /// terminal columns, and the columns after the name must still line up.
+    #[test]
+    fn wide_characters_keep_columns_aligned() {
+        let items = [
+            json!({"TrafficMirrorTargetId": "tmt-1", "TrafficMirrorTargetName": "流量镜像目标", "Status": "Available"}),
+            json!({"TrafficMirrorTargetId": "tmt-2", "TrafficMirrorTargetName": "ids", "Status": "Available"}),
+        ];
+        // "流量镜像目标" is 6 characters and 12 columns wide.
+        let expected = "\
+ID     NAME          TYPE  INSTANCE  DESTINATION  STATUS
+tmt-1  流量镜像目标  -     -         -            Available
+tmt-2  ids           -     -         -            Available
 ";
         assert_eq!(render_targets(&items), expected);
     }

@@ -54,8 +54,10 @@ pub const DEFAULT_SOURCE_QUOTA: usize = 10;
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object a line, for a log collector.
     Json,
 }
 

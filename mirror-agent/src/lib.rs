@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod declared;
 pub mod flowlog;
+pub mod kernel;
 pub mod kubernetes;
 pub mod links;
 pub mod metrics;

@@ -50,18 +50,26 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
-/// Every flag can also be set in the config file (same name, underscores); flags win.
+// The subcommand's description is the `Run` variant's doc comment; this one would be ignored.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Every flag can also be set in the config file (same name, with `_`); flags win over the file."
+)]
 struct RunArgs {
     /// TOML config file (agent settings and the node's static mirror objects).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where the agent keeps its state, created if missing [default: /var/lib/mirror-agent].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The API's Unix socket, mode 0600 [default: /run/mirror-agent/api.sock].
     #[arg(long)]
     api_socket: Option<PathBuf>,
+    /// Also serve the API over TCP on this address; an address other than loopback needs
+    /// api_credentials or MIRROR_AGENT_API_TOKEN.
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// bpffs directory where programs, links and maps are pinned so they outlive the agent.
@@ -75,6 +83,7 @@ struct RunArgs {
     /// BPF program run) for the mirror_bpf_program_* metrics.
     #[arg(long)]
     bpf_stats: bool,
+    /// Log lines as text or JSON; the level comes from RUST_LOG (default info) [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// How programs attach to interfaces: auto (TCX on 6.6+, else clsact), tcx or clsact.
@@ -91,10 +100,14 @@ struct CleanupArgs {
     /// The config file the agent ran with (for state_dir, pin_dir and api_socket).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The agent's state directory, if not the config's or /var/lib/mirror-agent.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The agent's bpffs pin directory, if not the config's or /sys/fs/bpf/mirror-agent.
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// The agent's API socket (cleanup refuses while an agent answers there), if not the
+    /// config's or /run/mirror-agent/api.sock.
     #[arg(long)]
     api_socket: Option<PathBuf>,
 }
@@ -307,6 +320,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
 
     let health = Arc::new(mirror_agent::metrics::Health::default());
+    let kernel = mirror_agent::kernel::KernelReport::probe();
+    info!(
+        release = %kernel.release,
+        "kernel features: {}",
+        kernel.summary()
+    );
+    for line in kernel.degradations() {
+        warn!("{line}");
+        health.add_fault(false, line);
+    }
+    if settings.tc_attach == TcAttachMode::Auto && !kernel.has(mirror_agent::kernel::TCX) {
+        info!("no TCX in this kernel (6.6+): attaching the TC programs with clsact");
+    }
     let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
         file.flow_table_size
@@ -336,7 +362,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     // Dropped packets become REJECT flows; without BTF the rest of flow logging still works.
-    let drop_reasons = match drop_layout() {
+    let drop_reasons = match kernel
+        .drop_accounting()
+        .map_err(anyhow::Error::msg)
+        .and_then(|()| drop_layout())
+    {
         Ok((layout, reasons)) => {
             let ok = match datapath.enable_drop_accounting(layout) {
                 Ok(()) => true,
@@ -350,7 +380,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             reasons
         }
         Err(e) => {
-            warn!("drop accounting unavailable (kernel BTF): {e}");
+            warn!("drop accounting unavailable: {e:#}");
             Default::default()
         }
     };
@@ -381,6 +411,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     svc.metrics
         .datapath_pinned
         .set(i64::from(opened.unpinned.is_none()));
+    for f in &kernel.features {
+        svc.metrics
+            .kernel_feature
+            .with_label_values(&[f.name])
+            .set(i64::from(f.present));
+    }
     for (name, ok) in loaded {
         svc.metrics
             .program_loaded
@@ -572,5 +608,82 @@ fn main() -> ExitCode {
             eprintln!("mirror-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory as _;
+
+    /// Every `--help` and `-h` text, of the top-level command and of each subcommand at any
+    /// depth, with its command path.
+    fn every_help() -> Vec<(String, String)> {
+        fn walk(command: &mut clap::Command, path: String, out: &mut Vec<(String, String)>) {
+            out.push((path.clone(), command.render_long_help().to_string()));
+            out.push((path.clone(), command.render_help().to_string()));
+            for sub in command.get_subcommands_mut() {
+                let name = format!("{path} {}", sub.get_name());
+                walk(sub, name, out);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut out = Vec::new();
+        walk(&mut command, "mirror-agent".into(), &mut out);
+        out
+    }
+
+    /// Help is for the operator: maintainers' notes (rustdoc links, the source files a doc
+    /// comment talks about) must not leak into it through a `///` clap reads as `about`.
+    #[test]
+    fn help_texts_are_written_for_the_operator() {
+        let helps = every_help();
+        assert!(helps.len() > 40, "only {} help texts found", helps.len());
+        let source_file = |text: &str| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .any(|word| word.len() > 3 && word.ends_with(".rs"))
+        };
+        for (path, text) in &helps {
+            for leak in ["[`", "`]", "](", "crate::", "Self::", "flattened"] {
+                assert!(
+                    !text.contains(leak),
+                    "`{path} --help` contains {leak:?}, a maintainer's note:\n{text}"
+                );
+            }
+            assert!(
+                !source_file(text),
+                "`{path} --help` names a source file:\n{text}"
+            );
+        }
+    }
+
+    /// A flag without a line of help leaves the operator guessing what it does.
+    #[test]
+    fn every_flag_and_value_says_what_it_does() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "mirror-agent", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:#?}");
+    }
+
+    #[test]
+    fn top_level_help_opens_with_what_the_program_is() {
+        let text = Cli::command().render_long_help().to_string();
+        assert!(
+            text.starts_with("eBPF traffic mirror agent"),
+            "mirror-agent --help opens with:\n{text}"
+        );
     }
 }

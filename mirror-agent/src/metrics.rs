@@ -108,6 +108,7 @@ pub struct Metrics {
     pub receiver_attached: IntGaugeVec,
     pub datapath_pinned: IntGauge,
     pub program_loaded: IntGaugeVec,
+    pub kernel_feature: IntGaugeVec,
     last: Mutex<HashMap<String, u64>>,
 }
 
@@ -450,6 +451,12 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("{e}"));
                 g
             },
+            kernel_feature: gauge(
+                &r,
+                "mirror_kernel_feature",
+                "1 when the running kernel has the feature the data path uses, 0 when the agent works without it (see /healthz).",
+                &["feature"],
+            ),
             registry: r,
             last: Mutex::new(HashMap::new()),
         }

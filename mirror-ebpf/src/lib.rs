@@ -10,6 +10,72 @@
 
 /// Traffic direction, relative to the source interface: ingress is what the interface receives,
 /// egress is what it transmits. Used as an index, hence the small integers.
+/// The object's map names: aya names a map after its `static` on the eBPF side, and the agent
+/// asks for it by this name. `mirror-agent`'s tests check that this list and the built object
+/// hold the same maps, so a renamed map fails a test instead of an agent start.
+pub mod map_names {
+    /// Source configuration by ifindex (array, ifindex < SOURCES_DIRECT_MAX).
+    pub const SOURCES_DIRECT: &str = "SOURCES_DIRECT";
+    /// Source configuration by ifindex (hash, for the rest).
+    pub const SOURCES: &str = "SOURCES";
+    /// Sessions by slot.
+    pub const SESSIONS: &str = "SESSIONS";
+    /// Filters (rules per direction) by slot.
+    pub const FILTERS: &str = "FILTERS";
+    /// Per-CPU session counters by slot and direction.
+    pub const SESSION_STATS: &str = "SESSION_STATS";
+    /// Per-CPU source counters by slot and direction.
+    pub const SOURCE_STATS: &str = "SOURCE_STATS";
+    /// Per-CPU rule hit counters by rule slot.
+    pub const RULE_STATS: &str = "RULE_STATS";
+    /// Flow table, first half of the double buffer.
+    pub const FLOWS_0: &str = "FLOWS_0";
+    /// Flow table, second half of the double buffer.
+    pub const FLOWS_1: &str = "FLOWS_1";
+    /// Which flow table the programs write.
+    pub const FLOW_CTL: &str = "FLOW_CTL";
+    /// Per-CPU flow-accounting counters (SKIPDATA).
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    /// Kernel struct offsets for the drop tracepoint.
+    pub const SKB_LAYOUT: &str = "SKB_LAYOUT";
+    /// Sessions' token buckets and sampling state.
+    pub const BUDGET_STATE: &str = "BUDGET_STATE";
+    /// Receiving interfaces.
+    pub const RX_INTERFACES: &str = "RX_INTERFACES";
+    /// Served VNIs.
+    pub const RX_VNIS: &str = "RX_VNIS";
+    /// Capture devices (devmap) of served VNIs.
+    pub const RX_CAPTURE: &str = "RX_CAPTURE";
+    /// Per-CPU receiver interface counters.
+    pub const RX_INTERFACE_STATS: &str = "RX_INTERFACE_STATS";
+    /// Per-CPU receiver counters by VNI.
+    pub const RX_VNI_STATS: &str = "RX_VNI_STATS";
+    /// Benchmark only: a per-CPU flow table to compare with.
+    pub const BENCH_FLOWS_PERCPU: &str = "BENCH_FLOWS_PERCPU";
+    /// Every map above.
+    pub const ALL: &[&str] = &[
+        SOURCES_DIRECT,
+        SOURCES,
+        SESSIONS,
+        FILTERS,
+        SESSION_STATS,
+        SOURCE_STATS,
+        RULE_STATS,
+        FLOWS_0,
+        FLOWS_1,
+        FLOW_CTL,
+        FLOW_STATS,
+        SKB_LAYOUT,
+        BUDGET_STATE,
+        RX_INTERFACES,
+        RX_VNIS,
+        RX_CAPTURE,
+        RX_INTERFACE_STATS,
+        RX_VNI_STATS,
+        BENCH_FLOWS_PERCPU,
+    ];
+}
+
 pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
 pub const DIRECTIONS: usize = 2;

@@ -283,6 +283,7 @@ impl Agent {
 
     /// Waits for a log line containing `needle`; panics with the whole log on timeout or exit.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let timeout = crate::scaled(timeout);
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -391,6 +392,7 @@ impl Agent {
 
     /// Polls ListTrafficMirrorSessions until every session is Created (or `timeout`).
     pub fn wait_settled(&self, timeout: Duration) -> serde_json::Value {
+        let timeout = crate::scaled(timeout);
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let list = self.call("ListTrafficMirrorSessions", &[("MaxResults", "100")]);

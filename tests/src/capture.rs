@@ -140,7 +140,7 @@ impl Capture {
             stderr,
             drain: Some(drain),
         };
-        let deadline = Instant::now() + TCPDUMP_TIMEOUT;
+        let deadline = Instant::now() + crate::scaled(TCPDUMP_TIMEOUT);
         loop {
             match lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains("listening on") => return capture,
@@ -188,6 +188,7 @@ impl Capture {
     ///
     /// If tcpdump exits or `timeout` elapses first, with the frame count and tcpdump's stderr.
     pub fn wait_for_frames(&mut self, min: usize, timeout: Duration) -> usize {
+        let timeout = crate::scaled(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             let count = match fs::read(&self.path) {
@@ -249,7 +250,7 @@ impl Capture {
                 std::io::Error::last_os_error()
             );
         }
-        let status = match wait_timeout(child, TCPDUMP_TIMEOUT) {
+        let status = match wait_timeout(child, crate::scaled(TCPDUMP_TIMEOUT)) {
             Some(status) => status,
             None => {
                 eprintln!(

@@ -100,8 +100,8 @@ pub fn call_raw(socket: &Path, request: &[u8]) -> Result<Response, String> {
     let mut stream =
         UnixStream::connect(socket).map_err(|e| format!("connecting to the API socket: {e}"))?;
     stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .set_read_timeout(Some(crate::scaled(IO_TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(crate::scaled(IO_TIMEOUT))))
         .map_err(|e| format!("socket timeouts: {e}"))?;
     let write_error = stream.write_all(request).err();
     let _ = stream.flush();

@@ -6,9 +6,26 @@ pub mod agent;
 pub mod capture;
 pub mod fixture;
 pub mod http;
+pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod pktgen;
 pub mod tcx;
 pub mod topology;
 pub mod traffic;
+
+/// How much slower than the host this run's machine is: `MIRROR_TEST_TIME_SCALE` (set by
+/// `cargo xtask test --kernel …` for its VM, 10 under TCG emulation), 1 otherwise. Deadlines
+/// are waits for something that must happen; a slow VM gets longer waits, never weaker checks.
+pub fn time_scale() -> u32 {
+    std::env::var("MIRROR_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&s| s >= 1)
+        .unwrap_or(1)
+}
+
+/// A deadline scaled by [`time_scale`].
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * time_scale()
+}

@@ -1,8 +1,15 @@
-//! Test packet builder: Ethernet, VLAN tags, IPv4/IPv6 (with extension headers and fragments),
-//! TCP/UDP/ICMP. Checksums are filled where the kernel would look at them on a real path
-//! (IPv4 header), the rest of the bytes are exactly what the caller asked for.
+//! Test packets: a builder (Ethernet, VLAN tags, IPv4/IPv6 with extension headers and
+//! fragments, TCP/UDP/ICMP) and the readers tests use on captured frames, both on etherparse.
+//! Checksums are filled where the kernel would look at them on a real path (IPv4 header); the
+//! rest of the bytes are exactly what the caller asked for. IPv6 extension headers stay raw
+//! bytes: tests build malformed chains on purpose, which etherparse's types refuse.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use etherparse::{
+    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv6Header, LaxNetSlice,
+    LaxSlicedPacket, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -40,22 +47,20 @@ impl L4 {
     fn header(&self, payload_len: usize) -> Vec<u8> {
         match *self {
             L4::Tcp { sport, dport } => {
-                let mut h = vec![0u8; 20];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..8].copy_from_slice(&1u32.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = 0x18; // PSH|ACK
-                h[14..16].copy_from_slice(&65535u16.to_be_bytes());
-                h
+                let mut h = TcpHeader::new(sport, dport, 1, 65535);
+                h.psh = true;
+                h.ack = true;
+                h.to_bytes().to_vec()
             }
-            L4::Udp { sport, dport } => {
-                let mut h = vec![0u8; 8];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-                h
+            L4::Udp { sport, dport } => UdpHeader {
+                source_port: sport,
+                destination_port: dport,
+                length: (8 + payload_len) as u16,
+                checksum: 0,
             }
+            .to_bytes()
+            .to_vec(),
+            // Echo requests, id 1 and sequence 1, checksum left 0.
             L4::Icmp => vec![8, 0, 0, 0, 0, 1, 0, 1],
             L4::Icmpv6 => vec![128, 0, 0, 0, 0, 1, 0, 1],
             L4::Raw(_) => Vec::new(),
@@ -143,14 +148,37 @@ impl Frame {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let mut out = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
-        for (tpid, id) in &self.vlans {
-            out.extend_from_slice(&tpid.to_be_bytes());
-            out.extend_from_slice(&id.to_be_bytes());
+        let ip_type = match self.ip {
+            Ip::V4 { .. } => EtherType::IPV4,
+            Ip::V6 { .. } => EtherType::IPV6,
+        };
+        // Each tag's TPID is the ethertype field of what comes before it.
+        let tpids: Vec<EtherType> = self
+            .vlans
+            .iter()
+            .map(|(tpid, _)| EtherType(*tpid))
+            .chain([ip_type])
+            .collect();
+        let mut out = Ethernet2Header {
+            source: [0x02, 0, 0, 0, 0, 0x01],
+            destination: [0x02, 0, 0, 0, 0, 0x02],
+            ether_type: tpids[0],
+        }
+        .to_bytes()
+        .to_vec();
+        for (i, (_, tci)) in self.vlans.iter().enumerate() {
+            let tag = SingleVlanHeader {
+                pcp: VlanPcp::try_new((tci >> 13) as u8).expect("3-bit PCP"),
+                drop_eligible_indicator: tci & 0x1000 != 0,
+                vlan_id: VlanId::try_new(tci & 0x0fff).expect("12-bit VLAN id"),
+                ether_type: tpids[i + 1],
+            };
+            out.extend_from_slice(&tag.to_bytes());
         }
         let payload: Vec<u8> = (0..self.payload_len).map(|i| i as u8).collect();
         let mut l4 = self.l4.header(self.payload_len);
         l4.extend_from_slice(&payload);
+        let protocol = IpNumber(self.l4.protocol());
         match &self.ip {
             Ip::V4 {
                 src,
@@ -159,26 +187,29 @@ impl Frame {
                 more_fragments,
                 options,
             } => {
-                out.extend_from_slice(&ETH_P_IP.to_be_bytes());
-                let ihl = 5 + options.len() / 4;
-                let total = ihl * 4 + l4.len();
-                let mut h = vec![0u8; 20];
-                h[0] = 0x40 | ihl as u8;
-                h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-                h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-                let frag = (u16::from(*more_fragments) << 13) | frag_offset;
-                h[6..8].copy_from_slice(&frag.to_be_bytes());
-                h[8] = 64;
-                h[9] = self.l4.protocol();
-                h[12..16].copy_from_slice(&src.octets());
-                h[16..20].copy_from_slice(&dst.octets());
-                h.extend_from_slice(options);
-                let sum = checksum(&h);
-                h[10..12].copy_from_slice(&sum.to_be_bytes());
-                out.extend_from_slice(&h);
+                let mut h = Ipv4Header::new(
+                    (options.len() + l4.len()) as u16,
+                    64,
+                    protocol,
+                    src.octets(),
+                    dst.octets(),
+                )
+                .expect("IPv4 payload fits");
+                h.options = options[..]
+                    .try_into()
+                    .expect("IPv4 options: a multiple of 4, at most 40");
+                // The same bytes whatever the crate's defaults: total length of header and
+                // payload, a fixed id, no DF.
+                h.total_len = (h.header_len() + l4.len()) as u16;
+                h.identification = 0x1234;
+                h.dont_fragment = false;
+                h.more_fragments = *more_fragments;
+                h.fragment_offset =
+                    IpFragOffset::try_new(*frag_offset).expect("13-bit fragment offset");
+                h.header_checksum = h.calc_header_checksum();
+                out.extend_from_slice(&h.to_bytes());
             }
             Ip::V6 { src, dst, ext } => {
-                out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 let mut exts = Vec::new();
                 for (i, (_, body)) in ext.iter().enumerate() {
                     let next = ext
@@ -192,14 +223,16 @@ impl Frame {
                     .first()
                     .map(|(n, _)| *n)
                     .unwrap_or_else(|| self.l4.protocol());
-                let mut h = vec![0u8; 40];
-                h[0] = 0x60;
-                h[4..6].copy_from_slice(&((exts.len() + l4.len()) as u16).to_be_bytes());
-                h[6] = first;
-                h[7] = 64;
-                h[8..24].copy_from_slice(&src.octets());
-                h[24..40].copy_from_slice(&dst.octets());
-                out.extend_from_slice(&h);
+                let h = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Default::default(),
+                    payload_length: (exts.len() + l4.len()) as u16,
+                    next_header: IpNumber(first),
+                    hop_limit: 64,
+                    source: src.octets(),
+                    destination: dst.octets(),
+                };
+                out.extend_from_slice(&h.to_bytes());
                 out.extend_from_slice(&exts);
             }
         }
@@ -208,20 +241,27 @@ impl Frame {
     }
 }
 
+/// The Internet checksum of `bytes` (RFC 1071), as a number to write big-endian: for headers
+/// built by hand on purpose (malformed ones included), which etherparse's types refuse.
 pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
+    etherparse::checksum::Sum16BitWords::new()
+        .add_slice(bytes)
+        .ones_complement()
+        .to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_of_a_known_ipv4_header() {
+        // 198.18.0.1 → 198.18.0.2, UDP, total length 50, DF, TTL 64: checksum 0xae93.
+        let mut h = [
+            0x45, 0, 0, 0x32, 0, 0, 0x40, 0, 0x40, 0x11, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+        ];
+        assert_eq!(super::checksum(&h), 0xae93);
+        h[10..12].copy_from_slice(&0xae93u16.to_be_bytes());
+        assert_eq!(super::checksum(&h), 0);
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An ARP request frame: never a mirror candidate.
@@ -245,18 +285,24 @@ pub struct Summary {
     pub dport: u16,
 }
 
-/// Summarises an untagged Ethernet frame (IPv4 or IPv6 without extension headers); `None` for
-/// anything else. Only the first bytes are needed, so truncated copies work too.
-pub fn summarize(frame: &[u8]) -> Option<Summary> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let (ip_version, protocol, l4) = match ethertype {
-        ETH_P_IP => {
-            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
-            (4, *frame.get(14 + 9)?, 14 + ihl)
-        }
-        ETH_P_IPV6 => (6, *frame.get(14 + 6)?, 14 + 40),
-        _ => return None,
+/// The IP payload of a frame (up to three VLAN tags, IPv4 or IPv6 with its extension headers),
+/// as far as it was captured: its offset in the frame, its protocol, and whether it is a
+/// later fragment (no transport header of its own).
+fn ip_payload(frame: &[u8]) -> Option<(usize, u8, bool, u8)> {
+    let packet = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let (version, payload) = match packet.net.as_ref()? {
+        LaxNetSlice::Ipv4(ip) => (4, ip.payload()),
+        LaxNetSlice::Ipv6(ip) => (6, ip.payload()),
+        LaxNetSlice::Arp(_) => return None,
     };
+    let offset = payload.payload.as_ptr() as usize - frame.as_ptr() as usize;
+    Some((offset, payload.ip_number.0, payload.fragmented, version))
+}
+
+/// Summarises an Ethernet frame carrying IPv4 or IPv6; `None` for anything else. Only the
+/// first bytes of the transport header are needed, so truncated copies work too.
+pub fn summarize(frame: &[u8]) -> Option<Summary> {
+    let (l4, protocol, _, ip_version) = ip_payload(frame)?;
     let port = |at: usize| -> Option<u16> {
         Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
     };
@@ -294,31 +340,13 @@ pub fn vxlan(outer: Ip, dport: u16, flags: u8, vni: u32, inner: &[u8]) -> Vec<u8
     out
 }
 
-/// Offset of a frame's TCP or UDP checksum field (Ethernet, up to two VLAN tags, IPv4 or
-/// IPv6 without extension headers), if the frame holds one.
+/// Offset of a frame's TCP or UDP checksum field, if the frame holds one (a later fragment
+/// has no transport header).
 pub fn l4_checksum_at(frame: &[u8]) -> Option<usize> {
-    let be16 = |at: usize| Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
-    let mut l3 = 14;
-    let mut ethertype = be16(12)?;
-    while ethertype == 0x8100 || ethertype == 0x88a8 {
-        ethertype = be16(l3 + 2)?;
-        l3 += 4;
-    }
-    let (protocol, l4) = match ethertype {
-        0x0800 => {
-            let vihl = *frame.get(l3)?;
-            // A later fragment has no transport header.
-            if be16(l3 + 6)? & 0x1fff != 0 {
-                return None;
-            }
-            (*frame.get(l3 + 9)?, l3 + usize::from(vihl & 0x0f) * 4)
-        }
-        0x86dd => (*frame.get(l3 + 6)?, l3 + 40),
-        _ => return None,
-    };
-    match protocol {
-        6 => Some(l4 + 16),
-        17 => Some(l4 + 6),
+    match ip_payload(frame)? {
+        (_, _, true, _) => None,
+        (l4, 6, _, _) => Some(l4 + 16),
+        (l4, 17, _, _) => Some(l4 + 6),
         _ => None,
     }
 }
@@ -354,12 +382,20 @@ pub fn assert_same_as_wire(got: &[Vec<u8>], sent: &[Vec<u8>], what: &str) {
 /// For a frame holding IPv4 + TCP (a copy of a wire segment, whole or cut): the IP total
 /// length its header claims, the TCP payload length that implies, and the TCP source port.
 pub fn ipv4_tcp_claim(frame: &[u8]) -> Option<(usize, usize, u16)> {
-    let ip = frame.get(14..)?;
-    if frame.get(12..14)? != [8, 0] || ip.len() < 40 || ip[0] >> 4 != 4 || ip[9] != 6 {
+    let packet = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let Some(LaxNetSlice::Ipv4(ip)) = packet.net.as_ref() else {
+        return None;
+    };
+    let header = ip.header();
+    if header.protocol() != IpNumber::TCP || !packet.link_exts.is_empty() {
         return None;
     }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let headers = usize::from(ip[0] & 0x0f) * 4 + usize::from(ip[32] >> 4) * 4;
-    let sport = u16::from_be_bytes([ip[20], ip[21]]);
+    let tcp = ip.payload().payload;
+    if tcp.len() < 20 {
+        return None;
+    }
+    let total = usize::from(header.total_len());
+    let headers = usize::from(header.ihl()) * 4 + usize::from(tcp[12] >> 4) * 4;
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     Some((total, total.checked_sub(headers)?, sport))
 }

@@ -55,26 +55,34 @@ pub struct GenConfig {
 
 /// Flow `i`'s frame: Ethernet / IPv4 (checksummed) / UDP (no checksum) / zero payload.
 pub fn build_frame(cfg: &GenConfig, flow: u16) -> Vec<u8> {
+    use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, UdpHeader};
     let len = cfg.frame_len.max(60);
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&cfg.dst_mac);
-    f[6..12].copy_from_slice(&cfg.src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (len - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&cfg.src_ip.octets());
-    ip[16..20].copy_from_slice(&cfg.dst_ip.octets());
-    let sum = crate::packets::checksum(ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&(FIRST_SPORT + flow).to_be_bytes());
-    udp[2..4].copy_from_slice(&DPORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    let udp_len = (len - 14 - Ipv4Header::MIN_LEN) as u16;
+    let mut ip = Ipv4Header::new(
+        udp_len,
+        64,
+        IpNumber::UDP,
+        cfg.src_ip.octets(),
+        cfg.dst_ip.octets(),
+    )
+    .expect("frame length fits IPv4");
+    ip.header_checksum = ip.calc_header_checksum();
+    let udp = UdpHeader {
+        source_port: FIRST_SPORT + flow,
+        destination_port: DPORT,
+        length: udp_len,
+        checksum: 0,
+    };
+    let mut f = Ethernet2Header {
+        source: cfg.src_mac,
+        destination: cfg.dst_mac,
+        ether_type: EtherType::IPV4,
+    }
+    .to_bytes()
+    .to_vec();
+    f.extend_from_slice(&ip.to_bytes());
+    f.extend_from_slice(&udp.to_bytes());
+    f.resize(len, 0);
     f
 }
 

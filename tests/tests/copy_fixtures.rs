@@ -13,7 +13,7 @@ use mirror_agent::{
 };
 use mirror_ebpf::{ERR_NO_SESSION, MIRROR_MARK_MAGIC, mirror_mark};
 use mirror_tests::{
-    fixture::{self, run, skb_ctx},
+    fixture::{self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, run, skb_ctx},
     packets::{L4, frame, v4},
 };
 
@@ -53,11 +53,6 @@ filter_id = "tmf-tx"
 target_id = "tmt-tx"
 sources = ["tx0"]
 "#;
-
-/// `TC_ACT_UNSPEC` (TCX_NEXT): the next program, then the device, send it.
-const TC_ACT_UNSPEC: i32 = -1;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
 
 fn objects() -> Objects {
     let file: FileConfig = toml::from_str(CONFIG).expect("fixture config parses");

@@ -17,7 +17,7 @@ use mirror_agent::{
 };
 use mirror_ebpf::{ERR_NO_SESSION, SessionStats, mirror_mark};
 use mirror_tests::{
-    fixture::{self, run, skb_ctx, try_run},
+    fixture::{self, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, run, skb_ctx, tc_verdict, try_run},
     netns::NetNs,
     packets::{
         ETH_P_8021AD, ETH_P_8021Q, Ip, L4, arp, dest_opts, fragment_header, frame, hop_by_hop, v4,
@@ -514,6 +514,53 @@ fn cases() -> Vec<Case> {
                 .to_vec(),
             Malformed,
         ),
+        // Regressions found by the differential test (tests/tests/differential.rs).
+        case(
+            "IPv6 destination options whose length runs past the end of the packet",
+            Ingress,
+            {
+                let mut p = frame(
+                    with_ext(v6("fd00:3::5", "fd00:2::1"), vec![dest_opts()]),
+                    L4::Icmpv6,
+                )
+                .build();
+                // 2048 bytes claimed; before the fix the ICMPv6 "after" it was matched.
+                p[14 + 40 + 1] = 0xff;
+                p
+            },
+            Malformed,
+        ),
+        case(
+            "IPv6 later fragment: the walk stops at the fragment header (protocol 60, not ICMPv6)",
+            Ingress,
+            frame(
+                with_ext(
+                    v6("fd00:3::5", "fd00:2::1"),
+                    vec![fragment_header(100, false), dest_opts()],
+                ),
+                L4::Icmpv6,
+            )
+            .build(),
+            NotMirrored(&[]),
+        ),
+        case(
+            "TCP header of 14 bytes (no room for the fixed 20): malformed, not matched on ports",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 80)).build()[..14 + 20 + 14].to_vec(),
+            Malformed,
+        ),
+        case(
+            "UDP header of 6 bytes: malformed",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), udp(1500, 7000)).build()[..14 + 20 + 6].to_vec(),
+            Malformed,
+        ),
+        case(
+            "TCP from source port 0: tmr-a2's open source side takes every port",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(0, 80)).build(),
+            Mirrored("tms-a", &["tmr-a2"]),
+        ),
         case(
             "VLAN tag cut short",
             Ingress,
@@ -622,8 +669,8 @@ fn check(
     after: &Snapshot,
 ) -> Result<(), String> {
     // The original always passes, unchanged.
-    if ret != -1 {
-        return Err(format!("verdict {ret}, expected TC_ACT_UNSPEC (-1)"));
+    if ret != TC_ACT_UNSPEC {
+        return Err(format!("{}, expected TC_ACT_UNSPEC", tc_verdict(ret)));
     }
     if out != case.packet.as_slice() {
         return Err("the original packet was modified".into());
@@ -716,7 +763,7 @@ fn encap_program_fixtures() {
         let before = dp.session_counters("tms-a").expect("counters")[0];
         let prog = dp.program(PROG_ENCAP).expect("encap program");
         let (ret, out) = run(prog, &long, &skb_ctx(0, mirror_mark(slot_a, 0), None));
-        assert_eq!(ret, 0, "tms-a copy: expected TC_ACT_OK");
+        assert_eq!(ret, TC_ACT_OK, "tms-a copy: {}", tc_verdict(ret));
         assert_eq!(out.len(), SNAP_A, "tms-a copy length");
         assert_eq!(
             out,
@@ -735,7 +782,7 @@ fn encap_program_fixtures() {
             &short,
             &skb_ctx(0, mirror_mark(slot_b, 1), Some((3, 20))),
         );
-        assert_eq!(ret, 0, "tms-b copy: expected TC_ACT_OK");
+        assert_eq!(ret, TC_ACT_OK, "tms-b copy: {}", tc_verdict(ret));
         assert_eq!(out, short, "tms-b copy is the whole frame");
         let after = dp.session_counters("tms-b").expect("counters")[1];
         assert_eq!(
@@ -753,7 +800,12 @@ fn encap_program_fixtures() {
             let before = dp.maps.session_stats(slot).expect("stats")[0].errors[ERR_NO_SESSION];
             let prog = dp.program(PROG_ENCAP).expect("encap program");
             let (ret, _) = run(prog, &short, &skb_ctx(0, mirror_mark(slot, 0), None));
-            assert_eq!(ret, 2, "copy for slot {slot}: expected TC_ACT_SHOT");
+            assert_eq!(
+                ret,
+                TC_ACT_SHOT,
+                "copy for slot {slot}: {}",
+                tc_verdict(ret)
+            );
             let after = dp.maps.session_stats(slot).expect("stats")[0].errors[ERR_NO_SESSION];
             assert_eq!(after - before, 1, "session_gone counted on slot {slot}");
         }
@@ -761,6 +813,6 @@ fn encap_program_fixtures() {
         // Anything without the mirror mark does not belong on the tunnel device.
         let prog = dp.program(PROG_ENCAP).expect("encap program");
         let (ret, _) = run(prog, &short, &skb_ctx(0, 0x1234, None));
-        assert_eq!(ret, 2, "unmarked traffic: expected TC_ACT_SHOT");
+        assert_eq!(ret, TC_ACT_SHOT, "unmarked traffic: {}", tc_verdict(ret));
     });
 }

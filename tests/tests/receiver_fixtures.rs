@@ -8,7 +8,7 @@
 //! veth for the capture pairs' `rx_pass`; a devmap hash (5.4+), looked up from TC. The receiver is set up by the agent's own `Datapath::apply`, so the maps hold what
 //! the agent writes.
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::programs::SchedClassifier;
 use mirror_agent::{
     config::Objects,
     datapath::{
@@ -18,17 +18,14 @@ use mirror_agent::{
 };
 use mirror_ebpf::{RxInterfaceStats, RxVniStats};
 use mirror_tests::{
-    fixture,
+    fixture::{self, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     netns::{NetNs, in_netns},
     packets::{ETH_P_8021Q, Ip, L4, VXLAN_FLAG_I, arp, frame, v4, v6, vxlan},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-/// TC verdicts as the test run returns them (an `int` read back as `u32`).
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_REDIRECT: u32 = 7;
+/// TC verdicts as this file's runner returns them: the `int` read back as `u32`.
+const TC_ACT_UNSPEC: u32 = fixture::TC_ACT_UNSPEC as u32;
+const TC_ACT_REDIRECT: u32 = fixture::TC_ACT_REDIRECT as u32;
 const RECEIVER: &str = "tmrcv-fx";
 const PORT: u16 = 4789;
 
@@ -78,7 +75,7 @@ impl Prog {
     /// Runs the program on `packet` arriving on `ifindex`: (verdict, frame afterwards).
     fn run(self, dp: &mut Datapath, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
         match self {
-            Prog::Xdp => run(
+            Prog::Xdp => fixture::try_run_xdp(
                 dp.xdp_program(PROG_RECEIVE).expect("receive program"),
                 packet,
                 ifindex,
@@ -219,6 +216,21 @@ fn cases() -> Vec<Case> {
     ip_options[at..at + 8].copy_from_slice(&[VXLAN_FLAG_I, 0, 0, 0, 0, 0, 100, 0]);
     ip_options[at + 8..].copy_from_slice(&inner_tcp());
 
+    // Cut right after the UDP ports: addressed to the receiver, but no VXLAN header.
+    let cut_after_ports = frame(
+        outer4(),
+        L4::Udp {
+            sport: 49152,
+            dport: PORT,
+        },
+    )
+    .payload(20)
+    .build()[..UDP4 + 4]
+        .to_vec();
+
+    let mut qinq = vxlan(outer4(), PORT, VXLAN_FLAG_I, 100, &inner_tcp());
+    qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x01, 0x81, 0x00, 0x00, 0x02]);
+
     let mut tagged = vxlan(outer4(), PORT, VXLAN_FLAG_I, 200, &inner_tcp());
     tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
     assert_eq!(u16::from_be_bytes([tagged[12], tagged[13]]), ETH_P_8021Q);
@@ -267,6 +279,17 @@ fn cases() -> Vec<Case> {
             Counted::Malformed,
         ),
         pass("truncated VXLAN header", short_header, Counted::Malformed),
+        // Regressions of the differential test's receiver model (the program was right).
+        pass(
+            "UDP to the receiver's port cut right after the ports",
+            cut_after_ports,
+            Counted::Malformed,
+        ),
+        pass(
+            "QinQ (802.1ad + 802.1Q) outer frame: not the receiver's",
+            qinq,
+            Counted::NotMirror,
+        ),
         pass(
             "UDP length claims more than arrived",
             udp_too_long,
@@ -314,51 +337,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-/// egress_ifindex. The kernel wants data_end = the packet's length and the rest zero.
-fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
-    let mut ctx = vec![0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-/// `struct __sk_buff` (192 bytes) with only `ifindex` (offset 40) set: the test run makes
-/// that device the skb's, as the receiving interface is for a TC ingress program.
-fn skb_ctx(ifindex: u32) -> Vec<u8> {
-    let mut ctx = vec![0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 fn run_tc(prog: &SchedClassifier, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let ctx = skb_ctx(ifindex);
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
-}
-
-fn run(prog: &Xdp, packet: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>), String> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let ctx = xdp_ctx(ifindex, packet.len());
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN failed: {e:?}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    fixture::try_run(prog, packet, &fixture::skb_ctx(ifindex, 0, None))
+        .map(|(ret, out)| (ret as u32, out))
 }
 
 fn receivers() -> Objects {
@@ -543,6 +524,20 @@ fn tc_receive_refuses_what_adjust_room_cannot_shrink_and_counts_it() {
                 "a 44-byte inner frame, IPv6 outer",
                 packet.clone(),
                 Counted::RedirectError(100),
+            )],
+        ));
+        // Padding after the datagram counts toward what must remain (a regression of the
+        // differential test's model): 30 + 10 bytes are IPv6's 40.
+        let mut padded = packet.clone();
+        padded.extend_from_slice(&[0xee; 10]);
+        failures.extend(run_cases(
+            dp,
+            Prog::Tc,
+            vec![redirect(
+                "a 44-byte inner frame, IPv6 outer, 10 bytes of padding",
+                padded,
+                tiny.clone(),
+                100,
             )],
         ));
         // With an IPv4 outer header 20 bytes must remain, which 30 are.

@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask setup` prepares a fresh machine (idempotent), `run` runs the
-//! agent, `test` runs everything CI runs, `bench` runs the benchmarks.
+//! agent, `test` runs everything CI runs, `bench` runs the benchmarks, `fuzz` runs the
+//! differential tests long.
 //!
 //! xtask deliberately does not depend on the agent: it must build and run on a machine that
 //! does not have bpf-linker yet, since installing it is its first job.
@@ -37,6 +38,17 @@ enum Task {
     /// running the agent; creates a session and a flow log through the API, shows copies
     /// arriving (tcpdump) and flow-log records, then removes everything.
     Lab,
+    /// The differential tests (the programs against the reference model) with many more
+    /// cases than `test` runs: MIRROR_FUZZ_CASES source frames (default 1,000,000; half as
+    /// many receiver frames), MIRROR_FUZZ_SEED to replay a run. Needs root.
+    Fuzz {
+        /// Source frames (receiver frames: half). Overrides MIRROR_FUZZ_CASES.
+        #[arg(long)]
+        cases: Option<u64>,
+        /// Replays this seed. Overrides MIRROR_FUZZ_SEED.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Benchmarks (needs root). Writes BENCHMARKS.md.
     Bench {
         /// Few repetitions: checks that every row is produced, not how fast.
@@ -274,6 +286,40 @@ fn bench(quick: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Source frames `cargo xtask fuzz` runs unless told otherwise.
+const FUZZ_CASES: u64 = 1_000_000;
+
+fn fuzz(cases: Option<u64>, seed: Option<u64>) -> Result<()> {
+    let cases = cases
+        .or_else(|| {
+            std::env::var("MIRROR_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.replace('_', "").parse().ok())
+        })
+        .unwrap_or(FUZZ_CASES);
+    let mut cmd = cargo();
+    // The debug build `cargo xtask test` already made: the frames spend most of their time
+    // in the kernel (test runs, map reads), so a release build would save little.
+    cmd.env("MIRROR_FUZZ_CASES", cases.to_string()).args([
+        "test",
+        "-p",
+        "tests",
+        "--test",
+        "differential",
+        "--",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    if let Some(seed) = seed {
+        cmd.env("MIRROR_FUZZ_SEED", seed.to_string());
+    }
+    eprintln!(
+        "xtask fuzz: {cases} source frames, {} receiver frames",
+        cases / 2
+    );
+    run(&mut cmd)
+}
+
 /// Namespaces and links of the lab; removed on drop, also when a step fails.
 struct Lab {
     names: [String; 3],
@@ -472,6 +518,7 @@ fn main() -> ExitCode {
             ]))
         }),
         Task::Bench { quick } => setup().and_then(|()| bench(quick)),
+        Task::Fuzz { cases, seed } => setup().and_then(|()| fuzz(cases, seed)),
         Task::Lab => setup().and_then(|()| lab()),
     };
     match result {

@@ -50,6 +50,7 @@ pub enum TcAttachMode {
     /// TCX where the kernel has it (6.6+), clsact otherwise.
     #[default]
     Auto,
+    /// TCX links, which need Linux 6.6+.
     Tcx,
     /// A clsact qdisc and a direct-action cls_bpf filter over netlink, as before TCX. The
     /// qdisc is left in place on detach: other software may have filters on it.

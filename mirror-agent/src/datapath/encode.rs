@@ -10,7 +10,8 @@ use mirror_ebpf::{
 };
 
 use crate::model::{
-    Action, Budget, Direction, Filter, FilterRule, IpVersion, Protocol, SampleMode, Session, Target,
+    Action, Budget, Direction, Filter, FilterRule, IpVersion, PortRange, Protocol, SampleMode,
+    Session, Target,
 };
 
 /// Nanoseconds of budget one unit (a packet, a bit) uses at `per_second`, in the data
@@ -55,6 +56,16 @@ fn cidr_words(net: &IpNet) -> ([u32; 4], [u32; 4]) {
     (addr, mask)
 }
 
+/// A range as the program compares it: `-1/-1` (all) is every port the packet can carry,
+/// 0 included (PortRange::ALL is 1-65535 for the API's display, not a restriction).
+fn port_bounds(range: &PortRange) -> (u16, u16) {
+    if range.is_all() {
+        (0, u16::MAX)
+    } else {
+        (range.min, range.max)
+    }
+}
+
 pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
     let (src_addr, src_mask) = cidr_words(&rule.source_cidr);
     let (dst_addr, dst_mask) = cidr_words(&rule.destination_cidr);
@@ -70,6 +81,8 @@ pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
     {
         flags |= RULE_MATCH_PORTS;
     }
+    let (src_port_min, src_port_max) = port_bounds(&rule.source_ports);
+    let (dst_port_min, dst_port_max) = port_bounds(&rule.destination_ports);
     Rule {
         action: match rule.action {
             Action::Accept => ACTION_ACCEPT,
@@ -81,10 +94,10 @@ pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
             IpVersion::V6 => 6,
         },
         flags,
-        src_port_min: rule.source_ports.min,
-        src_port_max: rule.source_ports.max,
-        dst_port_min: rule.destination_ports.min,
-        dst_port_max: rule.destination_ports.max,
+        src_port_min,
+        src_port_max,
+        dst_port_min,
+        dst_port_max,
         stats_slot,
         src_addr,
         src_mask,
@@ -222,6 +235,8 @@ mod tests {
         let r = encode_rule(&rule, 9);
         assert_eq!(r.flags, RULE_MATCH_PORTS);
         assert_eq!((r.dst_port_min, r.dst_port_max), (53, 53));
+        // The open side takes every port, 0 included (a packet from port 0 is legal).
+        assert_eq!((r.src_port_min, r.src_port_max), (0, 65535));
         assert_eq!(r.action, ACTION_REJECT);
         assert_eq!(r.stats_slot, 9);
     }

@@ -5,6 +5,7 @@
 //! reads every entry of the now idle table and deletes it. Nothing writes the idle table
 //! meanwhile, so each update is read exactly once: none lost, none counted twice.
 
+use mirror_ebpf::map_names;
 use std::time::Duration;
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -47,7 +48,7 @@ impl FlowTables {
     pub fn active(&self) -> Result<u32, DatapathError> {
         self.ctl
             .get(&FLOW_CTL_ACTIVE, 0)
-            .map_err(map_err("FLOW_CTL"))
+            .map_err(map_err(map_names::FLOW_CTL))
     }
 
     /// Flips the active table, waits out programs still writing the old one, and empties it.
@@ -73,7 +74,7 @@ impl FlowTables {
         let old = self.active()? & 1;
         self.ctl
             .set(FLOW_CTL_ACTIVE, 1 - old, 0)
-            .map_err(map_err("FLOW_CTL"))?;
+            .map_err(map_err(map_names::FLOW_CTL))?;
         std::thread::sleep(grace);
         let table = &mut self.tables[old as usize];
         if let Err(e) = lookup_and_delete_batch(table, &mut f) {
@@ -84,11 +85,11 @@ impl FlowTables {
                 match table.get(&key, 0) {
                     Ok(v) => f(&key, &v),
                     Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err("FLOWS")(e)),
+                    Err(e) => return Err(map_err("FLOWS_0/1")(e)),
                 }
                 match table.remove(&key) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err("FLOWS")(e)),
+                    Err(e) => return Err(map_err("FLOWS_0/1")(e)),
                 }
             }
         }
@@ -102,7 +103,7 @@ impl FlowTables {
                 let index = slot * DIRECTIONS as u32 + dir;
                 let total: u64 = match self.stats.get(&index, 0) {
                     Ok(values) => values.iter().map(|v| v.skipped_packets).sum(),
-                    Err(e) => return Err(map_err("FLOW_STATS")(e)),
+                    Err(e) => return Err(map_err(map_names::FLOW_STATS)(e)),
                 };
                 let last = self.last_skipped.insert(index, total).unwrap_or(0);
                 if total > last {

@@ -14,6 +14,7 @@ pub mod segment;
 mod slots;
 pub mod tunnel;
 
+use mirror_ebpf::map_names;
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
@@ -63,6 +64,14 @@ pub enum DatapathError {
         name: &'static str,
         source: MapError,
     },
+    #[error("map {name}: {reason}")]
+    MapOther { name: &'static str, reason: String },
+    #[error("{table}: all {capacity} slots are in use")]
+    SlotsExhausted { table: &'static str, capacity: u32 },
+    #[error("interface {0} not found")]
+    InterfaceNotFound(String),
+    #[error("capture devices: {0}")]
+    Captures(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("program {0} is missing from the eBPF object")]
@@ -154,15 +163,15 @@ impl Maps {
             T::try_from(map).map_err(map_err(name))
         }
         Ok(Maps {
-            sources_direct: take(ebpf, "SOURCES_DIRECT")?,
-            sources: take(ebpf, "SOURCES")?,
-            sessions: take(ebpf, "SESSIONS")?,
-            filters: take(ebpf, "FILTERS")?,
-            session_stats: take(ebpf, "SESSION_STATS")?,
-            source_stats: take(ebpf, "SOURCE_STATS")?,
-            rule_stats: take(ebpf, "RULE_STATS")?,
-            skb_layout: take(ebpf, "SKB_LAYOUT")?,
-            budget_state: take(ebpf, "BUDGET_STATE")?,
+            sources_direct: take(ebpf, map_names::SOURCES_DIRECT)?,
+            sources: take(ebpf, map_names::SOURCES)?,
+            sessions: take(ebpf, map_names::SESSIONS)?,
+            filters: take(ebpf, map_names::FILTERS)?,
+            session_stats: take(ebpf, map_names::SESSION_STATS)?,
+            source_stats: take(ebpf, map_names::SOURCE_STATS)?,
+            rule_stats: take(ebpf, map_names::RULE_STATS)?,
+            skb_layout: take(ebpf, map_names::SKB_LAYOUT)?,
+            budget_state: take(ebpf, map_names::BUDGET_STATE)?,
         })
     }
 
@@ -172,11 +181,11 @@ impl Maps {
         if ifindex < SOURCES_DIRECT_MAX {
             self.sources_direct
                 .set(ifindex, cfg, 0)
-                .map_err(map_err("SOURCES_DIRECT"))
+                .map_err(map_err(map_names::SOURCES_DIRECT))
         } else {
             self.sources
                 .insert(ifindex, cfg, 0)
-                .map_err(map_err("SOURCES"))
+                .map_err(map_err(map_names::SOURCES))
         }
     }
 
@@ -184,11 +193,11 @@ impl Maps {
         if ifindex < SOURCES_DIRECT_MAX {
             self.sources_direct
                 .set(ifindex, SourceConfig::INACTIVE, 0)
-                .map_err(map_err("SOURCES_DIRECT"))
+                .map_err(map_err(map_names::SOURCES_DIRECT))
         } else {
             match self.sources.remove(&ifindex) {
                 Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(map_err("SOURCES")(e)),
+                Err(e) => Err(map_err(map_names::SOURCES)(e)),
             }
         }
     }
@@ -200,7 +209,7 @@ impl Maps {
             let values = self
                 .session_stats
                 .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
-                .map_err(map_err("SESSION_STATS"))?;
+                .map_err(map_err(map_names::SESSION_STATS))?;
             for v in values.iter() {
                 total.packets += v.packets;
                 total.bytes += v.bytes;
@@ -225,7 +234,7 @@ impl Maps {
             let values = self
                 .source_stats
                 .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
-                .map_err(map_err("SOURCE_STATS"))?;
+                .map_err(map_err(map_names::SOURCE_STATS))?;
             for v in values.iter() {
                 total.packets += v.packets;
                 total.bytes += v.bytes;
@@ -242,7 +251,7 @@ impl Maps {
         let values = self
             .rule_stats
             .get(&slot, 0)
-            .map_err(map_err("RULE_STATS"))?;
+            .map_err(map_err(map_names::RULE_STATS))?;
         Ok(values.iter().sum())
     }
 
@@ -251,7 +260,7 @@ impl Maps {
         for dir in 0..DIRECTIONS as u32 {
             self.session_stats
                 .set(slot * DIRECTIONS as u32 + dir, zeroed_per_cpu()?, 0)
-                .map_err(map_err("SESSION_STATS"))?;
+                .map_err(map_err(map_names::SESSION_STATS))?;
         }
         Ok(())
     }
@@ -260,14 +269,14 @@ impl Maps {
     fn reset_budget_state(&mut self, slot: u32) -> Result<(), DatapathError> {
         self.budget_state
             .set(slot, BudgetState::default(), 0)
-            .map_err(map_err("BUDGET_STATE"))
+            .map_err(map_err(map_names::BUDGET_STATE))
     }
 
     fn reset_source_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
         for dir in 0..DIRECTIONS as u32 {
             self.source_stats
                 .set(slot * DIRECTIONS as u32 + dir, zeroed_per_cpu()?, 0)
-                .map_err(map_err("SOURCE_STATS"))?;
+                .map_err(map_err(map_names::SOURCE_STATS))?;
         }
         Ok(())
     }
@@ -275,7 +284,7 @@ impl Maps {
     fn reset_rule_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
         self.rule_stats
             .set(slot, zeroed_per_cpu()?, 0)
-            .map_err(map_err("RULE_STATS"))
+            .map_err(map_err(map_names::RULE_STATS))
     }
 }
 
@@ -304,8 +313,8 @@ pub fn load(
     let log_level = program_log_level();
     let mut loader = aya::EbpfLoader::new();
     loader
-        .map_max_entries("FLOWS_0", flow_table_size)
-        .map_max_entries("FLOWS_1", flow_table_size)
+        .map_max_entries(map_names::FLOWS_0, flow_table_size)
+        .map_max_entries(map_names::FLOWS_1, flow_table_size)
         .override_global(aya_log::LEVEL, &log_level, false);
     if let Some(p) = &pins {
         for &name in pins::PINNED_MAPS {
@@ -323,11 +332,11 @@ pub fn load(
     let maps = Maps::take(&mut ebpf)?;
     let flows = FlowTables::new(
         [
-            take_map(&mut ebpf, "FLOWS_0")?,
-            take_map(&mut ebpf, "FLOWS_1")?,
+            take_map(&mut ebpf, map_names::FLOWS_0)?,
+            take_map(&mut ebpf, map_names::FLOWS_1)?,
         ],
-        take_map(&mut ebpf, "FLOW_CTL")?,
-        take_map(&mut ebpf, "FLOW_STATS")?,
+        take_map(&mut ebpf, map_names::FLOW_CTL)?,
+        take_map(&mut ebpf, map_names::FLOW_STATS)?,
     );
     Ok((Programs::load(ebpf, pins, logger), maps, flows))
 }
@@ -577,7 +586,10 @@ impl Datapath {
         let pins = match PinPaths::prepare(
             &persist.pin_dir,
             EBPF_OBJECT,
-            &[("FLOWS_0", flow_table_size), ("FLOWS_1", flow_table_size)],
+            &[
+                (map_names::FLOWS_0, flow_table_size),
+                (map_names::FLOWS_1, flow_table_size),
+            ],
         ) {
             Ok(p) => Some(p),
             // Two agents on one pin directory would adopt and remove each other's links.
@@ -864,7 +876,7 @@ impl Datapath {
         self.maps
             .skb_layout
             .set(0, layout, 0)
-            .map_err(map_err("SKB_LAYOUT"))?;
+            .map_err(map_err(map_names::SKB_LAYOUT))?;
         self.programs.load_drop()?;
         self.drop_available = true;
         // What an earlier agent left counting goes on counting (no gap across a restart);
@@ -1026,7 +1038,7 @@ impl Datapath {
             self.maps
                 .filters
                 .set(slot, cfg, 0)
-                .map_err(map_err("FILTERS"))?;
+                .map_err(map_err(map_names::FILTERS))?;
         }
 
         // 3. Sessions.
@@ -1097,7 +1109,7 @@ impl Datapath {
             self.maps
                 .sessions
                 .set(slot, cfg, 0)
-                .map_err(map_err("SESSIONS"))?;
+                .map_err(map_err(map_names::SESSIONS))?;
             paths.insert(session.id.clone(), path);
             placed.push(session);
         }
@@ -1164,7 +1176,7 @@ impl Datapath {
                 self.maps
                     .sessions
                     .set(slot, zeroed_session(), 0)
-                    .map_err(map_err("SESSIONS"))?;
+                    .map_err(map_err(map_names::SESSIONS))?;
             }
         }
         let keep: BTreeSet<&str> = desired.filters.iter().map(|f| f.id.as_str()).collect();
@@ -1175,7 +1187,7 @@ impl Datapath {
                 self.maps
                     .filters
                     .set(slot, FilterConfig::EMPTY, 0)
-                    .map_err(map_err("FILTERS"))?;
+                    .map_err(map_err(map_names::FILTERS))?;
             }
         }
         let keep: BTreeSet<&str> = desired
@@ -1288,12 +1300,8 @@ impl Datapath {
 
     /// `mirror_tx` on an uplink's egress, first in line; the uplink's name.
     fn ensure_uplink(&mut self, index: u32) -> Result<String, DatapathError> {
-        let name = ifname(index).ok_or_else(|| {
-            DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("interface {index} not found"),
-            ))
-        })?;
+        let name =
+            ifname(index).ok_or_else(|| DatapathError::InterfaceNotFound(format!("#{index}")))?;
         match self.uplinks.get(&name) {
             Some(t) if t.ifindex == index => return Ok(name),
             Some(_) => {
@@ -1364,10 +1372,7 @@ impl Datapath {
             if self.attached.contains_key(ifname) {
                 self.remove_source(ifname)?;
             }
-            return Err(DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "interface not found",
-            )));
+            return Err(DatapathError::InterfaceNotFound(ifname.to_string()));
         };
         if self
             .attached
@@ -1382,16 +1387,13 @@ impl Datapath {
             a.flow_log = cfg.flags & SOURCE_FLOW_LOG != 0;
             return self.maps.set_source(index, cfg);
         }
-        let stats_slot = self
-            .sources
-            .get_or_alloc(ifname)
-            .ok_or_else(|| DatapathError::Map {
-                name: "SOURCE_STATS",
-                source: MapError::OutOfBounds {
-                    index: MAX_SOURCES,
-                    max_entries: MAX_SOURCES,
-                },
-            })?;
+        let stats_slot =
+            self.sources
+                .get_or_alloc(ifname)
+                .ok_or(DatapathError::SlotsExhausted {
+                    table: map_names::SOURCE_STATS,
+                    capacity: MAX_SOURCES,
+                })?;
         self.maps.reset_source_stats(stats_slot)?;
         cfg.stats_slot = stats_slot;
         // The map entry goes in first: a program attached before it would just pass packets.

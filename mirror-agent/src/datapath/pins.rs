@@ -15,6 +15,7 @@
 //!
 //! A link stays attached while its pin exists, whatever happens to the process that made it.
 
+use mirror_ebpf::map_names;
 use std::{
     collections::BTreeMap,
     io,
@@ -30,19 +31,19 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// The maps shared by the programs and the agent. They are pinned so that counters, flow
 /// tables and the configuration in them survive the agent.
 pub const PINNED_MAPS: &[&str] = &[
-    "SOURCES_DIRECT",
-    "SOURCES",
-    "SESSIONS",
-    "FILTERS",
-    "SESSION_STATS",
-    "SOURCE_STATS",
-    "RULE_STATS",
-    "FLOWS_0",
-    "FLOWS_1",
-    "FLOW_CTL",
-    "FLOW_STATS",
-    "SKB_LAYOUT",
-    "BUDGET_STATE",
+    map_names::SOURCES_DIRECT,
+    map_names::SOURCES,
+    map_names::SESSIONS,
+    map_names::FILTERS,
+    map_names::SESSION_STATS,
+    map_names::SOURCE_STATS,
+    map_names::RULE_STATS,
+    map_names::FLOWS_0,
+    map_names::FLOWS_1,
+    map_names::FLOW_CTL,
+    map_names::FLOW_STATS,
+    map_names::SKB_LAYOUT,
+    map_names::BUDGET_STATE,
     // aya-log's ring buffer: adopted programs keep logging where the new agent reads.
     "AYA_LOGS",
 ];
@@ -320,8 +321,55 @@ mod tests {
         let object = crate::datapath::EBPF_OBJECT;
         let a = map_layout(object, &[]).expect("layout");
         assert_eq!(a, map_layout(object, &[]).expect("layout"));
-        let b = map_layout(object, &[("FLOWS_0", 1024), ("FLOWS_1", 1024)]).expect("layout");
+        let b = map_layout(
+            object,
+            &[(map_names::FLOWS_0, 1024), (map_names::FLOWS_1, 1024)],
+        )
+        .expect("layout");
         assert_ne!(a, b, "a resized flow table must not reuse the old maps");
+    }
+
+    /// The names the agent asks aya for are the maps and programs the built object holds.
+    #[test]
+    fn map_and_program_names_match_the_object() {
+        use crate::datapath::{attach, receive};
+        let obj = aya_obj::Object::parse(crate::datapath::EBPF_OBJECT).expect("object parses");
+        // Sections the compiler and aya-log add are not ours to name.
+        let mut in_object: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.') && *m != "AYA_LOGS")
+            .collect();
+        in_object.sort_unstable();
+        let mut named = map_names::ALL.to_vec();
+        named.sort_unstable();
+        assert_eq!(
+            in_object, named,
+            "maps in the object vs mirror_ebpf::map_names"
+        );
+        for pinned in PINNED_MAPS {
+            assert!(
+                obj.maps.contains_key(*pinned),
+                "pinned map {pinned} not in the object"
+            );
+        }
+        for program in [
+            attach::PROG_INGRESS,
+            attach::PROG_EGRESS,
+            attach::PROG_ENCAP,
+            attach::PROG_TX,
+            attach::PROG_SEGMENT,
+            attach::PROG_FLOW_DROP,
+            receive::PROG_RECEIVE,
+            receive::PROG_RECEIVE_TC,
+            receive::PROG_RX_PASS,
+        ] {
+            assert!(
+                obj.programs.contains_key(program),
+                "program {program} not in the object"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! to get NAPI without GRO (GRO would merge the mirrored TCP segments the tools must see as
 //! sent). See docs/architecture.md.
 
+use mirror_ebpf::map_names;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -222,11 +223,11 @@ impl Receive {
             tc_unavailable,
             tc_mode,
             pin_dir,
-            interfaces: super::take_map(ebpf, "RX_INTERFACES")?,
-            vnis: super::take_map(ebpf, "RX_VNIS")?,
-            capture: super::take_map(ebpf, "RX_CAPTURE")?,
-            interface_stats: super::take_map(ebpf, "RX_INTERFACE_STATS")?,
-            vni_stats: super::take_map(ebpf, "RX_VNI_STATS")?,
+            interfaces: super::take_map(ebpf, map_names::RX_INTERFACES)?,
+            vnis: super::take_map(ebpf, map_names::RX_VNIS)?,
+            capture: super::take_map(ebpf, map_names::RX_CAPTURE)?,
+            interface_stats: super::take_map(ebpf, map_names::RX_INTERFACE_STATS)?,
+            vni_stats: super::take_map(ebpf, map_names::RX_VNI_STATS)?,
             interface_slots: Slots::new(MAX_RX_INTERFACES),
             vni_slots: Slots::new(MAX_RX_VNIS),
             attached: BTreeMap::new(),
@@ -389,29 +390,21 @@ impl Receive {
         netlink: &Handle,
         r: &Receiver,
     ) -> Result<(), DatapathError> {
-        let index = ifindex(&r.interface).ok_or_else(|| {
-            DatapathError::Netlink(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("receiving interface {} not found", r.interface),
-            ))
-        })?;
+        let index = ifindex(&r.interface)
+            .ok_or_else(|| DatapathError::InterfaceNotFound(r.interface.clone()))?;
         let mut fresh = None;
         let stats_slot = match self.attached.get(&r.id) {
             Some(a) => a.stats_slot,
             None => {
-                let slot =
-                    self.interface_slots
-                        .get_or_alloc(&r.id)
-                        .ok_or_else(|| DatapathError::Map {
-                            name: "RX_INTERFACES",
-                            source: MapError::OutOfBounds {
-                                index: MAX_RX_INTERFACES,
-                                max_entries: MAX_RX_INTERFACES,
-                            },
-                        })?;
+                let slot = self.interface_slots.get_or_alloc(&r.id).ok_or(
+                    DatapathError::SlotsExhausted {
+                        table: map_names::RX_INTERFACES,
+                        capacity: MAX_RX_INTERFACES,
+                    },
+                )?;
                 self.interface_stats
                     .set(slot, zeroed_per_cpu()?, 0)
-                    .map_err(map_err("RX_INTERFACE_STATS"))?;
+                    .map_err(map_err(map_names::RX_INTERFACE_STATS))?;
                 // Before the program: attached first, it would only pass.
                 self.interfaces
                     .insert(
@@ -423,7 +416,7 @@ impl Receive {
                         },
                         0,
                     )
-                    .map_err(map_err("RX_INTERFACES"))?;
+                    .map_err(map_err(map_names::RX_INTERFACES))?;
                 fresh = Some(BTreeMap::new());
                 slot
             }
@@ -509,9 +502,7 @@ impl Receive {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(DatapathError::Netlink(std::io::Error::other(
-                problems.join("; "),
-            )))
+            Err(DatapathError::Captures(problems.join("; ")))
         }
     }
 
@@ -527,7 +518,7 @@ impl Receive {
         rxlinks::detach(ebpf, a.mode.program(), a.link);
         match self.interfaces.remove(&a.ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("RX_INTERFACES")(e)),
+            Err(e) => return Err(map_err(map_names::RX_INTERFACES)(e)),
         }
         self.interface_slots.release(id);
         for (vni, c) in std::mem::take(&mut a.captures) {
@@ -691,12 +682,9 @@ async fn add_capture(
         Some(slot) => {
             place_vni(&mut maps, stats, rx_ifindex, vni, slot, inner_ifindex).map(|()| slot)
         }
-        None => Err(DatapathError::Map {
-            name: "RX_VNIS",
-            source: MapError::OutOfBounds {
-                index: MAX_RX_VNIS,
-                max_entries: MAX_RX_VNIS,
-            },
+        None => Err(DatapathError::SlotsExhausted {
+            table: map_names::RX_VNIS,
+            capacity: MAX_RX_VNIS,
         }),
     };
     match placed {
@@ -727,15 +715,18 @@ fn place_vni(
 ) -> Result<(), DatapathError> {
     stats
         .set(slot, zeroed_per_cpu()?, 0)
-        .map_err(map_err("RX_VNI_STATS"))?;
+        .map_err(map_err(map_names::RX_VNI_STATS))?;
     maps.capture
         .insert(slot, inner_ifindex, None, 0)
         .map_err(|e| match e {
             aya::maps::xdp::XdpMapError::MapError(source) => DatapathError::Map {
-                name: "RX_CAPTURE",
+                name: map_names::RX_CAPTURE,
                 source,
             },
-            other => DatapathError::Netlink(std::io::Error::other(format!("RX_CAPTURE: {other}"))),
+            other => DatapathError::MapOther {
+                name: map_names::RX_CAPTURE,
+                reason: other.to_string(),
+            },
         })?;
     maps.vnis
         .insert(
@@ -746,7 +737,7 @@ fn place_vni(
             RxVni { slot },
             0,
         )
-        .map_err(map_err("RX_VNIS"))
+        .map_err(map_err(map_names::RX_VNIS))
 }
 
 fn vni_key(vni: u32) -> String {
@@ -766,7 +757,7 @@ async fn drop_capture(
         vni,
     }) {
         Ok(()) | Err(MapError::KeyNotFound) => {}
-        Err(e) => return Err(map_err("RX_VNIS")(e)),
+        Err(e) => return Err(map_err(map_names::RX_VNIS)(e)),
     }
     if let Err(e) = maps.capture.remove(c.slot) {
         debug!(vni, error = %e, "RX_CAPTURE entry already gone");

@@ -225,11 +225,19 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Option<Parsed> {
             51 => (hdr_len + 2) * 4,
             _ => break,
         };
+        // The whole header must be in the packet: one whose length runs past the end is
+        // malformed, not a way to read the "ports" from beyond it.
+        be16_at(ctx, off + len - 2)?;
         next = (head >> 8) as u8;
         off += len;
         walked += 1;
+        if !first_fragment {
+            // A later fragment: what follows is fragment data, not more headers. Its
+            // protocol is the fragment header's next header; it has no ports.
+            break;
+        }
     }
-    if is_ipv6_ext_header(next) {
+    if first_fragment && is_ipv6_ext_header(next) {
         // Longer chain than we walk: the upper-layer protocol is unknown.
         return Some(Parsed::Malformed);
     }
@@ -262,17 +270,23 @@ fn is_ipv6_ext_header(next: u8) -> bool {
 fn parse_l4(ctx: &TcContext, l4: usize, pkt: &mut Packet) -> Option<()> {
     match pkt.protocol {
         IPPROTO_TCP => {
-            pkt.src_port = be16_at(ctx, l4)?;
-            pkt.dst_port = be16_at(ctx, l4 + 2)?;
-            let off_flags = be16_at(ctx, l4 + 12)?;
-            let doff = (off_flags >> 12) as usize;
-            pkt.tcp_flags = (off_flags & 0x3f) as u8;
+            // The fixed 20 bytes must all be there (one read of the whole header, which the
+            // verifier follows): a shorter TCP header is malformed, not matched on ports.
+            // SAFETY: bounds checked by ptr_at; the read is unaligned-safe.
+            let h = unsafe { ptr_at::<[u8; 20]>(ctx, l4)?.read_unaligned() };
+            pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+            pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            let doff = (h[12] >> 4) as usize;
+            pkt.tcp_flags = h[13] & 0x3f;
             pkt.headers_len = (l4 + doff * 4) as u32;
             pkt.has_ports = true;
         }
         IPPROTO_UDP => {
-            pkt.src_port = be16_at(ctx, l4)?;
-            pkt.dst_port = be16_at(ctx, l4 + 2)?;
+            // Likewise the UDP header's 8 bytes.
+            // SAFETY: bounds checked by ptr_at; the read is unaligned-safe.
+            let h = unsafe { ptr_at::<[u8; 8]>(ctx, l4)?.read_unaligned() };
+            pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+            pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
             pkt.headers_len = (l4 + 8) as u32;
             pkt.has_ports = true;
         }

@@ -183,7 +183,7 @@ fn classify<C: Bounds>(
 
     // The UDP length says where the inner frame ends; it must hold an Ethernet header and
     // lie within what arrived (a frame cut in transit is not a mirror copy we can trust).
-    let udp_len = be16_at(ctx, l4 + 4).ok_or(())? as usize;
+    let udp_len = bounded_u16(be16_at(ctx, l4 + 4).ok_or(())? as usize);
     if udp_len < UDP_VXLAN_LEN + ETH_HLEN || l4 + udp_len > arrived {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe { (*vstats).malformed += 1 };
@@ -195,6 +195,18 @@ fn classify<C: Bounds>(
         slot: served.slot,
         vstats,
     }))
+}
+
+/// `v` with bounds the verifier can see. LLVM turns `(data_end - data) - inner_len` after
+/// `bpf_xdp_adjust_head` into `data + udp_len` compared with `data_end`; the 6.1 verifier
+/// tracks no bounds through the byte swap that read the UDP length (`be16`), and refuses
+/// pointer arithmetic with an unbounded register ("math between pkt pointer and register with
+/// unbounded min value"). The mask gives it the bounds; the volatile read keeps LLVM from
+/// dropping a mask it knows to be redundant for a `u16`. 6.6+ would not need it.
+#[inline(always)]
+fn bounded_u16(v: usize) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&v) & 0xffff }
 }
 
 #[inline(always)]
