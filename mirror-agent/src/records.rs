@@ -535,3 +535,49 @@ pub struct ReceiverRecord {
     pub created_at: String,
     pub updated_at: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(budget: Budget) -> SessionRecord {
+        SessionRecord {
+            id: "tms-1".into(),
+            name: String::new(),
+            description: String::new(),
+            priority: 1,
+            vni: 7,
+            packet_length: None,
+            budget,
+            enabled: true,
+            filter_id: "tmf-1".into(),
+            target_id: "tmt-1".into(),
+            sources: vec!["eth0".into()],
+            state: SessionState::Created,
+            generation: 1,
+            errors: Vec::new(),
+            tags: Vec::new(),
+            origin: Origin::Api,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn budgets_kept_by_the_store_and_old_records_read_unlimited() {
+        let b = Budget {
+            max_packets_per_second: Some(10_000),
+            max_bits_per_second: None,
+            sample_one_in: Some(100),
+            sample_mode: model::SampleMode::Flow,
+        };
+        let stored = serde_json::to_vec(&session(b)).unwrap();
+        let back: SessionRecord = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.budget, b);
+        // A record written before budgets existed.
+        let mut old = serde_json::to_value(session(Budget::default())).unwrap();
+        old.as_object_mut().unwrap().remove("budget");
+        let back: SessionRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.budget, Budget::default());
+    }
+}

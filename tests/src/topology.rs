@@ -125,3 +125,53 @@ pub fn quiet_netns(prefix: &str, pairs: &[(&str, &str, &str)]) -> NetNs {
     }
     ns
 }
+
+/// IPv6 off in `ns`: no autoconfiguration chatter on interfaces whose packets are counted.
+pub fn quiet(ns: &NetNs) {
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+}
+
+/// Drops everything arriving on `dev` right after the veth counted it and taps and TC
+/// programs saw it (nftables netdev ingress with a drop policy: this kernel has no tc
+/// gact/matchall), the cheapest consumer there is.
+pub fn sink(ns: &NetNs, dev: &str) {
+    ns.exec(&[
+        "nft",
+        &format!(
+            "add table netdev sink; add chain netdev sink in {{ type filter hook ingress \
+             device \"{dev}\" priority 0; policy drop; }}"
+        ),
+    ]);
+}
+
+/// RPS: `dev`'s receive processing runs on `cpu`, away from a sender pinned elsewhere.
+pub fn steer_rx(ns: &NetNs, dev: &str, cpu: usize) {
+    ns.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "echo {:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus",
+            1u32 << cpu
+        ),
+    ]);
+}
+
+/// The MAC address of `dev` in `ns`.
+pub fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j link JSON");
+    let text = v[0]["address"].as_str().expect("link address");
+    let mut mac = [0u8; 6];
+    for (i, part) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).expect("hex MAC");
+    }
+    mac
+}
+
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -128,6 +128,24 @@ fn kill9_under_traffic_leaves_no_gap_and_the_next_agent_adopts() {
         ],
     );
     assert!(v["Result"]["FlowLogId"].is_string(), "CreateFlowLog: {v}");
+    // A session made through the API with a budget and sampling: kept by the store.
+    let v = agent.call(
+        "CreateTrafficMirrorSession",
+        &[
+            ("TrafficMirrorFilterId", "tmf-r"),
+            ("TrafficMirrorTargetId", "tmt-col"),
+            ("Priority", "2"),
+            ("TrafficMirrorSourceIds.1", "src1"),
+            ("MaxPacketsPerSecond", "5000"),
+            ("MaxBitsPerSecond", "8000000"),
+            ("SampleOneIn", "7"),
+            ("SampleMode", "flow"),
+        ],
+    );
+    let budgeted = v["TrafficMirrorSessionId"]
+        .as_str()
+        .expect("session id")
+        .to_string();
     thread::sleep(Duration::from_millis(500));
     let before = attached(&topo.node, "src0");
     assert_eq!(before.len(), 2, "ingress and egress on src0: {before:?}");
@@ -159,6 +177,19 @@ fn kill9_under_traffic_leaves_no_gap_and_the_next_agent_adopts() {
     let agent = Agent::start_in(&topo.node, &config(), &dir);
     thread::sleep(Duration::from_millis(1000));
     let sent = assert_every_datagram_mirrored_once(stream, cap, "the kill");
+    let list = agent.call(
+        "ListTrafficMirrorSessions",
+        &[("TrafficMirrorSessionIds.1", budgeted.as_str())],
+    );
+    let s = &list["TrafficMirrorSessions"][0];
+    for (k, want) in [
+        ("MaxPacketsPerSecond", serde_json::json!(5000)),
+        ("MaxBitsPerSecond", serde_json::json!(8000000)),
+        ("SampleOneIn", serde_json::json!(7)),
+        ("SampleMode", serde_json::json!("flow")),
+    ] {
+        assert_eq!(s[k], want, "{k} across the restart: {list}");
+    }
     let after = attached(&topo.node, "src0");
     assert_eq!(
         after, before,

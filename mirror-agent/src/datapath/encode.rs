@@ -25,10 +25,16 @@ pub fn budget_cost(per_second: Option<u64>) -> u64 {
     }
 }
 
+/// Largest `SessionConfig::bit_cost` (see `encode_budget`).
+const MAX_BIT_COST: u64 = 1 << 40;
+
 /// The budget and sampling fields of a session's map value.
 fn encode_budget(b: &Budget, cfg: &mut SessionConfig) {
     cfg.packet_cost = budget_cost(b.max_packets_per_second);
-    cfg.bit_cost = budget_cost(b.max_bits_per_second);
+    // The data path multiplies the bits of a packet's copies (under 2^24 even for a BIG TCP
+    // super-packet's) by this cost in 64 bits: kept at most 2^40 so the product cannot
+    // overflow. That is a floor of 60 bit/s, less than one small copy a second.
+    cfg.bit_cost = budget_cost(b.max_bits_per_second).min(MAX_BIT_COST);
     cfg.sample_one_in = b.sample_one_in.unwrap_or(1);
     if b.sample_mode == SampleMode::Flow {
         cfg.flags |= SESSION_SAMPLE_FLOW;

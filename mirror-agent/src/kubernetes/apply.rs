@@ -67,10 +67,17 @@ fn session(s: &PlannedSession) -> SessionConfig {
         filter_id: s.filter_id.clone(),
         target_id: s.target_id.clone(),
         sources: s.sources.iter().map(|r| r.interface.clone()).collect(),
-        max_packets_per_second: None,
-        max_bits_per_second: None,
-        sample_one_in: None,
-        sample_mode: None,
+        // The schema bounds these far below i64::MAX; saturate rather than wrap regardless.
+        max_packets_per_second: s
+            .budget
+            .max_packets_per_second
+            .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+        max_bits_per_second: s
+            .budget
+            .max_bits_per_second
+            .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+        sample_one_in: s.budget.sample_one_in.map(i64::from),
+        sample_mode: Some(s.budget.sample_mode.as_str().to_string()),
     }
 }
 
@@ -216,6 +223,12 @@ pub(super) mod tests {
                 })
                 .collect(),
             errors: Vec::new(),
+            budget: crate::model::Budget {
+                max_packets_per_second: Some(10_000),
+                sample_one_in: Some(100),
+                sample_mode: crate::model::SampleMode::Flow,
+                ..Default::default()
+            },
         }
     }
 
@@ -263,6 +276,10 @@ pub(super) mod tests {
         assert!(snap.filters.iter().all(|f| f.origin == Origin::Kubernetes));
         let pods = snap.session("tms-k8s-payments-pods").unwrap();
         assert_eq!(pods.sources, ["cali1", "cali2"]);
+        // The resource's budget and sampling reach the session.
+        assert_eq!(pods.budget.max_packets_per_second, Some(10_000));
+        assert_eq!(pods.budget.sample_one_in, Some(100));
+        assert_eq!(pods.budget.sample_mode, crate::model::SampleMode::Flow);
         // The same plan again changes nothing (no re-apply, no store write).
         assert_eq!(write(&store, &objects).unwrap(), 0);
         // The config file's objects are another origin: an empty file leaves these alone.

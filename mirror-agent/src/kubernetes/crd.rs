@@ -163,6 +163,46 @@ pub struct TrafficMirrorSessionSpec {
     /// Nodes that apply the session (absent: every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
+    /// Most wire packets copied per second, per node (absent: unlimited). This agent's
+    /// extension, as `MaxPacketsPerSecond` in the API (docs/api.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub max_packets_per_second: Option<u64>,
+    /// Most bits per second the copies take on the wire, outer headers included, per node
+    /// (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
+    pub max_bits_per_second: Option<u64>,
+    /// Mirror one in this many matching packets (absent or 1: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16_777_216))]
+    pub sample_one_in: Option<u32>,
+    /// How the one in N is chosen: `packet` (at random, the default) or `flow` (whole flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_mode: Option<SampleMode>,
+}
+
+/// `sampleMode` of a session.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleMode {
+    Packet,
+    Flow,
+}
+
+impl TrafficMirrorSessionSpec {
+    /// The budget and sampling the node applies (the schema has checked the ranges).
+    pub fn budget(&self) -> crate::model::Budget {
+        crate::model::Budget {
+            max_packets_per_second: self.max_packets_per_second,
+            max_bits_per_second: self.max_bits_per_second,
+            sample_one_in: self.sample_one_in.filter(|n| *n > 1),
+            sample_mode: match self.sample_mode {
+                Some(SampleMode::Flow) => crate::model::SampleMode::Flow,
+                Some(SampleMode::Packet) | None => crate::model::SampleMode::Packet,
+            },
+        }
+    }
 }
 
 fn yes() -> bool {

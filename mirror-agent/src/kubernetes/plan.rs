@@ -80,6 +80,7 @@ pub struct PlannedSession {
     pub priority: u32,
     pub virtual_network_id: u32,
     pub packet_length: Option<u32>,
+    pub budget: crate::model::Budget,
     pub enabled: bool,
     pub filter_id: String,
     pub target_id: String,
@@ -278,6 +279,7 @@ pub fn plan(w: &World) -> NodePlan {
             priority: s.spec.priority,
             virtual_network_id: s.spec.virtual_network_id,
             packet_length: s.spec.packet_length,
+            budget: s.spec.budget(),
             enabled: s.spec.enabled,
             filter_id: planned_filter.id.clone(),
             target_id: tid,
@@ -682,7 +684,10 @@ mod tests {
         let c = Case {
             name: "",
             node_labels: json!({}),
-            session: json!({"sources": {"interfaces": ["eth0"], "podSelector": {}}}),
+            session: json!({
+                "sources": {"interfaces": ["eth0"], "podSelector": {}},
+                "maxPacketsPerSecond": 20000, "sampleOneIn": 4, "sampleMode": "flow",
+            }),
             pods: vec![pod(p("pay-1", "node-a", json!({}), "10.1.0.2"))],
             want: vec![],
             want_errors: 0,
@@ -718,6 +723,10 @@ mod tests {
             ),
             (1, 100, Some(256), true)
         );
+        // Budgets and sampling go with each planned session.
+        assert_eq!(pods.budget.max_packets_per_second, Some(20000));
+        assert_eq!(pods.budget.sample_one_in, Some(4));
+        assert_eq!(pods.budget.sample_mode, crate::model::SampleMode::Flow);
         assert_eq!(plan.targets.len(), 1);
         assert_eq!(plan.targets[0].id, "tmt-k8s-ids");
     }

@@ -9,6 +9,8 @@
 //! - the control plane: AddSources to copies on the wire, API requests under load;
 //! - XDP receive: decapsulation and redirect into a capture veth against the kernel's VXLAN
 //!   device;
+//! - budgets: production with a session budgeted to a tenth of the offered rate, and the
+//!   data path's cost of a copy the budget or the sampling leaves out;
 //! - GSO: a bulk TCP stream through the mirrored source (super-packets on veth), copies per
 //!   wire segment and throughput: no mirroring, tc mirred, this agent.
 //!
@@ -17,6 +19,8 @@
 
 use std::{fmt::Write as _, process::ExitCode};
 
+#[path = "mirror-bench/budget.rs"]
+mod budget;
 #[path = "mirror-bench/common.rs"]
 mod common;
 #[path = "mirror-bench/control.rs"]
@@ -148,6 +152,16 @@ fn main() -> ExitCode {
                 plots: Vec::new(),
             });
         }
+    }
+    if wanted("budget") {
+        let b = budget::run(quick);
+        sections.push(Section {
+            name: "budget",
+            markdown: b.markdown(quick),
+            rows: b.rows(),
+            expected: budget::Budget::expected_rows(),
+            plots: Vec::new(),
+        });
     }
     if wanted("gso") {
         let g = gso::run(quick);

@@ -137,24 +137,7 @@ impl IfStats {
     }
 }
 
-/// The MAC address of `dev` in `ns`.
-pub fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
-    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j link JSON");
-    let text = v[0]["address"].as_str().expect("link address");
-    let mut mac = [0u8; 6];
-    for (i, part) in text.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16).expect("hex MAC");
-    }
-    mac
-}
-
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use mirror_tests::topology::{mac_of, mac_text};
 
 /// A line plot as SVG: x values shared, one series per name. Log-free, axes from 0.
 pub fn svg_plot(

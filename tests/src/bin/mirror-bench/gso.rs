@@ -124,14 +124,7 @@ impl Bed {
             (&bed.node, "s0", WORK_CPU),
             (&bed.workload, "g0", SENDER_CPU),
         ] {
-            ns.exec(&[
-                "sh",
-                "-c",
-                &format!(
-                    "echo {:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus",
-                    1u32 << cpu
-                ),
-            ]);
+            mirror_tests::topology::steer_rx(ns, dev, cpu);
         }
         sink(&bed.col, "c0");
         bed

@@ -70,7 +70,7 @@ fn config() -> String {
     c
 }
 
-fn netns() -> NetNs {
+pub fn netns() -> NetNs {
     let ns = mirror_tests::topology::quiet_netns(
         "bn",
         &[
@@ -94,7 +94,7 @@ fn netns() -> NetNs {
 }
 
 /// Median ns/packet over `runs` runs of `repeat` repetitions.
-fn measure(
+pub fn measure(
     dp: &mut Datapath,
     prog: &'static str,
     packet: &[u8],
@@ -119,7 +119,7 @@ fn measure(
     median(samples)
 }
 
-fn skb_ctx(ifindex: u32) -> Vec<u8> {
+pub fn skb_ctx(ifindex: u32) -> Vec<u8> {
     // struct __sk_buff: ifindex at offset 40 selects the device the packet "arrives" on.
     let mut ctx = vec![0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());

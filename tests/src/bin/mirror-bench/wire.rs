@@ -50,22 +50,7 @@ pub struct Bed {
     pub s0_mac: [u8; 6],
 }
 
-pub fn quiet(ns: &NetNs) {
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-}
-
-/// Drops everything arriving on `dev` right after the veth counted it (nftables netdev
-/// ingress with a drop policy: this kernel has no tc gact/matchall).
-pub fn sink(ns: &NetNs, dev: &str) {
-    ns.exec(&[
-        "nft",
-        &format!(
-            "add table netdev sink; add chain netdev sink in {{ type filter hook ingress \
-             device \"{dev}\" priority 0; policy drop; }}"
-        ),
-    ]);
-}
+pub use mirror_tests::topology::{quiet, sink};
 
 impl Bed {
     pub fn new() -> Bed {
@@ -134,14 +119,7 @@ impl Bed {
             "u0",
         ]);
         // RPS: s0's receive processing runs on the work CPU, not on the sender's.
-        node.exec(&[
-            "sh",
-            "-c",
-            &format!(
-                "echo {:x} > /sys/class/net/s0/queues/rx-0/rps_cpus",
-                1u32 << WORK_CPU
-            ),
-        ]);
+        mirror_tests::topology::steer_rx(&node, "s0", WORK_CPU);
         sink(&dst, "d1");
         sink(&col, "c0");
         let g0_mac = mac_of(&sender, "g0");
