@@ -46,6 +46,11 @@ pub const TRACING_RUNTIME_ALLOC: &str = "tracing_runtime_alloc";
 /// source programs read, and the drop reasons' names.
 pub const KERNEL_BTF: &str = "kernel_btf";
 
+/// Features to treat as missing (comma-separated names) although the kernel has them: the
+/// degraded paths can then be exercised, and are tested, on a kernel that has everything. The
+/// agent warns when it is set.
+pub const PRETEND_MISSING_ENV: &str = "MIRROR_AGENT_KERNEL_WITHOUT";
+
 fn at_least(v: Option<KernelVersion>, major: u8, minor: u8) -> bool {
     v.is_some_and(|v| v >= KernelVersion::new(major, minor, 0))
 }
@@ -66,7 +71,21 @@ impl KernelReport {
             .unwrap_or_default();
         let version = KernelVersion::current().ok();
         let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-        KernelReport::new(release, version, btf, preempt_rt())
+        let mut report = KernelReport::new(release, version, btf, preempt_rt());
+        if let Ok(names) = std::env::var(PRETEND_MISSING_ENV) {
+            report.pretend_missing(&names);
+        }
+        report
+    }
+
+    /// Marks the features named in `names` (comma-separated) missing; unknown names are
+    /// ignored. See [`PRETEND_MISSING_ENV`].
+    pub fn pretend_missing(&mut self, names: &str) {
+        for name in names.split(',').map(str::trim) {
+            if let Some(f) = self.features.iter_mut().find(|f| f.name == name) {
+                f.present = false;
+            }
+        }
     }
 
     /// The report for a kernel of `version` (None: unknown, everything counted missing).

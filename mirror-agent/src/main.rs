@@ -399,6 +399,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let health = Arc::new(mirror_agent::metrics::Health::default());
     let kernel = mirror_agent::kernel::KernelReport::probe();
+    if let Ok(names) = std::env::var(mirror_agent::kernel::PRETEND_MISSING_ENV) {
+        warn!(
+            "{}={names}: acting as if the kernel lacked these features",
+            mirror_agent::kernel::PRETEND_MISSING_ENV
+        );
+    }
     info!(
         release = %kernel.release,
         "kernel features: {}",
@@ -440,6 +446,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     // Dropped packets become REJECT flows; without BTF the rest of flow logging still works.
+    let mut no_reject_records = None;
     let drop_reasons = match kernel
         .drop_accounting()
         .map_err(anyhow::Error::msg)
@@ -451,6 +458,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Err(e) => {
                     warn!("drop accounting unavailable: {e}");
                     health.add_fault(false, format!("drop accounting unavailable: {e}"));
+                    no_reject_records = Some(e.to_string());
                     false
                 }
             };
@@ -459,6 +467,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             warn!("drop accounting unavailable: {e:#}");
+            no_reject_records = Some(format!("{e:#}"));
             Default::default()
         }
     };
@@ -477,7 +486,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let wake = Arc::new(Notify::new());
-    let svc = Arc::new(Service::new(
+    let mut svc = Service::new(
         store.clone(),
         file.rule_quota(),
         file.source_quota.unwrap_or(config::DEFAULT_SOURCE_QUOTA),
@@ -485,7 +494,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         file.region.clone().unwrap_or_else(|| "local".to_string()),
         Arc::clone(&link_cache),
         Arc::clone(&wake),
-    ));
+    );
+    svc.no_reject_records = no_reject_records;
+    let svc = Arc::new(svc);
     svc.metrics
         .datapath_pinned
         .set(i64::from(opened.unpinned.is_none()));

@@ -36,6 +36,9 @@ pub struct Service {
     /// Matching packets each session did not copy, per direction and reason, as of the last
     /// counter read (written by the reconciler, shown by List).
     pub skipped: Arc<RwLock<BTreeMap<String, crate::datapath::SkippedPackets>>>,
+    /// Why flow logs get no REJECT records on this node (no drop accounting), if so: shown on
+    /// every flow log that asks for them.
+    pub no_reject_records: Option<String>,
     reconcile: Arc<Notify>,
 }
 
@@ -61,6 +64,7 @@ impl Service {
             receiver_status: Arc::new(RwLock::new(BTreeMap::new())),
             copy_paths: Arc::new(RwLock::new(BTreeMap::new())),
             skipped: Arc::new(RwLock::new(BTreeMap::new())),
+            no_reject_records: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             reconcile,
         }

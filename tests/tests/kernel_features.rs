@@ -112,3 +112,85 @@ sources = ["src0"]
         "the session is served either way: {listed}"
     );
 }
+
+/// A missing feature is reported on the objects it affects, not only on the node: with drop
+/// reasons missing (pretended through `MIRROR_AGENT_KERNEL_WITHOUT`, so the degraded path runs
+/// on any kernel), the agent attaches no drop accounting, says so in the log, `/healthz` and
+/// `mirror_kernel_feature`, and every flow log that asks for REJECT records carries the reason
+/// it gets none (`Degradations`); an Allow-only flow log does not.
+#[test]
+fn a_missing_feature_shows_on_the_objects_it_affects() {
+    let topo = Topology::new();
+    topo.node.exec(&["ip", "link", "set", "lo", "up"]);
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:9465\"\n{}",
+        config_with_collector("")
+    );
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("kfw"));
+    let agent = Agent::start_wrapped(
+        &topo.node,
+        &config,
+        &dir,
+        &["env", "MIRROR_AGENT_KERNEL_WITHOUT=drop_reason"],
+    );
+    // One flow log per resource: an interface, a subnet and the node.
+    let create = |traffic: &str, topic: &str, (kind, resource): (&str, &str)| -> String {
+        let v = agent.call(
+            "CreateFlowLog",
+            &[
+                ("Version", "2020-04-01"),
+                ("FlowLogName", topic),
+                ("ResourceType", kind),
+                ("ResourceId", resource),
+                ("TrafficType", traffic),
+                ("LogProjectName", "proj"),
+                ("LogTopicName", topic),
+                ("AggregationIntervalSeconds", "2"),
+            ],
+        );
+        v["Result"]["FlowLogId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("CreateFlowLog: {v}"))
+            .to_string()
+    };
+    let all = create("All", "t-all", ("eni", "src0"));
+    let drops = create("Drop", "t-drop", ("subnet", "198.18.0.0/16"));
+    let allow = create("Allow", "t-allow", ("vpc", "vpc-node"));
+    let described = agent.call("DescribeFlowLogs", &[]);
+    let degradations = |id: &str| -> String {
+        described["FlowLogs"]
+            .as_array()
+            .and_then(|logs| logs.iter().find(|l| l["FlowLogId"] == id))
+            .map(|l| l["Degradations"].to_string())
+            .unwrap_or_else(|| panic!("{id} not described: {described}"))
+    };
+    for id in [&all, &drops] {
+        let d = degradations(id);
+        assert!(
+            d.contains("no REJECT records on this node") && d.contains("drop_reason"),
+            "{id}: {d}"
+        );
+    }
+    assert_eq!(
+        degradations(&allow),
+        "null",
+        "an Allow flow log loses nothing"
+    );
+
+    let log = agent.log_text();
+    assert!(
+        log.contains("MIRROR_AGENT_KERNEL_WITHOUT=drop_reason") && log.contains("drop_reason=no"),
+        "{log}"
+    );
+    assert!(log.contains("drop accounting unavailable"), "{log}");
+    let (_, health) = metrics_get(&topo.node, 9465, "/healthz");
+    assert!(
+        health.contains("degraded: kernel feature drop_reason missing"),
+        "{health}"
+    );
+    let (_, metrics) = metrics_get(&topo.node, 9465, "/metrics");
+    assert_eq!(
+        metric_value(&metrics, "mirror_kernel_feature{feature=\"drop_reason\"}"),
+        0.0
+    );
+}

@@ -320,6 +320,12 @@ pub fn describe(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, Api
         .filter(|f| ids.is_empty() || ids.contains(&f.id))
         .map(|f| {
             let mut v = f.volcengine();
+            // What this node cannot record for it: the kernel gives no dropped packets.
+            if let Some(why) = &svc.no_reject_records
+                && !f.traffic_type.eq_ignore_ascii_case("allow")
+            {
+                v["Degradations"] = json!([format!("no REJECT records on this node: {why}")]);
+            }
             // Sink problems are live state, not stored: merge them in.
             if let Some(errs) = live.get(&f.id) {
                 let mut all = f.errors.clone();
