@@ -207,14 +207,22 @@ fn vng(venv: &Path, image: &Path, kvm: bool, exec: &str, timeout: Duration) -> R
     if !kvm {
         cmd.arg("--disable-kvm");
     }
+    // Both streams through pipes we echo: virtme-ng reopens its stderr for writing, which
+    // truncates it when it is a file (CI's log), losing everything printed before the VM.
     cmd.args(["--exec", exec])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .process_group(0);
     eprintln!("+ {cmd:?}");
     let mut child = cmd.spawn().context("starting vng")?;
     let stdout = child.stdout.take().context("vng stdout")?;
+    let stderr = child.stderr.take().context("vng stderr")?;
+    let echo_err = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
     let (tx, rx) = mpsc::channel::<()>();
     let echo = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -228,6 +236,7 @@ fn vng(venv: &Path, image: &Path, kvm: bool, exec: &str, timeout: Duration) -> R
         if let Some(status) = child.try_wait().context("waiting for vng")? {
             let _ = rx.recv_timeout(Duration::from_secs(5));
             let _ = echo.join();
+            let _ = echo_err.join();
             return Ok(status.success());
         }
         if Instant::now() >= deadline {
