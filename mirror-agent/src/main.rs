@@ -358,6 +358,12 @@ fn drop_layout() -> anyhow::Result<(
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Installed first: a SIGTERM that arrives while the agent starts (a test or a kubelet that
+    // stops it as soon as its API answers) must take the orderly exit below, not the default
+    // action that kills the process and skips `--detach-on-exit`.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let file = load_file(args.config.as_ref())?;
     let settings = settings(&args, &file);
     init_logging(settings.log_format);
@@ -641,9 +647,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

@@ -421,7 +421,14 @@ impl Agent {
     /// SIGTERM and wait, keeping the directory (and its pins): what the agent left running
     /// stays, for a restart or `cleanup` to find.
     pub fn terminate(mut self) -> KeptDir {
-        self.stop_inner();
+        // An agent that had to be killed skipped its orderly exit: every check the caller makes
+        // next would fail for that reason, so say it here, with what the agent logged.
+        assert!(
+            self.stop_inner(),
+            "agent did not exit on SIGTERM within {:?}:\n{}",
+            crate::scaled(Duration::from_secs(10)),
+            self.log_text()
+        );
         self.keep_dir = true;
         KeptDir(self.dir())
     }
@@ -452,19 +459,22 @@ impl Agent {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    fn stop_inner(&mut self) {
+    /// SIGTERM, then SIGKILL if the agent has not exited in time; true if it exited by itself.
+    fn stop_inner(&mut self) -> bool {
         if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+            return true;
         }
         self.signal(libc::SIGTERM);
-        for _ in 0..100 {
+        let deadline = std::time::Instant::now() + crate::scaled(Duration::from_secs(10));
+        while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
 }
 
