@@ -19,10 +19,18 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("mirror-ebpf manifest has no parent"))?;
+    // The benchmark's programs only when a benchmark build asks for them (the feature of the
+    // same name): the agent's object carries only what it runs.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_PROGRAMS").is_some() {
+        &["bench"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
             root_dir: root_dir.as_str(),
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),

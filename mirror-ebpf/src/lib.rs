@@ -50,7 +50,8 @@ pub mod map_names {
     pub const RX_INTERFACE_STATS: &str = "RX_INTERFACE_STATS";
     /// Per-CPU receiver counters by VNI.
     pub const RX_VNI_STATS: &str = "RX_VNI_STATS";
-    /// Benchmark only: a per-CPU flow table to compare with.
+    /// Benchmark only (the `bench` feature): a per-CPU flow table to compare with.
+    #[cfg(feature = "bench")]
     pub const BENCH_FLOWS_PERCPU: &str = "BENCH_FLOWS_PERCPU";
     /// Every map above.
     pub const ALL: &[&str] = &[
@@ -72,6 +73,7 @@ pub mod map_names {
         RX_CAPTURE,
         RX_INTERFACE_STATS,
         RX_VNI_STATS,
+        #[cfg(feature = "bench")]
         BENCH_FLOWS_PERCPU,
     ];
 }

@@ -2,7 +2,7 @@
 //!
 //! The agent's own code never decodes what tests check: frames are captured by `tcpdump`
 //! into a classic pcap file, VXLAN packets are identified by `tshark` (Wireshark's dissectors)
-//! and the raw bytes are cut out by the small pcap reader in this module. The two decoders
+//! and the raw bytes are read with the pcap-file crate and cut out with etherparse. The two decoders
 //! cross-check each other (VNI, UDP ports, outer destination), so a bug in either one shows up
 //! as a panic instead of a silently passing test.
 
@@ -10,7 +10,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, ErrorKind},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -390,89 +390,64 @@ pub struct Pcap {
 }
 
 /// Parses a classic pcap file (microsecond magic `0xa1b2c3d4` or nanosecond `0xa1b23c4d`,
-/// either byte order).
+/// either byte order) with the pcap-file crate.
 ///
 /// With `lenient`, an incomplete trailing record (tcpdump still writing) is ignored;
 /// otherwise it is an error.
 pub fn parse_pcap(bytes: &[u8], lenient: bool) -> Result<Pcap, String> {
-    const GLOBAL_HEADER: usize = 24;
-    const RECORD_HEADER: usize = 16;
+    use pcap_file::PcapError;
+    use pcap_file::pcap::PcapParser;
 
-    if bytes.len() < GLOBAL_HEADER {
+    let empty = Pcap {
+        linktype: 0,
+        frames: Vec::new(),
+        orig_lens: Vec::new(),
+    };
+    let (mut rest, parser) = match PcapParser::new(bytes) {
+        Ok(parsed) => parsed,
         // tcpdump writes the global header as soon as it opens the file; until then the file
         // is simply empty.
-        return if lenient && bytes.is_empty() {
-            Ok(Pcap {
-                linktype: 0,
-                frames: Vec::new(),
-                orig_lens: Vec::new(),
-            })
-        } else {
-            Err(format!(
-                "file is {} bytes, shorter than the {GLOBAL_HEADER}-byte pcap header",
+        Err(PcapError::IncompleteBuffer) if lenient && bytes.is_empty() => return Ok(empty),
+        Err(PcapError::IncompleteBuffer) => {
+            return Err(format!(
+                "file is {} bytes, shorter than the 24-byte pcap header",
                 bytes.len()
-            ))
-        };
-    }
-    let magic: [u8; 4] = bytes[..4].try_into().expect("slice of length 4");
-    // The magic is written in the writer's byte order, which tells us the file's.
-    let big_endian = match u32::from_le_bytes(magic) {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => false,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
-        0x0a0d_0d0a => return Err("pcapng files are not supported".into()),
-        other => return Err(format!("unknown pcap magic {other:#010x}")),
-    };
-    let u32_at = |offset: usize| {
-        let b: [u8; 4] = bytes[offset..offset + 4]
-            .try_into()
-            .expect("slice of length 4");
-        if big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
-    };
-    let linktype = u32_at(20);
-
-    let mut frames = Vec::new();
-    let mut orig_lens = Vec::new();
-    let mut offset = GLOBAL_HEADER;
-    while offset < bytes.len() {
-        let frame_number = frames.len() + 1;
-        if bytes.len() - offset < RECORD_HEADER {
-            if lenient {
-                break;
-            }
-            return Err(format!(
-                "truncated header of frame {frame_number} at offset {offset}"
             ));
         }
-        // Record header: ts_sec, ts_usec/ts_nsec, incl_len, orig_len.
-        let incl_len = u32_at(offset + 8) as usize;
-        let orig_len = u32_at(offset + 12);
-        let start = offset + RECORD_HEADER;
-        let Some(end) = start
-            .checked_add(incl_len)
-            .filter(|&end| end <= bytes.len())
-        else {
-            if lenient {
-                break;
+        Err(e) => {
+            let magic = bytes.get(..4).map_or(0, |m| {
+                u32::from_le_bytes(m.try_into().expect("slice of length 4"))
+            });
+            return Err(if magic == 0x0a0d_0d0a {
+                "pcapng files are not supported".into()
+            } else {
+                format!("unknown pcap magic {magic:#010x} ({e})")
+            });
+        }
+    };
+    let mut pcap = Pcap {
+        linktype: parser.header().datalink.into(),
+        ..empty
+    };
+    while !rest.is_empty() {
+        let frame_number = pcap.frames.len() + 1;
+        match parser.next_raw_packet(rest) {
+            Ok((after, packet)) => {
+                pcap.frames.push(packet.data.into_owned());
+                pcap.orig_lens.push(packet.orig_len);
+                rest = after;
             }
-            return Err(format!(
-                "frame {frame_number} at offset {offset} claims {incl_len} bytes, \
-                 but only {} remain",
-                bytes.len() - start
-            ));
-        };
-        frames.push(bytes[start..end].to_vec());
-        orig_lens.push(orig_len);
-        offset = end;
+            Err(PcapError::IncompleteBuffer) if lenient => break,
+            Err(e) => {
+                return Err(format!(
+                    "frame {frame_number} at offset {}: {e} ({} bytes remain)",
+                    bytes.len() - rest.len(),
+                    rest.len()
+                ));
+            }
+        }
     }
-    Ok(Pcap {
-        linktype,
-        frames,
-        orig_lens,
-    })
+    Ok(pcap)
 }
 
 /// Reads a classic pcap file written by tcpdump and returns the captured bytes of each frame.
@@ -514,7 +489,7 @@ pub struct VxlanCopy {
     pub inner: Vec<u8>,
 }
 
-/// Outer headers of a VXLAN frame, decoded by hand from the raw bytes.
+/// Outer headers of a VXLAN frame, decoded from the raw bytes by etherparse.
 #[derive(Debug, PartialEq, Eq)]
 struct RawVxlan<'a> {
     outer_dst: IpAddr,
@@ -526,71 +501,50 @@ struct RawVxlan<'a> {
 }
 
 /// Splits an Ethernet frame carrying IPv4/IPv6 + UDP + VXLAN into its outer fields and the
-/// inner frame. Only the layouts tests produce are accepted (no VLAN tags, IPv6 extension
-/// headers or IP fragments); anything else is an error rather than a guess.
+/// inner frame. A fragment is an error (its UDP payload is not all here), as is anything that
+/// is not UDP: never a guess.
 fn split_vxlan(frame: &[u8]) -> Result<RawVxlan<'_>, String> {
-    const ETH: usize = 14;
-    const UDP: usize = 8;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice, err::packet::SliceError};
     const VXLAN: usize = 8;
-    const IPPROTO_UDP: u8 = 17;
 
-    let get = |range: std::ops::Range<usize>| {
-        frame.get(range.clone()).ok_or_else(|| {
-            format!(
-                "frame of {} bytes too short for bytes {range:?}",
-                frame.len()
-            )
-        })
+    let packet = SlicedPacket::from_ethernet(frame).map_err(|e| match e {
+        SliceError::Len(e) => format!("frame of {} bytes too short: {e}", frame.len()),
+        e => format!("malformed outer headers: {e}"),
+    })?;
+    let (outer_dst, fragmented, protocol) = match &packet.net {
+        Some(NetSlice::Ipv4(ip)) => (
+            IpAddr::V4(ip.header().destination_addr()),
+            ip.is_payload_fragmented(),
+            ip.payload().ip_number,
+        ),
+        Some(NetSlice::Ipv6(ip)) => (
+            IpAddr::V6(ip.header().destination_addr()),
+            ip.is_payload_fragmented(),
+            ip.payload().ip_number,
+        ),
+        _ => return Err("the outer frame is not IPv4 or IPv6".into()),
     };
-    let be16 = |at: usize| get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-
-    let (outer_dst, udp_at) = match be16(12)? {
-        0x0800 => {
-            let ihl = usize::from(get(ETH..ETH + 1)?[0] & 0x0f) * 4;
-            if ihl < 20 {
-                return Err(format!("bad IPv4 header length {ihl}"));
-            }
-            let ip = get(ETH..ETH + ihl)?;
-            if ip[9] != IPPROTO_UDP {
-                return Err(format!("outer IPv4 protocol {} is not UDP", ip[9]));
-            }
-            // More-fragments flag or a fragment offset: the UDP payload is not all here.
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-                return Err("outer IPv4 packet is a fragment".into());
-            }
-            let dst: [u8; 4] = ip[16..20].try_into().expect("slice of length 4");
-            (IpAddr::V4(Ipv4Addr::from(dst)), ETH + ihl)
-        }
-        0x86dd => {
-            let ip = get(ETH..ETH + 40)?;
-            if ip[6] != IPPROTO_UDP {
-                return Err(format!(
-                    "outer IPv6 next header {} is not UDP (extension headers are unsupported)",
-                    ip[6]
-                ));
-            }
-            let dst: [u8; 16] = ip[24..40].try_into().expect("slice of length 16");
-            (IpAddr::V6(Ipv6Addr::from(dst)), ETH + 40)
-        }
-        other => return Err(format!("outer ethertype {other:#06x} is not IPv4 or IPv6")),
+    // Ethernet padding after a short IP packet is not part of it: etherparse bounds the
+    // payload by the IP and UDP length fields.
+    let udp = match &packet.transport {
+        _ if fragmented => return Err("outer IP packet is a fragment".into()),
+        Some(TransportSlice::Udp(udp)) => udp,
+        _ => return Err(format!("outer IP protocol {protocol:?} is not UDP")),
     };
-    let udp_src_port = be16(udp_at)?;
-    let udp_dst_port = be16(udp_at + 2)?;
-    let udp_len = usize::from(be16(udp_at + 4)?);
-    if udp_len < UDP + VXLAN {
-        return Err(format!("UDP length {udp_len} too short for a VXLAN header"));
-    }
-    // Bound the inner frame by the UDP length, not the frame end: short frames may carry
-    // Ethernet padding after the IP packet.
-    let udp = get(udp_at..udp_at + udp_len)?;
-    let vxlan = &udp[UDP..UDP + VXLAN];
+    let payload = udp.payload();
+    let vxlan = payload.get(..VXLAN).ok_or_else(|| {
+        format!(
+            "UDP payload of {} bytes too short for a VXLAN header",
+            payload.len()
+        )
+    })?;
     Ok(RawVxlan {
         outer_dst,
-        udp_src_port,
-        udp_dst_port,
+        udp_src_port: udp.source_port(),
+        udp_dst_port: udp.destination_port(),
         flags: vxlan[0],
         vni: u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]),
-        inner: &udp[UDP + VXLAN..],
+        inner: &payload[VXLAN..],
     })
 }
 
@@ -740,6 +694,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     /// Builds a pcap file image; `magic` is written in the requested byte order, as a writer
@@ -868,7 +824,8 @@ mod tests {
         let udp_len = u16::try_from(8 + 8 + inner.len()).expect("small test frame");
         let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
         // IPv4, IHL 6 (one 4-byte option), protocol UDP, DF set, 198.18.0.1 -> 198.18.0.2.
-        f.extend([0x46, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        let total = (24 + udp_len).to_be_bytes();
+        f.extend([0x46, 0, total[0], total[1], 0, 0, 0x40, 0, 64, 17, 0, 0]);
         f.extend([198, 18, 0, 1, 198, 18, 0, 2]);
         f.extend([1, 1, 1, 0]); // NOP, NOP, NOP, EOL
         f.extend(40000u16.to_be_bytes());

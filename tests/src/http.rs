@@ -1,8 +1,9 @@
 //! A small blocking HTTP/1.1 client over the agent's Unix socket, for the API tests.
 //!
 //! Deliberately independent of the agent's own client code (and of hyper): one request per
-//! connection with `Connection: close`, the answer read to EOF, the body decoded from
-//! `Content-Length` or chunked transfer coding. Panics with context on I/O errors, as the
+//! connection with `Connection: close`, the request bytes our own (tests send malformed
+//! requests on purpose), the answer read to EOF and parsed with httparse, the body decoded
+//! from `Content-Length` or chunked transfer coding. Panics with context on I/O errors, as the
 //! tests do.
 
 use std::{
@@ -120,33 +121,26 @@ pub fn call_raw(socket: &Path, request: &[u8]) -> Result<Response, String> {
     })
 }
 
+/// Parses an answer read to EOF: the head with httparse, the body by `Content-Length`, chunked
+/// transfer coding or the connection's end.
 fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer has no end of headers")?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8")?;
-    let rest = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Response::new(&mut headers);
+    let head_len = match head.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err("the answer has no end of headers".into()),
+        Err(e) => return Err(format!("bad answer head: {e}")),
+    };
+    let status = head.code.ok_or("the answer has no status code")?;
+    let rest = &raw[head_len..];
     let mut content_type = String::new();
     let mut content_length = None;
     let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("bad header line {line:?}"));
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
+    for h in head.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| format!("header {} is not UTF-8", h.name))?
+            .trim();
+        match h.name.to_ascii_lowercase().as_str() {
             "content-type" => content_type = value.to_string(),
             "content-length" => {
                 content_length = Some(
@@ -188,15 +182,13 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a chunk size line has no end")?;
-        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| "chunk size not UTF-8")?;
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
+        let (size_len, size) = match httparse::parse_chunk_size(data) {
+            Ok(httparse::Status::Complete(parsed)) => parsed,
+            Ok(httparse::Status::Partial) => return Err("a chunk size line has no end".into()),
+            Err(httparse::InvalidChunkSize) => return Err("bad chunk size".into()),
+        };
+        let size = usize::try_from(size).map_err(|_| format!("chunk of {size} bytes"))?;
+        data = &data[size_len..];
         if size == 0 {
             return Ok(out);
         }

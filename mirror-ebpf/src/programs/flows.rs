@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use mirror_ebpf::{
@@ -38,38 +38,6 @@ static FLOW_STATS: PerCpuArray<FlowStats> =
     PerCpuArray::with_max_entries(MAX_SOURCES * DIRECTIONS as u32, 0);
 #[map]
 static SKB_LAYOUT: Array<SkbLayout> = Array::with_max_entries(1, 0);
-/// The per-CPU alternative the benchmark measures the design against (never used otherwise).
-#[map]
-static BENCH_FLOWS_PERCPU: PerCpuHashMap<FlowKey, FlowValue> =
-    PerCpuHashMap::with_max_entries(1024, 0);
-
-/// Per-CPU flow update: no atomics, but the agent would sum every CPU's copy of each flow at
-/// drain time, and memory is per CPU. Only the benchmark runs it.
-#[inline(always)]
-pub fn account_percpu(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = BENCH_FLOWS_PERCPU.get_ptr_mut(key) {
-        // SAFETY: this CPU's copy; nothing else writes it while the program runs.
-        unsafe {
-            (*v).packets += packets;
-            (*v).bytes += bytes;
-            (*v).last_ns = now;
-            (*v).tcp_flags |= tcp_flags;
-        }
-        return;
-    }
-    let value = FlowValue {
-        packets,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: 0,
-    };
-    let _ = BENCH_FLOWS_PERCPU.insert(key, value, 0);
-}
-
 #[inline(always)]
 fn add(v: *mut FlowValue, packets: u64, bytes: u64, now: u64, tcp_flags: u32, reason: u32) {
     // SAFETY: `v` points into a map value that stays valid for the program's run; the

@@ -8,6 +8,9 @@
 //! (`mirror_segment` after the `mirseg` device) and a VXLAN packet (`mirror_tx` on the uplink,
 //! or `mirror_encap` on the tunnel device as the fallback).
 
+// Built only with the `bench` feature: the agent's object carries only what it runs.
+#[cfg(feature = "bench")]
+mod bench;
 mod budget;
 mod encap;
 mod flows;
@@ -99,59 +102,6 @@ pub fn mirror_segment(ctx: TcContext) -> i32 {
         Ok(_) => TC_ACT_REDIRECT,
         // Nothing but copies belongs on this device.
         Err(()) => TC_ACT_SHOT,
-    }
-}
-
-/// Does nothing: the baseline `cargo xtask bench` measures the other programs against.
-/// Never attached by the agent.
-#[classifier]
-pub fn bench_empty(_ctx: TcContext) -> i32 {
-    PASS_ORIGINAL
-}
-
-/// Benchmark only: parse and flow accounting into the shared table (the agent's design).
-#[classifier]
-pub fn bench_flow_shared(ctx: TcContext) -> i32 {
-    bench_flow::<false>(&ctx);
-    PASS_ORIGINAL
-}
-
-/// Benchmark only: parse and flow accounting into a per-CPU table (the alternative).
-#[classifier]
-pub fn bench_flow_percpu(ctx: TcContext) -> i32 {
-    bench_flow::<true>(&ctx);
-    PASS_ORIGINAL
-}
-
-/// Benchmark only: parse, nothing else (the base the two flow variants are compared with).
-#[classifier]
-pub fn bench_parse(ctx: TcContext) -> i32 {
-    if let Parsed::Ip(pkt) = parse(&ctx) {
-        core::hint::black_box(pkt.ip_len);
-    }
-    PASS_ORIGINAL
-}
-
-#[inline(always)]
-fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
-    let Parsed::Ip(pkt) = parse(ctx) else {
-        return;
-    };
-    let key = FlowKey {
-        ifindex: 1,
-        direction: 0,
-        ip_version: pkt.ip_version,
-        protocol: pkt.protocol,
-        action: FLOW_ACCEPT,
-        src: pkt.src,
-        dst: pkt.dst,
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-    };
-    if PERCPU {
-        flows::account_percpu(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32);
-    } else {
-        flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0, 0);
     }
 }
 

@@ -1,0 +1,102 @@
+//! Benchmark-only programs and maps (the `bench` feature, which `cargo xtask bench` turns on):
+//! baselines and design alternatives that `mirror-bench` measures the real programs against.
+//! The agent's own object is built without them, so it neither loads their maps nor carries
+//! programs it never attaches.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::PerCpuHashMap,
+    programs::TcContext,
+};
+use mirror_ebpf::{FLOW_ACCEPT, FlowKey, FlowValue};
+
+use super::{
+    PASS_ORIGINAL, flows,
+    parse::{Parsed, parse},
+};
+
+/// Does nothing: the baseline `cargo xtask bench` measures the other programs against.
+/// Never attached by the agent.
+#[classifier]
+pub fn bench_empty(_ctx: TcContext) -> i32 {
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse and flow accounting into the shared table (the agent's design).
+#[classifier]
+pub fn bench_flow_shared(ctx: TcContext) -> i32 {
+    bench_flow::<false>(&ctx);
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse and flow accounting into a per-CPU table (the alternative).
+#[classifier]
+pub fn bench_flow_percpu(ctx: TcContext) -> i32 {
+    bench_flow::<true>(&ctx);
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse, nothing else (the base the two flow variants are compared with).
+#[classifier]
+pub fn bench_parse(ctx: TcContext) -> i32 {
+    if let Parsed::Ip(pkt) = parse(&ctx) {
+        core::hint::black_box(pkt.ip_len);
+    }
+    PASS_ORIGINAL
+}
+
+#[inline(always)]
+fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
+    let Parsed::Ip(pkt) = parse(ctx) else {
+        return;
+    };
+    let key = FlowKey {
+        ifindex: 1,
+        direction: 0,
+        ip_version: pkt.ip_version,
+        protocol: pkt.protocol,
+        action: FLOW_ACCEPT,
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+    };
+    if PERCPU {
+        account_percpu(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32);
+    } else {
+        flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0, 0);
+    }
+}
+
+/// The per-CPU alternative the benchmark measures the design against (never used otherwise).
+#[map]
+static BENCH_FLOWS_PERCPU: PerCpuHashMap<FlowKey, FlowValue> =
+    PerCpuHashMap::with_max_entries(1024, 0);
+
+/// Per-CPU flow update: no atomics, but the agent would sum every CPU's copy of each flow at
+/// drain time, and memory is per CPU. Only the benchmark runs it.
+#[inline(always)]
+pub fn account_percpu(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = BENCH_FLOWS_PERCPU.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy; nothing else writes it while the program runs.
+        unsafe {
+            (*v).packets += packets;
+            (*v).bytes += bytes;
+            (*v).last_ns = now;
+            (*v).tcp_flags |= tcp_flags;
+        }
+        return;
+    }
+    let value = FlowValue {
+        packets,
+        bytes,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags,
+        drop_reason: 0,
+    };
+    let _ = BENCH_FLOWS_PERCPU.insert(key, value, 0);
+}
