@@ -1,10 +1,10 @@
 //! Response envelopes of the RPC-style APIs: Alibaba Cloud's flat JSON or XML, and
 //! Volcengine's `ResponseMetadata`/`Result` JSON (docs/api.md, "Envelopes").
 //!
-//! JSON is composed by hand rather than through `serde_json::Map` because the map sorts its
-//! keys (no `preserve_order`), and the clouds put `RequestId` (and `ResponseMetadata`) first.
+//! The clouds put `RequestId` (and `ResponseMetadata`) first: serde_json's `preserve_order`
+//! keeps members in the order they are inserted, here and in every answer body.
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use super::ApiError;
 use super::rpc::Params;
@@ -92,18 +92,15 @@ pub fn render_ok(
         Envelope::Alibaba { xml: false } => Rendered {
             status: 200,
             content_type: JSON,
-            body: json_object(with_request_id(request_id, &fields)),
+            body: with_request_id(request_id, &fields).to_string(),
         },
         Envelope::Volcengine { version } => {
-            let metadata = json_object(metadata(request_id, action, version, region));
-            let result = json_object(with_request_id(request_id, &fields));
+            let metadata = metadata(request_id, action, version, region);
+            let result = with_request_id(request_id, &fields);
             Rendered {
                 status: 200,
                 content_type: JSON,
-                body: json_object(vec![
-                    ("ResponseMetadata".into(), metadata),
-                    ("Result".into(), result),
-                ]),
+                body: json!({"ResponseMetadata": metadata, "Result": result}).to_string(),
             }
         }
     }
@@ -130,24 +127,21 @@ pub fn render_err(
         }
         Envelope::Alibaba { xml: false } => (
             JSON,
-            json_object(vec![
-                ("RequestId".into(), json_str(request_id)),
-                ("HostId".into(), json_str(HOST_ID)),
-                ("Code".into(), json_str(&err.code)),
-                ("Message".into(), json_str(&err.message)),
-            ]),
+            json!({
+                "RequestId": request_id,
+                "HostId": HOST_ID,
+                "Code": err.code,
+                "Message": err.message,
+            })
+            .to_string(),
         ),
         Envelope::Volcengine { version } => {
-            let error = json_object(vec![
-                ("Code".into(), json_str(&err.code)),
-                ("Message".into(), json_str(&err.message)),
-            ]);
             let mut metadata = metadata(request_id, action, version, region);
-            metadata.push(("Error".into(), error));
-            (
-                JSON,
-                json_object(vec![("ResponseMetadata".into(), json_object(metadata))]),
-            )
+            metadata.insert(
+                "Error".into(),
+                json!({"Code": err.code, "Message": err.message}),
+            );
+            (JSON, json!({ "ResponseMetadata": metadata }).to_string())
         }
     };
     Rendered {
@@ -157,43 +151,25 @@ pub fn render_err(
     }
 }
 
-fn metadata(request_id: &str, action: &str, version: &str, region: &str) -> Vec<(String, String)> {
-    vec![
-        ("RequestId".into(), json_str(request_id)),
-        ("Action".into(), json_str(action)),
-        ("Version".into(), json_str(version)),
-        ("Service".into(), json_str(VOLCENGINE_SERVICE)),
-        ("Region".into(), json_str(region)),
-    ]
+fn metadata(request_id: &str, action: &str, version: &str, region: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("RequestId".into(), request_id.into());
+    m.insert("Action".into(), action.into());
+    m.insert("Version".into(), version.into());
+    m.insert("Service".into(), VOLCENGINE_SERVICE.into());
+    m.insert("Region".into(), region.into());
+    m
 }
 
-fn with_request_id(request_id: &str, fields: &[(&str, &Value)]) -> Vec<(String, String)> {
-    let mut members = vec![("RequestId".to_owned(), json_str(request_id))];
+fn with_request_id(request_id: &str, fields: &[(&str, &Value)]) -> Value {
+    let mut members = Map::new();
+    members.insert("RequestId".into(), request_id.into());
     members.extend(
         fields
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), without_nulls(v).to_string())),
+            .map(|(k, v)| ((*k).to_owned(), without_nulls(v))),
     );
-    members
-}
-
-fn json_str(s: &str) -> String {
-    Value::from(s).to_string()
-}
-
-/// `members` are (name, value already rendered as JSON), kept in the given order.
-fn json_object(members: Vec<(String, String)>) -> String {
-    let mut out = String::from("{");
-    for (i, (k, v)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&json_str(k));
-        out.push(':');
-        out.push_str(v);
-    }
-    out.push('}');
-    out
+    Value::Object(members)
 }
 
 fn without_nulls(v: &Value) -> Value {
@@ -482,18 +458,20 @@ mod tests {
             "Empty": [],
         });
         let r = render_ok(&ALIBABA_XML, "ListTrafficMirrorSessions", "rid", "r", &body);
+        // Elements in the order the answer's members were written (as the clouds' models
+        // order them), nulls left out.
         let want = "<ListTrafficMirrorSessionsResponse>\
             <RequestId>rid</RequestId>\
-            <Empty></Empty>\
-            <IngressRules><IngressRule><InstanceId>tmr-1</InstanceId></IngressRule></IngressRules>\
-            <TotalCount>1</TotalCount>\
             <TrafficMirrorSessions><TrafficMirrorSession>\
-            <Enabled>true</Enabled>\
-            <Priority>1</Priority>\
-            <Tags><Tag><Key>k</Key><Value>v</Value></Tag></Tags>\
             <TrafficMirrorSessionId>tms-1</TrafficMirrorSessionId>\
             <TrafficMirrorSourceIds><TrafficMirrorSourceId>eni-a</TrafficMirrorSourceId><TrafficMirrorSourceId>eni-b</TrafficMirrorSourceId></TrafficMirrorSourceIds>\
+            <Tags><Tag><Key>k</Key><Value>v</Value></Tag></Tags>\
+            <Enabled>true</Enabled>\
+            <Priority>1</Priority>\
             </TrafficMirrorSession></TrafficMirrorSessions>\
+            <IngressRules><IngressRule><InstanceId>tmr-1</InstanceId></IngressRule></IngressRules>\
+            <TotalCount>1</TotalCount>\
+            <Empty></Empty>\
             </ListTrafficMirrorSessionsResponse>";
         assert_eq!(r.body, format!("{XML_DECLARATION}{want}"));
     }
