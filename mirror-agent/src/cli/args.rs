@@ -111,8 +111,7 @@ pub enum FlowLogCommand {
     Create(FlowLogCreate),
     /// List flow logs (DescribeFlowLogs).
     List {
-        /// Only these flow logs, repeatable (FlowLogIds.N).
-        #[arg(long = "id", value_name = "ID")]
+        #[arg(long = "id", value_name = "ID", help = FlowLog::IDS_HELP)]
         ids: Vec<String>,
     },
     /// Change name, description, interval or record format (ModifyFlowLogAttribute).
@@ -297,8 +296,7 @@ pub struct BudgetArgs {
 /// ListTrafficMirrorSessions.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SessionList {
-    /// Only these sessions, repeatable (TrafficMirrorSessionIds.N).
-    #[arg(long = "id", value_name = "ID")]
+    #[arg(long = "id", value_name = "ID", help = Session::IDS_HELP)]
     pub ids: Vec<String>,
     /// Only sessions mirroring this source (TrafficMirrorSourceId).
     #[arg(long, value_name = "SRC")]

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{
-    FlowLogCommand, Plan, Render,
+    FlowLog, FlowLogCommand, Plan, Render, Resource as _,
     error::UsageError,
     params::Params,
     table::{cell, table},
@@ -28,7 +28,7 @@ pub(super) fn plan(command: FlowLogCommand) -> Result<Plan, UsageError> {
             Plan::new("CreateFlowLog", p, Render::Created("FlowLogId"))
         }
         FlowLogCommand::List { ids } => {
-            p.list("FlowLogIds", &ids);
+            p.list(FlowLog::IDS_PARAM, &ids);
             p.set("PageSize", "100".to_string());
             Plan::new("DescribeFlowLogs", p, Render::FlowLogs)
         }

@@ -163,3 +163,28 @@ impl Params {
         self.0.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap prints these after `invalid value … for '--ingress <RULE>':`, so each must say on
+    /// its own which part of which rule is wrong.
+    #[test]
+    fn rule_errors_name_the_part_and_the_rule() {
+        let message = |s: &str| parse_rule_spec(s).unwrap_err().to_string();
+        assert_eq!(
+            message("prio=1"),
+            "unknown key \"prio\" in rule \"prio=1\"; keys are priority, action, protocol, \
+             ip-version, src, dst, src-ports, dst-ports"
+        );
+        assert_eq!(
+            message("priority=1,action"),
+            "\"action\" in rule \"priority=1,action\" is not key=value"
+        );
+        assert_eq!(
+            parse_tag("=x").unwrap_err().to_string(),
+            "tag \"=x\" has no key; expected KEY=VALUE"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{
-    Plan, Render, SessionCommand, SessionSources,
+    Plan, Render, Resource as _, Session, SessionCommand, SessionSources,
     error::UsageError,
     params::Params,
     table::{cell, table},
@@ -34,7 +34,7 @@ pub(super) fn plan(command: SessionCommand) -> Result<Plan, UsageError> {
             )
         }
         SessionCommand::List(c) => {
-            p.list("TrafficMirrorSessionIds", &c.ids);
+            p.list(Session::IDS_PARAM, &c.ids);
             p.opt("TrafficMirrorSessionName", c.name.as_deref());
             p.opt("TrafficMirrorSourceId", c.source.as_deref());
             p.opt("TrafficMirrorFilterId", c.filter.as_deref());
