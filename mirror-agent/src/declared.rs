@@ -7,8 +7,8 @@ use crate::{
     config::{ConfigError, FileConfig},
     model::{self, DEFAULT_VXLAN_PORT},
     records::{
-        FilterRecord, Origin, ReceiverRecord, RuleRecord, SessionRecord, SessionState,
-        TargetRecord, now_rfc3339,
+        FilterRecord, FlowLogRecord, FlowLogState, Origin, ReceiverRecord, RuleRecord,
+        SessionRecord, SessionState, TargetRecord, now_rfc3339,
     },
     store::{Batch, Kind, Store, StoreError},
 };
@@ -41,11 +41,40 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
     sync_as(store, file, Origin::Config)
 }
 
+/// A flow log declared by the node controller (the config file declares none), validated
+/// by the caller as the API validates CreateFlowLog's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredFlowLog {
+    pub id: String,
+    pub name: String,
+    /// "node" (every non-loopback interface and `interfaces`) or "interfaces".
+    pub resource_type: String,
+    pub resource_id: String,
+    pub interfaces: Vec<String>,
+    /// "All", "Allow" or "Drop".
+    pub traffic_type: String,
+    pub log_project: String,
+    pub log_topic: String,
+    pub aggregation_interval: u32,
+    pub log_format: Option<String>,
+}
+
 /// Writes `file`'s objects as the whole set of objects of `origin`: changed ones are marked
 /// for re-apply, objects of that origin it no longer declares are removed; other origins'
 /// objects are left alone. The caller has validated the objects (Kubernetes' node controller
 /// validates each planned session on its own, so one bad object does not block the others).
 pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize, DeclareError> {
+    sync_with_flow_logs(store, file, &[], origin)
+}
+
+/// `sync_as` with flow logs: the declared ones are the whole set of `origin`'s flow logs,
+/// written in the same transaction as the other objects.
+pub fn sync_with_flow_logs(
+    store: &Store,
+    file: &FileConfig,
+    flow_logs: &[DeclaredFlowLog],
+    origin: Origin,
+) -> Result<usize, DeclareError> {
     let snap = store.snapshot()?;
     let now = now_rfc3339();
     let mut batch = Batch::default();
@@ -167,6 +196,7 @@ pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize
     }
 
     changes += sync_receivers(&snap, file, origin, &now, &mut batch)?;
+    changes += sync_flow_logs(&snap, flow_logs, origin, &now, &mut batch)?;
 
     // Config objects the file no longer declares.
     for s in snap.sessions.iter().filter(|s| s.origin == origin) {
@@ -270,6 +300,82 @@ fn sync_receivers(
         }
     }
     Ok(changes)
+}
+
+/// A new flow log is Creating; a changed one keeps its state with a new generation (as the
+/// API's ModifyFlowLogAttribute does), so the reconciler's next pass applies it; one no
+/// longer declared is Deleting, which the reconciler stops and removes.
+fn sync_flow_logs(
+    snap: &crate::store::Snapshot,
+    declared: &[DeclaredFlowLog],
+    origin: Origin,
+    now: &str,
+    batch: &mut Batch,
+) -> Result<usize, DeclareError> {
+    let mut changes = 0;
+    for d in declared {
+        let old = snap.flow_log(&d.id);
+        let mut rec = FlowLogRecord {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            description: old.map(|o| o.description.clone()).unwrap_or_default(),
+            resource_type: d.resource_type.clone(),
+            resource_id: d.resource_id.clone(),
+            interfaces: d.interfaces.clone(),
+            traffic_type: d.traffic_type.clone(),
+            log_project: d.log_project.clone(),
+            log_topic: d.log_topic.clone(),
+            aggregation_interval: d.aggregation_interval,
+            interval_seconds: None,
+            log_format: d.log_format.clone(),
+            state: FlowLogState::Creating,
+            wanted_active: true,
+            generation: 1,
+            errors: Vec::new(),
+            tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+            origin,
+            created_at: old.map_or_else(|| now.to_string(), |o| o.created_at.clone()),
+            updated_at: now.to_string(),
+        };
+        if let Some(o) = old {
+            if same_flow_log(o, &rec) && o.state != FlowLogState::Deleting {
+                continue;
+            }
+            rec.generation = o.generation + 1;
+            if o.state != FlowLogState::Deleting {
+                rec.state = o.state;
+                rec.errors = o.errors.clone();
+            }
+        }
+        batch.put_flow_log(&rec)?;
+        changes += 1;
+    }
+    for f in snap.flow_logs.iter().filter(|f| f.origin == origin) {
+        if !declared.iter().any(|d| d.id == f.id) && f.state != FlowLogState::Deleting {
+            let mut f = f.clone();
+            f.generation += 1;
+            f.state = FlowLogState::Deleting;
+            f.updated_at = now.to_string();
+            batch.put_flow_log(&f)?;
+            changes += 1;
+        }
+    }
+    Ok(changes)
+}
+
+fn same_flow_log(a: &FlowLogRecord, b: &FlowLogRecord) -> bool {
+    a.name == b.name
+        && a.resource_type == b.resource_type
+        && a.resource_id == b.resource_id
+        && a.interfaces == b.interfaces
+        && a.traffic_type == b.traffic_type
+        && a.log_project == b.log_project
+        && a.log_topic == b.log_topic
+        && a.aggregation_interval == b.aggregation_interval
+        && a.interval_seconds == b.interval_seconds
+        && a.log_format == b.log_format
+        && a.wanted_active == b.wanted_active
+        && a.origin == b.origin
 }
 
 fn same_target(a: &TargetRecord, b: &TargetRecord) -> bool {

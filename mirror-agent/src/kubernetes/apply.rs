@@ -7,17 +7,24 @@
 //! `FileConfig::objects`), so one bad object is reported and dropped instead of blocking
 //! every other: a TrafficMirrorSession with both interfaces and pods becomes two node
 //! sessions of one priority, which a single file would refuse.
+//!
+//! Flow logs (the config file has none) go through CreateFlowLog's checks (name, interval,
+//! LogFormat, project and topic names, a topic no other live flow log writes to), each on its
+//! own, and are written in the same transaction as the rest of the plan.
 
 use crate::{
+    api::{ApiError, flowlogs},
     config::{FileConfig, FilterConfig, ReceiverConfig, RuleConfig, SessionConfig, TargetConfig},
-    declared::{self, DeclareError},
+    declared::{self, DeclareError, DeclaredFlowLog},
     records::Origin,
-    store::Store,
+    store::{Snapshot, Store},
 };
 
 use super::{
-    crd::{FilterRule, RuleAction},
-    plan::{NodePlan, PlannedFilter, PlannedReceiver, PlannedSession, PlannedTarget},
+    crd::{FilterRule, RuleAction, TrafficType},
+    plan::{
+        NodePlan, PlannedFilter, PlannedFlowLog, PlannedReceiver, PlannedSession, PlannedTarget,
+    },
 };
 
 fn rule(r: &FilterRule) -> RuleConfig {
@@ -150,10 +157,77 @@ pub fn declared(plan: &NodePlan, rule_quota: usize) -> (FileConfig, Vec<(String,
     (out, problems)
 }
 
+fn flow_log(f: &PlannedFlowLog) -> Result<DeclaredFlowLog, ApiError> {
+    let interfaces: Vec<String> = f.interfaces.iter().map(|i| i.interface.clone()).collect();
+    Ok(DeclaredFlowLog {
+        id: f.id.clone(),
+        name: flowlogs::name(Some(&f.name))?,
+        resource_type: if f.node { "node" } else { "interfaces" }.into(),
+        // What DescribeFlowLogs shows as ResourceId: the interfaces it was given.
+        resource_id: if f.node && interfaces.is_empty() {
+            "node".into()
+        } else {
+            interfaces.join(",")
+        },
+        interfaces,
+        traffic_type: match f.traffic_type {
+            TrafficType::All => "All",
+            TrafficType::Allow => "Allow",
+            TrafficType::Drop => "Drop",
+        }
+        .into(),
+        log_project: flowlogs::log_name("logProjectName", &f.log_project_name)?,
+        log_topic: flowlogs::log_name("logTopicName", &f.log_topic_name)?,
+        aggregation_interval: flowlogs::check_interval(i64::from(f.aggregation_interval))?,
+        log_format: match &f.log_format {
+            Some(v) => flowlogs::check_log_format(v)?,
+            None => None,
+        },
+    })
+}
+
+/// The plan's flow logs as the node declares them, and those dropped as invalid (flow log
+/// id, reason). `snap` is the store now: a topic another origin's live flow log writes to is
+/// refused, as CreateFlowLog refuses it; of two planned flow logs on one topic the first (by
+/// id) is kept.
+pub fn flow_logs(
+    plan: &NodePlan,
+    snap: &Snapshot,
+) -> (Vec<DeclaredFlowLog>, Vec<(String, String)>) {
+    let mut out: Vec<DeclaredFlowLog> = Vec::new();
+    let mut problems = Vec::new();
+    for f in &plan.flow_logs {
+        let checked = flow_log(f).and_then(|d| {
+            flowlogs::check_topic_free(snap, &d.log_project, &d.log_topic, |o| {
+                o.origin != Origin::Kubernetes
+            })?;
+            if let Some(first) = out
+                .iter()
+                .find(|o| o.log_project == d.log_project && o.log_topic == d.log_topic)
+            {
+                return Err(ApiError::bad(
+                    "InvalidParameter.TLSTopicExisted",
+                    format!("The specified topic name is already {}'s.", first.id),
+                ));
+            }
+            Ok(d)
+        });
+        match checked {
+            Ok(d) => out.push(d),
+            Err(e) => problems.push((f.id.clone(), format!("{}: {}", e.code, e.message))),
+        }
+    }
+    (out, problems)
+}
+
 /// Writes the node's objects of origin `kubernetes` (replacing the last plan's). The caller
 /// holds the service's write lock and wakes the reconciler.
-pub fn write(store: &Store, objects: &FileConfig) -> Result<usize, DeclareError> {
-    declared::sync_as(store, objects, Origin::Kubernetes)
+pub fn write(
+    store: &Store,
+    objects: &FileConfig,
+    flow_logs: &[DeclaredFlowLog],
+) -> Result<usize, DeclareError> {
+    declared::sync_with_flow_logs(store, objects, flow_logs, Origin::Kubernetes)
 }
 
 #[cfg(test)]
@@ -269,7 +343,7 @@ pub(super) mod tests {
         let (store, _dir) = temp_store();
         let (objects, problems) = declared(&payments(), 10);
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(write(&store, &objects).unwrap(), 5);
+        assert_eq!(write(&store, &objects, &[]).unwrap(), 5);
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.sessions.len(), 2);
         assert!(snap.sessions.iter().all(|s| s.origin == Origin::Kubernetes));
@@ -281,13 +355,13 @@ pub(super) mod tests {
         assert_eq!(pods.budget.sample_one_in, Some(100));
         assert_eq!(pods.budget.sample_mode, crate::model::SampleMode::Flow);
         // The same plan again changes nothing (no re-apply, no store write).
-        assert_eq!(write(&store, &objects).unwrap(), 0);
+        assert_eq!(write(&store, &objects, &[]).unwrap(), 0);
         // The config file's objects are another origin: an empty file leaves these alone.
         declared::sync(&store, &FileConfig::default()).unwrap();
         assert_eq!(store.snapshot().unwrap().sessions.len(), 2);
         // An empty plan deletes them (sessions through Deleting, as the reconciler wants).
         let (empty, _) = declared(&NodePlan::default(), 10);
-        write(&store, &empty).unwrap();
+        write(&store, &empty, &[]).unwrap();
         let snap = store.snapshot().unwrap();
         assert!(
             snap.sessions
@@ -318,7 +392,7 @@ pub(super) mod tests {
     async fn kubernetes_objects_are_listed_with_their_origin_and_read_only() {
         let (store, _dir) = temp_store();
         let (objects, _) = declared(&payments(), 10);
-        write(&store, &objects).unwrap();
+        write(&store, &objects, &[]).unwrap();
         let svc = service(store);
         let params = |q: &str| Params::parse(Some(q), None, b"").unwrap();
         let list = actions::read(&svc, "ListTrafficMirrorSessions", &params("")).unwrap();

@@ -254,6 +254,7 @@ fn state(name: &str, s: &str) -> NodeStateStatus {
             ..Default::default()
         }],
         connected: true,
+        ..Default::default()
     }
 }
 

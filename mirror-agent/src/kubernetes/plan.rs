@@ -6,7 +6,7 @@
 //! selector: every node). A session's `podSelector` picks this node's pods (spec.nodeName),
 //! Running and Ready, not being deleted and not on the host network, in namespaces matching
 //! `namespaceSelector` (absent: all). Each pod becomes its host-side interface (the veth the
-//! pod's IP is routed to; the caller resolves IPs to interfaces).
+//! pod's IP is routed to, or the bridge port behind which its MAC is: `hostnet`).
 //!
 //! Directions: a session's rules are written from its source's point of view. For a node
 //! interface that is the kernel's view. A pod's host-side veth sees the pod's egress as its
@@ -30,6 +30,7 @@ use super::{
         FilterRule, FlowLog, Labels, ResolvedSource, TrafficMirrorFilter, TrafficMirrorReceiver,
         TrafficMirrorSession, TrafficMirrorTarget, TrafficType,
     },
+    hostnet::HostNet,
     selector::{self, SelectorError},
 };
 
@@ -43,8 +44,8 @@ pub struct World<'a> {
     pub sessions: &'a [TrafficMirrorSession],
     pub receivers: &'a [TrafficMirrorReceiver],
     pub flow_logs: &'a [FlowLog],
-    /// Pod IP → the host interface it is routed to.
-    pub pod_interfaces: &'a BTreeMap<IpAddr, String>,
+    /// The host's routes, neighbours and bridge FDBs: pod IP → host interface.
+    pub host: &'a HostNet,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,9 +102,13 @@ pub struct PlannedReceiver {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFlowLog {
     pub id: String,
+    /// The FlowLog it comes from.
+    pub name: String,
     /// Every non-loopback interface of the node.
     pub node: bool,
     pub interfaces: Vec<ResolvedSource>,
+    /// Selected pods that have no interface here yet (the flow log applies without them).
+    pub errors: Vec<String>,
     pub traffic_type: TrafficType,
     pub aggregation_interval: u32,
     pub log_format: Option<String>,
@@ -194,18 +199,12 @@ fn pods(
             .flatten()
             .filter_map(|ip| ip.ip.parse().ok())
             .collect();
-        match ips.iter().find_map(|ip| w.pod_interfaces.get(ip)) {
-            Some(interface) => found.push(ResolvedSource {
-                interface: interface.clone(),
+        match w.host.interface_of(&ips) {
+            Ok(interface) => found.push(ResolvedSource {
+                interface,
                 pod: Some(pod),
             }),
-            None => errors.push(format!(
-                "pod {pod}: no host interface routes its IP {} yet",
-                ips.iter()
-                    .map(IpAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            Err(why) => errors.push(format!("pod {pod}: {why}")),
         }
     }
     found.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -349,12 +348,12 @@ pub fn plan(w: &World) -> NodePlan {
                 pod: None,
             })
             .collect();
+        let mut errors = Vec::new();
         if let Some(sel) = &res.pod_selector {
             match pods(w, sel, res.namespace_selector.as_ref()) {
-                Ok((found, errors)) => {
+                Ok((found, e)) => {
                     interfaces.extend(found);
-                    out.problems
-                        .extend(errors.into_iter().map(|e| (what.clone(), e)));
+                    errors = e;
                 }
                 Err(e) => {
                     out.problems.push((what, e.to_string()));
@@ -366,8 +365,10 @@ pub fn plan(w: &World) -> NodePlan {
         interfaces.retain(|i| seen.insert(i.interface.clone()));
         out.flow_logs.push(PlannedFlowLog {
             id: flow_log_id(&f.name_any()),
+            name: f.name_any(),
             node: res.node,
             interfaces,
+            errors,
             traffic_type: f.spec.traffic_type,
             aggregation_interval: f.spec.aggregation_interval,
             log_format: f.spec.log_format.clone(),
@@ -470,11 +471,14 @@ mod tests {
         }))
     }
 
-    fn routes(pairs: &[(&str, &str)]) -> BTreeMap<IpAddr, String> {
-        pairs
-            .iter()
-            .map(|(ip, i)| (ip.parse().unwrap(), i.to_string()))
-            .collect()
+    fn routes(pairs: &[(&str, &str)]) -> HostNet {
+        HostNet {
+            host_routes: pairs
+                .iter()
+                .map(|(ip, i)| (ip.parse().unwrap(), i.to_string()))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     /// (session id, [(interface, pod)]).
@@ -513,7 +517,7 @@ mod tests {
             sessions: &sessions,
             receivers: &[],
             flow_logs: &[],
-            pod_interfaces: &r,
+            host: &r,
         })
     }
 
@@ -806,7 +810,7 @@ mod tests {
             sessions: &[],
             receivers: &receivers,
             flow_logs: &flow_logs,
-            pod_interfaces: &r,
+            host: &r,
         });
         assert_eq!(
             plan.receivers
