@@ -41,24 +41,6 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
     sync_as(store, file, Origin::Config)
 }
 
-/// A flow log declared by the node controller (the config file declares none), validated
-/// by the caller as the API validates CreateFlowLog's values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeclaredFlowLog {
-    pub id: String,
-    pub name: String,
-    /// "node" (every non-loopback interface and `interfaces`) or "interfaces".
-    pub resource_type: String,
-    pub resource_id: String,
-    pub interfaces: Vec<String>,
-    /// "All", "Allow" or "Drop".
-    pub traffic_type: String,
-    pub log_project: String,
-    pub log_topic: String,
-    pub aggregation_interval: u32,
-    pub log_format: Option<String>,
-}
-
 /// Writes `file`'s objects as the whole set of objects of `origin`: changed ones are marked
 /// for re-apply, objects of that origin it no longer declares are removed; other origins'
 /// objects are left alone. The caller has validated the objects (Kubernetes' node controller
@@ -67,12 +49,14 @@ pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize
     sync_with_flow_logs(store, file, &[], origin)
 }
 
-/// `sync_as` with flow logs: the declared ones are the whole set of `origin`'s flow logs,
-/// written in the same transaction as the other objects.
+/// `sync_as` with flow logs (the config file declares none; the node controller does): the
+/// declared ones are the whole set of `origin`'s flow logs, written in the same transaction
+/// as the other objects. Only their declared values count: state, generation, errors, tags
+/// and times are the store's.
 pub fn sync_with_flow_logs(
     store: &Store,
     file: &FileConfig,
-    flow_logs: &[DeclaredFlowLog],
+    flow_logs: &[FlowLogRecord],
     origin: Origin,
 ) -> Result<usize, DeclareError> {
     let snap = store.snapshot()?;
@@ -307,7 +291,7 @@ fn sync_receivers(
 /// longer declared is Deleting, which the reconciler stops and removes.
 fn sync_flow_logs(
     snap: &crate::store::Snapshot,
-    declared: &[DeclaredFlowLog],
+    declared: &[FlowLogRecord],
     origin: Origin,
     now: &str,
     batch: &mut Batch,
@@ -316,26 +300,15 @@ fn sync_flow_logs(
     for d in declared {
         let old = snap.flow_log(&d.id);
         let mut rec = FlowLogRecord {
-            id: d.id.clone(),
-            name: d.name.clone(),
             description: old.map(|o| o.description.clone()).unwrap_or_default(),
-            resource_type: d.resource_type.clone(),
-            resource_id: d.resource_id.clone(),
-            interfaces: d.interfaces.clone(),
-            traffic_type: d.traffic_type.clone(),
-            log_project: d.log_project.clone(),
-            log_topic: d.log_topic.clone(),
-            aggregation_interval: d.aggregation_interval,
-            interval_seconds: None,
-            log_format: d.log_format.clone(),
             state: FlowLogState::Creating,
-            wanted_active: true,
             generation: 1,
             errors: Vec::new(),
             tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
             origin,
             created_at: old.map_or_else(|| now.to_string(), |o| o.created_at.clone()),
             updated_at: now.to_string(),
+            ..d.clone()
         };
         if let Some(o) = old {
             if same_flow_log(o, &rec) && o.state != FlowLogState::Deleting {
@@ -363,19 +336,19 @@ fn sync_flow_logs(
     Ok(changes)
 }
 
+/// Equal in what is declared (a field added to flow logs counts unless listed here).
 fn same_flow_log(a: &FlowLogRecord, b: &FlowLogRecord) -> bool {
-    a.name == b.name
-        && a.resource_type == b.resource_type
-        && a.resource_id == b.resource_id
-        && a.interfaces == b.interfaces
-        && a.traffic_type == b.traffic_type
-        && a.log_project == b.log_project
-        && a.log_topic == b.log_topic
-        && a.aggregation_interval == b.aggregation_interval
-        && a.interval_seconds == b.interval_seconds
-        && a.log_format == b.log_format
-        && a.wanted_active == b.wanted_active
-        && a.origin == b.origin
+    let declared = |f: &FlowLogRecord| FlowLogRecord {
+        description: String::new(),
+        state: FlowLogState::Creating,
+        generation: 0,
+        errors: Vec::new(),
+        tags: Vec::new(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        ..f.clone()
+    };
+    declared(a) == declared(b)
 }
 
 fn same_target(a: &TargetRecord, b: &TargetRecord) -> bool {

@@ -127,6 +127,26 @@ fn route_address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// A netlink dump's messages up to its end or its first error (logged).
+async fn dump<T>(
+    stream: impl futures::Stream<Item = Result<T, rtnetlink::Error>>,
+    what: &str,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => break,
+            Err(e) => {
+                warn!("listing {what} for pod interfaces: {e}");
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Reads the routes, neighbours and bridge FDBs. A failed dump leaves its table short (and
 /// says so in the log): the pods it would resolve are reported without an interface and the
 /// next plan reads again.
@@ -141,20 +161,12 @@ pub async fn read(handle: &Handle, links_now: &[links::Link]) -> HostNet {
 
     // Bridges are the masters of FDB entries: read those first to know which subnet routes
     // are a bridge's.
-    let mut fdb = handle
+    let fdb = handle
         .neighbours()
         .get()
         .set_address_family(AddressFamily::Bridge)
         .execute();
-    loop {
-        let msg = match fdb.try_next().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                warn!("listing bridge forwarding entries for pod interfaces: {e}");
-                break;
-            }
-        };
+    for msg in dump(fdb, "bridge forwarding entries").await {
         let mut master = None;
         let mut addr = None;
         for a in &msg.attributes {
@@ -180,16 +192,7 @@ pub async fn read(handle: &Handle, links_now: &[links::Link]) -> HostNet {
         }
     }
 
-    let mut neighbours = handle.neighbours().get().execute();
-    loop {
-        let msg = match neighbours.try_next().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                warn!("listing neighbours for pod interfaces: {e}");
-                break;
-            }
-        };
+    for msg in dump(handle.neighbours().get().execute(), "neighbours").await {
         if matches!(
             msg.header.state,
             NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
@@ -220,16 +223,7 @@ pub async fn read(handle: &Handle, links_now: &[links::Link]) -> HostNet {
         RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
     ];
     for msg in dumps {
-        let mut routes = handle.route().get(msg).execute();
-        loop {
-            let route = match routes.try_next().await {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    warn!("listing routes for pod interfaces: {e}");
-                    break;
-                }
-            };
+        for route in dump(handle.route().get(msg).execute(), "routes").await {
             let host_len = match route.header.address_family {
                 AddressFamily::Inet => 32,
                 _ => 128,

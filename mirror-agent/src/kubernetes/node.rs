@@ -181,6 +181,12 @@ impl Watches {
     }
 }
 
+/// A copy of what a lock holds; a poisoned lock (a panicked writer) reads as empty rather
+/// than stopping the node controller.
+fn read_or_default<T: Clone + Default>(lock: &std::sync::RwLock<T>) -> T {
+    lock.read().map(|v| v.clone()).unwrap_or_default()
+}
+
 /// Whether the API server is reachable, as the metric and the probes show it.
 pub struct Connection {
     pub gauge: prometheus::IntGauge,
@@ -310,18 +316,8 @@ impl NodeController {
                         continue;
                     }
                 };
-                let copy_paths = self
-                    .svc
-                    .copy_paths
-                    .read()
-                    .map(|c| c.clone())
-                    .unwrap_or_default();
-                let live = self
-                    .svc
-                    .flow_log_status
-                    .read()
-                    .map(|l| l.clone())
-                    .unwrap_or_default();
+                let copy_paths = read_or_default(&self.svc.copy_paths);
+                let live = read_or_default(&self.svc.flow_log_status);
                 let st = super::status::node_status(plan, &snap, &copy_paths, &live, true);
                 if let Err(e) = status.write(&node, st).await {
                     warn!("MirrorNodeState: {e}");

@@ -831,4 +831,159 @@ mod tests {
             [("cali1", None), ("eth0", None), ("cali2", Some("shop/b"))]
         );
     }
+
+    /// A flannel-like node: pods on cni0 (neighbour + FDB) next to a routed pod.
+    fn bridged() -> HostNet {
+        use super::super::hostnet::{FdbEntry, Neighbour};
+        HostNet {
+            bridge_subnets: vec![("10.244.1.0/24".parse().unwrap(), "cni0".into())],
+            neighbours: vec![Neighbour {
+                ip: "10.244.1.5".parse().unwrap(),
+                device: "cni0".into(),
+                mac: "0a:58:0a:f4:01:05".into(),
+            }],
+            fdb: vec![FdbEntry {
+                mac: "0a:58:0a:f4:01:05".into(),
+                bridge: "cni0".into(),
+                port: "veth1a2b".into(),
+            }],
+            ..routes(&[("10.1.0.2", "cali1")])
+        }
+    }
+
+    #[test]
+    fn flow_logs_cover_the_node_its_interfaces_and_its_pods() {
+        struct FlCase {
+            name: &'static str,
+            resource: Value,
+            node_selector: Value,
+            pods: Vec<Pod>,
+            /// None: not planned.
+            want: Option<(bool, Vec<(&'static str, Option<&'static str>)>)>,
+            want_errors: Vec<&'static str>,
+            want_problem: Option<&'static str>,
+        }
+        let pay = || json!({"app": "payments"});
+        let sel = json!({"matchLabels": {"app": "payments"}});
+        let cases = vec![
+            FlCase {
+                name: "the whole node",
+                resource: json!({"node": true}),
+                node_selector: Value::Null,
+                pods: vec![],
+                want: Some((true, vec![])),
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "interfaces, a routed pod and a bridged pod",
+                resource: json!({"interfaces": ["eth0"], "podSelector": sel}),
+                node_selector: Value::Null,
+                pods: vec![
+                    pod(p("a", "node-a", pay(), "10.1.0.2")),
+                    pod(p("b", "node-a", pay(), "10.244.1.5")),
+                ],
+                want: Some((
+                    false,
+                    vec![
+                        ("eth0", None),
+                        ("cali1", Some("shop/a")),
+                        ("veth1a2b", Some("shop/b")),
+                    ],
+                )),
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "a bridged pod the host has not talked to yet is an error of the flow log, which still applies",
+                resource: json!({"interfaces": ["eth0"], "podSelector": sel}),
+                node_selector: Value::Null,
+                pods: vec![pod(p("c", "node-a", pay(), "10.244.1.9"))],
+                want: Some((false, vec![("eth0", None)])),
+                want_errors: vec!["pod shop/c: no neighbour entry for 10.244.1.9 on cni0 yet"],
+                want_problem: None,
+            },
+            FlCase {
+                name: "nodeSelector not matching: not this node's",
+                resource: json!({"node": true}),
+                node_selector: json!({"matchLabels": {"role": "db"}}),
+                pods: vec![],
+                want: None,
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "a bad selector is a problem of the FlowLog, not planned",
+                resource: json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}),
+                node_selector: Value::Null,
+                pods: vec![pod(p("a", "node-a", pay(), "10.1.0.2"))],
+                want: None,
+                want_errors: vec![],
+                want_problem: Some("unknown operator"),
+            },
+        ];
+        let n = node("node-a", json!({"role": "web"}));
+        let host = bridged();
+        for c in &cases {
+            let mut spec = json!({
+                "resource": c.resource, "trafficType": "Allow", "aggregationInterval": 5,
+                "logFormat": "${srcaddr} ${dstaddr}",
+                "logProjectName": "flows", "logTopicName": "shop",
+            });
+            if !c.node_selector.is_null() {
+                spec["nodeSelector"] = c.node_selector.clone();
+            }
+            let fl: FlowLog = obj(json!({
+                "apiVersion": "mirror-agent.io/v1alpha1", "kind": "FlowLog",
+                "metadata": {"name": "shop"}, "spec": spec,
+            }));
+            let plan = plan(&World {
+                node: Some(&n),
+                pods: &c.pods,
+                namespaces: &[],
+                filters: &[],
+                targets: &[],
+                sessions: &[],
+                receivers: &[],
+                flow_logs: std::slice::from_ref(&fl),
+                host: &host,
+            });
+            let got = plan.flow_logs.first().map(|f| {
+                (
+                    f.node,
+                    f.interfaces
+                        .iter()
+                        .map(|i| (i.interface.as_str(), i.pod.as_deref()))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            assert_eq!(got, c.want, "{}", c.name);
+            if let Some(f) = plan.flow_logs.first() {
+                assert_eq!(f.errors, c.want_errors, "{}", c.name);
+                assert_eq!(
+                    (
+                        f.id.as_str(),
+                        f.name.as_str(),
+                        f.traffic_type,
+                        f.aggregation_interval
+                    ),
+                    ("fl-k8s-shop", "shop", TrafficType::Allow, 5),
+                    "{}",
+                    c.name
+                );
+                assert_eq!(f.log_format.as_deref(), Some("${srcaddr} ${dstaddr}"));
+            }
+            match c.want_problem {
+                None => assert!(plan.problems.is_empty(), "{}: {:?}", c.name, plan.problems),
+                Some(p) => assert!(
+                    plan.problems
+                        .iter()
+                        .any(|(w, why)| w == "FlowLog/shop" && why.contains(p)),
+                    "{}: {:?}",
+                    c.name,
+                    plan.problems
+                ),
+            }
+        }
+    }
 }

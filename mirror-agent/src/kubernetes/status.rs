@@ -125,17 +125,21 @@ fn flow_logs(
         }
         by_name.insert(p.name.clone(), e);
     }
-    for (what, why) in &plan.problems {
-        if let Some(name) = what.strip_prefix("FlowLog/") {
-            let e = by_name
-                .entry(name.to_string())
-                .or_insert_with(|| NodeFlowLogState {
-                    name: name.to_string(),
-                    state: "NotApplied".into(),
-                    ..Default::default()
-                });
-            e.errors.push(why.clone());
-        }
+    // FlowLogs the planner could not plan (a bad selector).
+    let unplanned = plan
+        .problems
+        .iter()
+        .filter_map(|(what, why)| Some((what.strip_prefix("FlowLog/")?, why)));
+    for (name, why) in unplanned {
+        by_name
+            .entry(name.to_string())
+            .or_insert_with(|| NodeFlowLogState {
+                name: name.to_string(),
+                state: "NotApplied".into(),
+                ..Default::default()
+            })
+            .errors
+            .push(why.clone());
     }
     by_name
         .into_values()
