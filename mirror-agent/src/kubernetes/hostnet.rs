@@ -393,4 +393,99 @@ mod tests {
             assert_eq!(got, want, "{name}");
         }
     }
+
+    fn sh(script: &str) -> std::process::Output {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The rtnetlink reading against a real bridge (needs root; skipped otherwise): in a
+    /// network namespace of the test's own (its thread's), a bridge holding 10.244.1.0/24
+    /// with two ports, each pod's end of its veth in a namespace of its own (an `unshare -n`
+    /// process: two pods in one namespace would answer ARP on either veth). A ping fills the neighbour table and the FDB for one pod; the other, never
+    /// talked to, has no neighbour entry yet.
+    #[test]
+    fn a_bridged_pod_resolves_to_its_host_veth_on_a_real_bridge() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: moves this thread (and the processes it starts) into a new network
+            // namespace; the thread ends with the test.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "skipped: no new network namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            let mut pods: Vec<std::process::Child> = (0..2)
+                .map(|_| {
+                    std::process::Command::new("unshare")
+                        .args(["-n", "sleep", "60"])
+                        .spawn()
+                        .expect("unshare -n sleep")
+                })
+                .collect();
+            let (pid5, pid6) = (pods[0].id(), pods[1].id());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            sh(&format!(
+                "ip link set lo up
+                 ip link add br0 type bridge
+                 ip link set br0 up
+                 ip addr add 10.244.1.1/24 dev br0
+                 for pod in 5:{pid5} 6:{pid6}; do
+                   i=${{pod%%:*}} pid=${{pod##*:}}
+                   ip link add vethh$i type veth peer name vethp$i
+                   ip link set vethh$i master br0 up
+                   ip link set vethp$i netns $pid
+                   nsenter -t $pid -n ip addr add 10.244.1.$i/24 dev vethp$i
+                   nsenter -t $pid -n ip link set vethp$i up
+                 done
+                 ping -c 3 -i 0.2 -W 2 10.244.1.5 >/dev/null"
+            ));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let host = rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().expect("netlink");
+                tokio::spawn(conn);
+                let links_now = links::dump(&handle).await.expect("links");
+                read(&handle, &links_now).await
+            });
+            drop(rt);
+            for p in &mut pods {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            assert_eq!(
+                host.interface_of(&[ip("10.244.1.5")]),
+                Ok("vethh5".to_string()),
+                "{host:?}"
+            );
+            assert_eq!(
+                host.interface_of(&[ip("10.244.1.6")]),
+                Err("no neighbour entry for 10.244.1.6 on br0 yet".to_string()),
+                "{host:?}"
+            );
+            assert!(
+                host.bridge_subnets
+                    .contains(&("10.244.1.0/24".parse().unwrap(), "br0".to_string())),
+                "{host:?}"
+            );
+        })
+        .join()
+        .expect("the test thread");
+    }
 }
