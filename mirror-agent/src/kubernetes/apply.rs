@@ -298,13 +298,7 @@ pub(super) mod tests {
             enabled: true,
             filter_id: filter.into(),
             target_id: "tmt-k8s-ids".into(),
-            sources: sources
-                .iter()
-                .map(|(i, p)| ResolvedSource {
-                    interface: (*i).into(),
-                    pod: p.map(str::to_string),
-                })
-                .collect(),
+            sources: resolved(sources),
             errors: Vec::new(),
             budget: crate::model::Budget {
                 max_packets_per_second: Some(10_000),
@@ -407,7 +401,7 @@ pub(super) mod tests {
         let list = actions::read(&svc, "ListTrafficMirrorSessions", &params("")).unwrap();
         let text = list.to_string();
         assert!(text.contains(r#""Origin":"kubernetes""#), "{text}");
-        for (action, q) in [
+        let cases = &[
             (
                 "DeleteTrafficMirrorSession",
                 "TrafficMirrorSessionId=tms-k8s-payments",
@@ -420,8 +414,15 @@ pub(super) mod tests {
                 "DeleteTrafficMirrorTarget",
                 "TrafficMirrorTargetId=tmt-k8s-ids",
             ),
-        ] {
-            let err = actions::mutate(&svc, action, &params(q), false)
+        ];
+        assert_read_only(&svc, cases).await;
+    }
+
+    /// Each (action, query) is refused as a change of a Kubernetes object.
+    async fn assert_read_only(svc: &Service, cases: &[(&str, &str)]) {
+        for (action, q) in cases {
+            let p = Params::parse(Some(q), None, b"").unwrap();
+            let err = actions::mutate(svc, action, &p, false)
                 .await
                 .err()
                 .unwrap_or_else(|| panic!("{action} was allowed"));
@@ -429,18 +430,23 @@ pub(super) mod tests {
         }
     }
 
+    /// (interface, pod) pairs as the planner resolves them.
+    fn resolved(pairs: &[(&str, Option<&str>)]) -> Vec<ResolvedSource> {
+        pairs
+            .iter()
+            .map(|(i, p)| ResolvedSource {
+                interface: (*i).into(),
+                pod: p.map(str::to_string),
+            })
+            .collect()
+    }
+
     fn planned_flow_log(name: &str, interfaces: &[(&str, Option<&str>)]) -> PlannedFlowLog {
         PlannedFlowLog {
             id: crate::kubernetes::plan::flow_log_id(name),
             name: name.into(),
             node: false,
-            interfaces: interfaces
-                .iter()
-                .map(|(i, p)| ResolvedSource {
-                    interface: (*i).into(),
-                    pod: p.map(str::to_string),
-                })
-                .collect(),
+            interfaces: resolved(interfaces),
             errors: Vec::new(),
             traffic_type: TrafficType::All,
             aggregation_interval: 1,
@@ -537,14 +543,17 @@ pub(super) mod tests {
             assert!(problems.is_empty(), "{problems:?}");
             write(&store, &FileConfig::default(), &declared).unwrap()
         };
+        let stored = || {
+            store
+                .snapshot()
+                .unwrap()
+                .flow_log("fl-k8s-shop")
+                .cloned()
+                .unwrap()
+        };
         let shop = planned_flow_log("shop", &[("eth0", None), ("cali1", Some("shop/a"))]);
         assert_eq!(write_plan(vec![shop.clone()]), 1);
-        let f = store
-            .snapshot()
-            .unwrap()
-            .flow_log("fl-k8s-shop")
-            .cloned()
-            .unwrap();
+        let f = stored();
         assert_eq!(
             (f.origin, f.state, f.generation, f.wanted_active),
             (Origin::Kubernetes, FlowLogState::Creating, 1, true)
@@ -562,12 +571,7 @@ pub(super) mod tests {
         let mut moved = shop.clone();
         moved.interfaces.pop();
         assert_eq!(write_plan(vec![moved]), 1);
-        let f = store
-            .snapshot()
-            .unwrap()
-            .flow_log("fl-k8s-shop")
-            .cloned()
-            .unwrap();
+        let f = stored();
         assert_eq!((f.state, f.generation), (FlowLogState::Active, 2));
         assert_eq!(f.interfaces, ["eth0"]);
         // Through the node's API: listed with its origin, refused to change.
@@ -578,30 +582,23 @@ pub(super) mod tests {
             list.to_string().contains(r#""Origin":"kubernetes""#),
             "{list}"
         );
-        for action in ["DeleteFlowLog", "DeactiveFlowLog", "ModifyFlowLogAttribute"] {
-            let err = actions::mutate(&svc, action, &params("FlowLogId=fl-k8s-shop"), false)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{action} was allowed"));
-            assert_eq!(err.code, "OperationDenied.KubernetesObject", "{action}");
-        }
+        let q = "FlowLogId=fl-k8s-shop";
+        assert_read_only(
+            &svc,
+            &[
+                ("DeleteFlowLog", q),
+                ("DeactiveFlowLog", q),
+                ("ModifyFlowLogAttribute", q),
+            ],
+        )
+        .await;
         // Gone from the plan: Deleting, which the reconciler stops and removes.
         assert_eq!(write_plan(vec![]), 1);
-        let f = store
-            .snapshot()
-            .unwrap()
-            .flow_log("fl-k8s-shop")
-            .cloned()
-            .unwrap();
+        let f = stored();
         assert_eq!((f.state, f.generation), (FlowLogState::Deleting, 3));
         // Back before the reconciler removed it: Creating again.
         assert_eq!(write_plan(vec![shop]), 1);
-        let f = store
-            .snapshot()
-            .unwrap()
-            .flow_log("fl-k8s-shop")
-            .cloned()
-            .unwrap();
+        let f = stored();
         assert_eq!((f.state, f.generation), (FlowLogState::Creating, 4));
     }
 

@@ -662,17 +662,12 @@ mod tests {
             assert_eq!(got, c.want, "{}", c.name);
             let errors: usize = plan.sessions.iter().map(|s| s.errors.len()).sum();
             assert_eq!(errors, c.want_errors, "{}: {:?}", c.name, plan.sessions);
-            match c.want_problem {
-                None => assert!(plan.problems.is_empty(), "{}: {:?}", c.name, plan.problems),
-                Some(p) => assert!(
-                    plan.problems
-                        .iter()
-                        .any(|(w, why)| w == "TrafficMirrorSession/payments" && why.contains(p)),
-                    "{}: {:?}",
-                    c.name,
-                    plan.problems
-                ),
-            }
+            assert_problem(
+                &plan,
+                "TrafficMirrorSession/payments",
+                c.want_problem,
+                c.name,
+            );
             if c.want.is_empty() {
                 assert!(
                     plan.filters.is_empty() && plan.targets.is_empty(),
@@ -973,17 +968,21 @@ mod tests {
                 );
                 assert_eq!(f.log_format.as_deref(), Some("${srcaddr} ${dstaddr}"));
             }
-            match c.want_problem {
-                None => assert!(plan.problems.is_empty(), "{}: {:?}", c.name, plan.problems),
-                Some(p) => assert!(
-                    plan.problems
-                        .iter()
-                        .any(|(w, why)| w == "FlowLog/shop" && why.contains(p)),
-                    "{}: {:?}",
-                    c.name,
-                    plan.problems
-                ),
-            }
+            assert_problem(&plan, "FlowLog/shop", c.want_problem, c.name);
+        }
+    }
+
+    /// No problem, or one of `what` whose reason contains `want`.
+    fn assert_problem(plan: &NodePlan, what: &str, want: Option<&str>, case: &str) {
+        match want {
+            None => assert!(plan.problems.is_empty(), "{case}: {:?}", plan.problems),
+            Some(p) => assert!(
+                plan.problems
+                    .iter()
+                    .any(|(w, why)| w == what && why.contains(p)),
+                "{case}: {:?}",
+                plan.problems
+            ),
         }
     }
 }
