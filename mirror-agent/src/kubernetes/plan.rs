@@ -846,6 +846,9 @@ mod tests {
         }
     }
 
+    /// (interface, pod) pairs.
+    type Resolved = Vec<(&'static str, Option<&'static str>)>;
+
     #[test]
     fn flow_logs_cover_the_node_its_interfaces_and_its_pods() {
         struct FlCase {
@@ -854,7 +857,7 @@ mod tests {
             node_selector: Value,
             pods: Vec<Pod>,
             /// None: not planned.
-            want: Option<(bool, Vec<(&'static str, Option<&'static str>)>)>,
+            want: Option<(bool, Resolved)>,
             want_errors: Vec<&'static str>,
             want_problem: Option<&'static str>,
         }
