@@ -7,8 +7,8 @@ use crate::{
     config::{ConfigError, FileConfig},
     model::{self, DEFAULT_VXLAN_PORT},
     records::{
-        FilterRecord, Origin, ReceiverRecord, RuleRecord, SessionRecord, SessionState,
-        TargetRecord, now_rfc3339,
+        FilterRecord, FlowLogRecord, FlowLogState, Origin, ReceiverRecord, RuleRecord,
+        SessionRecord, SessionState, TargetRecord, now_rfc3339,
     },
     store::{Batch, Kind, Store, StoreError},
 };
@@ -46,6 +46,19 @@ pub fn sync(store: &Store, file: &FileConfig) -> Result<usize, DeclareError> {
 /// objects are left alone. The caller has validated the objects (Kubernetes' node controller
 /// validates each planned session on its own, so one bad object does not block the others).
 pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize, DeclareError> {
+    sync_with_flow_logs(store, file, &[], origin)
+}
+
+/// `sync_as` with flow logs (the config file declares none; the node controller does): the
+/// declared ones are the whole set of `origin`'s flow logs, written in the same transaction
+/// as the other objects. Only their declared values count: state, generation, errors, tags
+/// and times are the store's.
+pub fn sync_with_flow_logs(
+    store: &Store,
+    file: &FileConfig,
+    flow_logs: &[FlowLogRecord],
+    origin: Origin,
+) -> Result<usize, DeclareError> {
     let snap = store.snapshot()?;
     let now = now_rfc3339();
     let mut batch = Batch::default();
@@ -167,6 +180,7 @@ pub fn sync_as(store: &Store, file: &FileConfig, origin: Origin) -> Result<usize
     }
 
     changes += sync_receivers(&snap, file, origin, &now, &mut batch)?;
+    changes += sync_flow_logs(&snap, flow_logs, origin, &now, &mut batch)?;
 
     // Config objects the file no longer declares.
     for s in snap.sessions.iter().filter(|s| s.origin == origin) {
@@ -270,6 +284,71 @@ fn sync_receivers(
         }
     }
     Ok(changes)
+}
+
+/// A new flow log is Creating; a changed one keeps its state with a new generation (as the
+/// API's ModifyFlowLogAttribute does), so the reconciler's next pass applies it; one no
+/// longer declared is Deleting, which the reconciler stops and removes.
+fn sync_flow_logs(
+    snap: &crate::store::Snapshot,
+    declared: &[FlowLogRecord],
+    origin: Origin,
+    now: &str,
+    batch: &mut Batch,
+) -> Result<usize, DeclareError> {
+    let mut changes = 0;
+    for d in declared {
+        let old = snap.flow_log(&d.id);
+        let mut rec = FlowLogRecord {
+            description: old.map(|o| o.description.clone()).unwrap_or_default(),
+            state: FlowLogState::Creating,
+            generation: 1,
+            errors: Vec::new(),
+            tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+            origin,
+            created_at: old.map_or_else(|| now.to_string(), |o| o.created_at.clone()),
+            updated_at: now.to_string(),
+            ..d.clone()
+        };
+        if let Some(o) = old {
+            if same_flow_log(o, &rec) && o.state != FlowLogState::Deleting {
+                continue;
+            }
+            rec.generation = o.generation + 1;
+            if o.state != FlowLogState::Deleting {
+                rec.state = o.state;
+                rec.errors = o.errors.clone();
+            }
+        }
+        batch.put_flow_log(&rec)?;
+        changes += 1;
+    }
+    for f in snap.flow_logs.iter().filter(|f| f.origin == origin) {
+        if !declared.iter().any(|d| d.id == f.id) && f.state != FlowLogState::Deleting {
+            let mut f = f.clone();
+            f.generation += 1;
+            f.state = FlowLogState::Deleting;
+            f.updated_at = now.to_string();
+            batch.put_flow_log(&f)?;
+            changes += 1;
+        }
+    }
+    Ok(changes)
+}
+
+/// Equal in what is declared (a field added to flow logs counts unless listed here).
+fn same_flow_log(a: &FlowLogRecord, b: &FlowLogRecord) -> bool {
+    let declared = |f: &FlowLogRecord| FlowLogRecord {
+        description: String::new(),
+        state: FlowLogState::Creating,
+        generation: 0,
+        errors: Vec::new(),
+        tags: Vec::new(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        ..f.clone()
+    };
+    declared(a) == declared(b)
 }
 
 fn same_target(a: &TargetRecord, b: &TargetRecord) -> bool {

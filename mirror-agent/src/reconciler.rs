@@ -83,6 +83,12 @@ pub fn desired(
                 .or_default()
                 .push(format!("resource {}: interface not found", f.resource_id));
         }
+        for spec in crate::api::flowlogs::missing_interfaces(f, aliases, links_now) {
+            problems
+                .entry(f.id.clone())
+                .or_default()
+                .push(format!("interface {spec}: interface not found"));
+        }
         for n in names {
             if !objects.flow_interfaces.contains(&n) {
                 objects.flow_interfaces.push(n);

@@ -454,9 +454,15 @@ pub struct FlowLogRecord {
     pub name: String,
     pub description: String,
     /// "eni" (an interface), "subnet" (interfaces with an address in a CIDR), "vpc" (all
-    /// non-loopback interfaces).
+    /// non-loopback interfaces); from Kubernetes also "node" (every non-loopback interface
+    /// and `interfaces`) and "interfaces" (only `interfaces`).
     pub resource_type: String,
     pub resource_id: String,
+    /// The interfaces (names, aliases, globs) a Kubernetes flow log covers: its resource's
+    /// interfaces and its pods' host interfaces, resolved by the node controller. Empty for
+    /// the API's flow logs (absent in stores written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
     /// "All", "Allow" or "Drop".
     pub traffic_type: String,
     pub log_project: String,
@@ -476,6 +482,9 @@ pub struct FlowLogRecord {
     /// Problems of the last reconcile or sink write (missing interface, disk full, ...).
     pub errors: Vec<String>,
     pub tags: Vec<Tag>,
+    /// API flow logs in stores written before origins existed are the API's.
+    #[serde(default)]
+    pub origin: Origin,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -507,6 +516,7 @@ impl FlowLogRecord {
             "BusinessStatus": if self.errors.is_empty() { "Normal" } else { "Error" },
             "Errors": self.errors,
             "Tags": tags_json(&self.tags),
+            "Origin": self.origin.as_str(),
             "CreatedAt": self.created_at,
             "UpdatedAt": self.updated_at,
         })

@@ -64,7 +64,7 @@ pub fn mutate(
     }
 }
 
-fn name(v: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn name(v: Option<&str>) -> Result<String, ApiError> {
     let v = v.unwrap_or_default();
     let n = v.chars().count();
     if n == 0 || n > 128 || v.starts_with("http://") || v.starts_with("https://") {
@@ -88,13 +88,19 @@ fn description(v: Option<&str>) -> Result<String, ApiError> {
 }
 
 fn interval(p: &Params) -> Result<Option<u32>, ApiError> {
-    match p.int(
+    p.int(
         "AggregationInterval",
         "InvalidParameter.FlowLogAggregationInterval",
-    )? {
-        None => Ok(None),
-        Some(v @ (1 | 5 | 10)) => Ok(Some(v as u32)),
-        Some(_) => Err(ApiError::bad(
+    )?
+    .map(check_interval)
+    .transpose()
+}
+
+/// AggregationInterval in minutes: 1, 5 or 10.
+pub(crate) fn check_interval(v: i64) -> Result<u32, ApiError> {
+    match v {
+        1 | 5 | 10 => Ok(v as u32),
+        _ => Err(ApiError::bad(
             "InvalidParameter.FlowLogAggregationInterval",
             "The specified aggregation interval is invalid: 1, 5 or 10 (minutes).",
         )),
@@ -119,20 +125,22 @@ fn interval_seconds(p: &Params) -> Result<Option<u32>, ApiError> {
 /// AWS's `LogFormat` (our extension of the Volcengine API): `Some(None)` is AWS's default
 /// format, which is also what an empty value asks for on ModifyFlowLogAttribute.
 fn log_format(p: &Params) -> Result<Option<Option<String>>, ApiError> {
-    let Some(v) = p.get("LogFormat") else {
-        return Ok(None);
-    };
+    p.get("LogFormat").map(check_log_format).transpose()
+}
+
+/// A LogFormat as stored: `None` for AWS's default format (or an empty value).
+pub(crate) fn check_log_format(v: &str) -> Result<Option<String>, ApiError> {
     if v.trim().is_empty() {
-        return Ok(Some(None));
+        return Ok(None);
     }
     let parsed = LogFormat::parse(v)
         .map_err(|e| ApiError::bad("InvalidParameter.LogFormat", e.to_string()))?;
     let text = parsed.text();
-    Ok(Some((text != DEFAULT_FORMAT).then_some(text)))
+    Ok((text != DEFAULT_FORMAT).then_some(text))
 }
 
 /// Project and topic names become directories: letters, digits, `-`, `_`, `.`, 2-64 chars.
-fn log_name(param: &str, v: &str) -> Result<String, ApiError> {
+pub(crate) fn log_name(param: &str, v: &str) -> Result<String, ApiError> {
     let ok = (2..=64).contains(&v.len())
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -216,14 +224,7 @@ fn create(
             "The specified resource is already bound to a flow log.",
         ));
     }
-    if snap.flow_logs.iter().any(|f| {
-        f.state != FlowLogState::Deleting && f.log_project == project && f.log_topic == topic
-    }) {
-        return Err(ApiError::bad(
-            "InvalidParameter.TLSTopicExisted",
-            "The specified topic name already exists.",
-        ));
-    }
+    check_topic_free(snap, &project, &topic, |_| true)?;
     let now = now_rfc3339();
     let f = FlowLogRecord {
         id: new_id("fl"),
@@ -231,6 +232,7 @@ fn create(
         description,
         resource_type: kind,
         resource_id: resource,
+        interfaces: Vec::new(),
         traffic_type: traffic.to_string(),
         log_project: project,
         log_topic: topic,
@@ -242,6 +244,7 @@ fn create(
         generation: 1,
         errors: Vec::new(),
         tags,
+        origin: crate::records::Origin::Api,
         created_at: now.clone(),
         updated_at: now,
     };
@@ -251,6 +254,28 @@ fn create(
         // A ClientToken replay is "in progress" until the flow log leaves Creating.
         session: Some((f.id.clone(), f.generation)),
     })
+}
+
+/// Two live flow logs never write to one topic (one directory of files). `counts` picks the
+/// flow logs to compare against (the node controller leaves out its own, which it rewrites).
+pub(crate) fn check_topic_free(
+    snap: &Snapshot,
+    project: &str,
+    topic: &str,
+    counts: impl Fn(&FlowLogRecord) -> bool,
+) -> Result<(), ApiError> {
+    if snap.flow_logs.iter().any(|f| {
+        f.state != FlowLogState::Deleting
+            && f.log_project == project
+            && f.log_topic == topic
+            && counts(f)
+    }) {
+        return Err(ApiError::bad(
+            "InvalidParameter.TLSTopicExisted",
+            "The specified topic name already exists.",
+        ));
+    }
+    Ok(())
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -269,6 +294,13 @@ fn change(
 ) -> Result<Outcome, ApiError> {
     let id = p.required("FlowLogId")?;
     let cur = snap.flow_log(id).ok_or_else(|| not_found(id))?;
+    // The node controller would rewrite it at its next plan: `kubectl` changes it.
+    if cur.origin == crate::records::Origin::Kubernetes {
+        return Err(ApiError::bad(
+            "OperationDenied.KubernetesObject",
+            format!("{id} comes from Kubernetes custom resources and is read-only here"),
+        ));
+    }
     if matches!(cur.state, FlowLogState::Creating | FlowLogState::Deleting) {
         return Err(ApiError::new(
             409,
@@ -381,12 +413,42 @@ pub fn interfaces(
                 .map(|l| l.name.clone())
                 .collect()
         }
-        _ => links_now
-            .iter()
-            .filter(|l| !links::is_agent_device(&l.name))
-            .map(|l| l.name.clone())
-            .collect(),
+        "interfaces" | "node" => {
+            let mut out: Vec<String> = if f.resource_type == "node" {
+                all_interfaces(links_now)
+            } else {
+                Vec::new()
+            };
+            for spec in &f.interfaces {
+                for n in links::expand(spec, svc_aliases, links_now) {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+            out
+        }
+        _ => all_interfaces(links_now),
     }
+}
+
+/// A Kubernetes flow log's interfaces that match nothing now (a glob may match nothing).
+pub fn missing_interfaces<'a>(
+    f: &'a FlowLogRecord,
+    svc_aliases: &std::collections::BTreeMap<String, String>,
+    links_now: &[links::Link],
+) -> impl Iterator<Item = &'a String> {
+    f.interfaces.iter().filter(move |spec| {
+        !links::is_glob(spec) && links::expand(spec, svc_aliases, links_now).is_empty()
+    })
+}
+
+fn all_interfaces(links_now: &[links::Link]) -> Vec<String> {
+    links_now
+        .iter()
+        .filter(|l| !links::is_agent_device(&l.name))
+        .map(|l| l.name.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -410,6 +472,7 @@ mod tests {
             description: String::new(),
             resource_type: "vpc".into(),
             resource_id: "vpc-1".into(),
+            interfaces: Vec::new(),
             traffic_type: "All".into(),
             log_project: "p1".into(),
             log_topic: "t1".into(),
@@ -421,6 +484,7 @@ mod tests {
             generation: 1,
             errors: Vec::new(),
             tags: Vec::new(),
+            origin: crate::records::Origin::Api,
             created_at: String::new(),
             updated_at: String::new(),
         };

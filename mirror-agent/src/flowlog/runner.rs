@@ -50,6 +50,8 @@ struct LogState {
     pending: Pending,
     started: u64,
     sink: Option<FileSink>,
+    /// The (project, topic) its sink writes to: a Kubernetes FlowLog can change them.
+    topic: (String, String),
     backlog: Vec<FlowRecord>,
     dropped: u64,
 }
@@ -126,6 +128,7 @@ impl Runner {
                     pending: Pending::default(),
                     started: now,
                     sink: None,
+                    topic: (log.project.clone(), log.topic.clone()),
                     backlog: Vec::new(),
                     dropped: 0,
                 });
@@ -244,6 +247,10 @@ impl Runner {
                     let extra = st.backlog.len() - BACKLOG_MAX;
                     st.backlog.drain(..extra);
                     st.dropped += extra as u64;
+                }
+                if st.topic != (log.project.clone(), log.topic.clone()) {
+                    st.sink = None;
+                    st.topic = (log.project.clone(), log.topic.clone());
                 }
                 if st.sink.is_none() {
                     let dir = self

@@ -254,6 +254,7 @@ fn state(name: &str, s: &str) -> NodeStateStatus {
             ..Default::default()
         }],
         connected: true,
+        ..Default::default()
     }
 }
 
@@ -405,7 +406,7 @@ async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_g
         ("/apis/mirror-agent.io/v1alpha1/trafficmirrortargets", list_of("TrafficMirrorTarget", json!([crd("TrafficMirrorTarget", "ids", json!({"destinationIp": "10.20.0.15"}))]))),
         ("/apis/mirror-agent.io/v1alpha1/trafficmirrorsessions", list_of("TrafficMirrorSession", json!([crd("TrafficMirrorSession", "payments", json!({"priority": 1, "virtualNetworkId": 100, "packetLength": 256, "filterRef": "https", "targetRef": "ids", "sources": {"interfaces": ["lo"], "podSelector": {"matchLabels": {"app": "payments"}}}}))]))),
         ("/apis/mirror-agent.io/v1alpha1/trafficmirrorreceivers", list_of("TrafficMirrorReceiver", json!([]))),
-        ("/apis/mirror-agent.io/v1alpha1/flowlogs", list_of("FlowLog", json!([]))),
+        ("/apis/mirror-agent.io/v1alpha1/flowlogs", list_of("FlowLog", json!([crd("FlowLog", "shop", json!({"resource": {"interfaces": ["lo"], "podSelector": {"matchLabels": {"app": "payments"}}}, "trafficType": "All", "aggregationInterval": 1, "logProjectName": "flows", "logTopicName": "shop"}))]))),
         ("/api/v1/namespaces", list_of("Namespace", json!([{"metadata": {"name": "shop"}}]))),
         ("/api/v1/nodes", list_of("Node", json!([{"metadata": {"name": "node-a", "uid": "uid-a"}}]))),
         ("/api/v1/pods", list_of("Pod", json!([{
@@ -452,8 +453,25 @@ async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_g
         errors.contains("pod shop/pay-1: no host interface routes its IP 192.0.2.77"),
         "{st}"
     );
+    // The FlowLog: its interfaces, the pod it could not resolve, applied on the node.
+    let fl = &st["status"]["flowLogs"][0];
+    assert_eq!(fl["name"], "shop", "{st}");
+    assert_eq!(fl["interfaces"], json!([{"interface": "lo"}]));
+    assert!(
+        fl["errors"]
+            .to_string()
+            .contains("pod shop/pay-1: no host interface routes its IP 192.0.2.77"),
+        "{st}"
+    );
     assert_eq!(gauge.get(), 1);
     let snap = store.snapshot().unwrap();
+    let f = snap
+        .flow_log("fl-k8s-shop")
+        .expect("the flow log in the store");
+    assert_eq!(
+        (f.origin, f.interfaces.as_slice(), f.log_topic.as_str()),
+        (Origin::Kubernetes, &["lo".to_string()][..], "shop")
+    );
     let ids: Vec<(&str, Origin)> = snap
         .sessions
         .iter()
@@ -489,6 +507,16 @@ async fn the_node_controller_plans_applies_reports_and_survives_the_api_server_g
     assert!(after.sessions.iter().all(
         |s| s.origin == Origin::Kubernetes && s.state != crate::records::SessionState::Deleting
     ));
+    assert!(
+        after
+            .flow_logs
+            .iter()
+            .all(|f| f.origin == Origin::Kubernetes
+                && f.state != crate::records::FlowLogState::Deleting),
+        "{:?}",
+        after.flow_logs
+    );
+    assert_eq!(after.flow_logs.len(), 1);
     stop_tx.send(true).unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(10), controller)
         .await

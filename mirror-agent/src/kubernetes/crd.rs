@@ -330,6 +330,9 @@ pub struct MirrorNodeStateSpec {
 pub struct NodeStateStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sessions: Vec<NodeSessionState>,
+    /// One per FlowLog selected on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flow_logs: Vec<NodeFlowLogState>,
     /// Whether the agent reaches the API server (false: it keeps applying the last objects).
     #[serde(default)]
     pub connected: bool,
@@ -348,6 +351,22 @@ pub struct NodeSessionState {
     /// Each resolved source: the interface, and the pod (`namespace/name`) it stands for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<ResolvedSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFlowLogState {
+    /// The FlowLog's name.
+    pub name: String,
+    /// Creating, Active, Deleting: the node API's flow-log state; NotApplied when the node
+    /// could not apply it.
+    pub state: String,
+    /// The interfaces it records on this node (`node: true` adds every other interface),
+    /// and the pod (`namespace/name`) each stands for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<ResolvedSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }

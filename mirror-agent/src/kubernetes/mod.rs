@@ -6,6 +6,7 @@ pub mod apply;
 mod client_tests;
 pub mod controller;
 pub mod crd;
+pub mod hostnet;
 pub mod node;
 pub mod plan;
 pub mod selector;

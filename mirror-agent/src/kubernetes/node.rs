@@ -13,21 +13,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
 
-use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
+use futures::{StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client, Resource,
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
-use rtnetlink::{
-    Handle, RouteMessageBuilder,
-    packet_route::route::{RouteAttribute, RouteScope, RouteType},
-};
+use rtnetlink::Handle;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -38,10 +34,11 @@ use super::{
         FlowLog, TrafficMirrorFilter, TrafficMirrorReceiver, TrafficMirrorSession,
         TrafficMirrorTarget,
     },
+    hostnet::{self, HostNet},
     plan::{self, NodePlan, World},
     status::StatusWriter,
 };
-use crate::{links, metrics::Health, service::Service};
+use crate::{metrics::Health, service::Service};
 
 /// The field selector of the node's own pods.
 pub fn pods_config(node: &str) -> watcher::Config {
@@ -153,7 +150,7 @@ where
 
 impl Watches {
     /// The planner's output for `node` from the stores as they are now.
-    pub fn plan(&self, node: &str, pod_interfaces: &BTreeMap<IpAddr, String>) -> NodePlan {
+    pub fn plan(&self, node: &str, host: &HostNet) -> NodePlan {
         let nodes = cloned(&self.nodes);
         let pods = cloned(&self.pods);
         let namespaces = cloned(&self.namespaces);
@@ -173,7 +170,7 @@ impl Watches {
             sessions: &sessions,
             receivers: &receivers,
             flow_logs: &flow_logs,
-            pod_interfaces,
+            host,
         })
     }
 
@@ -184,66 +181,10 @@ impl Watches {
     }
 }
 
-/// Host routes to single addresses through a device (`10.1.2.3 dev cali… scope link`, what
-/// Calico, kindnet and other routed CNIs install per pod): pod IP → host interface.
-pub async fn pod_routes(handle: &Handle, links: &[links::Link]) -> BTreeMap<IpAddr, String> {
-    let mut out = BTreeMap::new();
-    let dumps = [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-    ];
-    for msg in dumps {
-        let mut routes = handle.route().get(msg).execute();
-        loop {
-            let route = match routes.try_next().await {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    warn!("listing routes for pod interfaces: {e}");
-                    break;
-                }
-            };
-            let host_len = match route.header.address_family {
-                rtnetlink::packet_route::AddressFamily::Inet => 32,
-                _ => 128,
-            };
-            if route.header.kind != RouteType::Unicast
-                || route.header.scope != RouteScope::Link
-                || route.header.destination_prefix_length != host_len
-            {
-                continue;
-            }
-            let mut dst = None;
-            let mut oif = None;
-            let mut gateway = false;
-            for a in &route.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => dst = address(d),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(_) => gateway = true,
-                    _ => {}
-                }
-            }
-            let (Some(dst), Some(oif), false) = (dst, oif, gateway) else {
-                continue;
-            };
-            if let Some(l) = links.iter().find(|l| l.index == oif)
-                && !links::is_agent_device(&l.name)
-            {
-                out.insert(dst, l.name.clone());
-            }
-        }
-    }
-    out
-}
-
-fn address(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
-    use rtnetlink::packet_route::route::RouteAddress;
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
+/// A copy of what a lock holds; a poisoned lock (a panicked writer) reads as empty rather
+/// than stopping the node controller.
+fn read_or_default<T: Clone + Default>(lock: &std::sync::RwLock<T>) -> T {
+    lock.read().map(|v| v.clone()).unwrap_or_default()
 }
 
 /// Whether the API server is reachable, as the metric and the probes show it.
@@ -375,13 +316,9 @@ impl NodeController {
                         continue;
                     }
                 };
-                let copy_paths = self
-                    .svc
-                    .copy_paths
-                    .read()
-                    .map(|c| c.clone())
-                    .unwrap_or_default();
-                let st = super::status::node_status(plan, &snap, &copy_paths, true);
+                let copy_paths = read_or_default(&self.svc.copy_paths);
+                let live = read_or_default(&self.svc.flow_log_status);
+                let st = super::status::node_status(plan, &snap, &copy_paths, &live, true);
                 if let Err(e) = status.write(&node, st).await {
                     warn!("MirrorNodeState: {e}");
                 }
@@ -393,20 +330,31 @@ impl NodeController {
     /// problems of objects left out.
     async fn apply(&self, watches: &Watches) -> NodePlan {
         let links = self.svc.links.read().map(|l| l.clone()).unwrap_or_default();
-        let routes = pod_routes(&self.netlink, &links).await;
-        let mut plan = watches.plan(&self.node, &routes);
+        let host = hostnet::read(&self.netlink, &links).await;
+        let mut plan = watches.plan(&self.node, &host);
         let (objects, dropped) = apply::declared(&plan, self.rule_quota);
         plan.problems.extend(dropped);
         let written = {
             let _guard = self.svc.write_lock.lock().await;
-            apply::write(&self.svc.store, &objects)
+            // Flow logs are checked against the store under the write lock: an API flow log
+            // created meanwhile cannot take the same topic unseen.
+            match self.svc.store.snapshot() {
+                Ok(snap) => {
+                    let (flow_logs, dropped) = apply::flow_logs(&plan, &snap);
+                    plan.problems.extend(dropped);
+                    apply::write(&self.svc.store, &objects, &flow_logs)
+                        .map(|changes| (changes, flow_logs.len()))
+                }
+                Err(e) => Err(e.into()),
+            }
         };
         match written {
-            Ok(0) => {}
-            Ok(changes) => {
+            Ok((0, _)) => {}
+            Ok((changes, flow_logs)) => {
                 info!(
                     changes,
                     sessions = objects.sessions.len(),
+                    flow_logs,
                     "Kubernetes objects applied"
                 );
                 self.svc.trigger();

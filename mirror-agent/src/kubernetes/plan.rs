@@ -6,7 +6,7 @@
 //! selector: every node). A session's `podSelector` picks this node's pods (spec.nodeName),
 //! Running and Ready, not being deleted and not on the host network, in namespaces matching
 //! `namespaceSelector` (absent: all). Each pod becomes its host-side interface (the veth the
-//! pod's IP is routed to; the caller resolves IPs to interfaces).
+//! pod's IP is routed to, or the bridge port behind which its MAC is: `hostnet`).
 //!
 //! Directions: a session's rules are written from its source's point of view. For a node
 //! interface that is the kernel's view. A pod's host-side veth sees the pod's egress as its
@@ -30,6 +30,7 @@ use super::{
         FilterRule, FlowLog, Labels, ResolvedSource, TrafficMirrorFilter, TrafficMirrorReceiver,
         TrafficMirrorSession, TrafficMirrorTarget, TrafficType,
     },
+    hostnet::HostNet,
     selector::{self, SelectorError},
 };
 
@@ -43,8 +44,8 @@ pub struct World<'a> {
     pub sessions: &'a [TrafficMirrorSession],
     pub receivers: &'a [TrafficMirrorReceiver],
     pub flow_logs: &'a [FlowLog],
-    /// Pod IP → the host interface it is routed to.
-    pub pod_interfaces: &'a BTreeMap<IpAddr, String>,
+    /// The host's routes, neighbours and bridge FDBs: pod IP → host interface.
+    pub host: &'a HostNet,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,9 +102,13 @@ pub struct PlannedReceiver {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFlowLog {
     pub id: String,
+    /// The FlowLog it comes from.
+    pub name: String,
     /// Every non-loopback interface of the node.
     pub node: bool,
     pub interfaces: Vec<ResolvedSource>,
+    /// Selected pods that have no interface here yet (the flow log applies without them).
+    pub errors: Vec<String>,
     pub traffic_type: TrafficType,
     pub aggregation_interval: u32,
     pub log_format: Option<String>,
@@ -194,18 +199,12 @@ fn pods(
             .flatten()
             .filter_map(|ip| ip.ip.parse().ok())
             .collect();
-        match ips.iter().find_map(|ip| w.pod_interfaces.get(ip)) {
-            Some(interface) => found.push(ResolvedSource {
-                interface: interface.clone(),
+        match w.host.interface_of(&ips) {
+            Ok(interface) => found.push(ResolvedSource {
+                interface,
                 pod: Some(pod),
             }),
-            None => errors.push(format!(
-                "pod {pod}: no host interface routes its IP {} yet",
-                ips.iter()
-                    .map(IpAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            Err(why) => errors.push(format!("pod {pod}: {why}")),
         }
     }
     found.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -349,12 +348,12 @@ pub fn plan(w: &World) -> NodePlan {
                 pod: None,
             })
             .collect();
+        let mut errors = Vec::new();
         if let Some(sel) = &res.pod_selector {
             match pods(w, sel, res.namespace_selector.as_ref()) {
-                Ok((found, errors)) => {
+                Ok((found, e)) => {
                     interfaces.extend(found);
-                    out.problems
-                        .extend(errors.into_iter().map(|e| (what.clone(), e)));
+                    errors = e;
                 }
                 Err(e) => {
                     out.problems.push((what, e.to_string()));
@@ -366,8 +365,10 @@ pub fn plan(w: &World) -> NodePlan {
         interfaces.retain(|i| seen.insert(i.interface.clone()));
         out.flow_logs.push(PlannedFlowLog {
             id: flow_log_id(&f.name_any()),
+            name: f.name_any(),
             node: res.node,
             interfaces,
+            errors,
             traffic_type: f.spec.traffic_type,
             aggregation_interval: f.spec.aggregation_interval,
             log_format: f.spec.log_format.clone(),
@@ -470,11 +471,14 @@ mod tests {
         }))
     }
 
-    fn routes(pairs: &[(&str, &str)]) -> BTreeMap<IpAddr, String> {
-        pairs
-            .iter()
-            .map(|(ip, i)| (ip.parse().unwrap(), i.to_string()))
-            .collect()
+    fn routes(pairs: &[(&str, &str)]) -> HostNet {
+        HostNet {
+            host_routes: pairs
+                .iter()
+                .map(|(ip, i)| (ip.parse().unwrap(), i.to_string()))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     /// (session id, [(interface, pod)]).
@@ -513,7 +517,7 @@ mod tests {
             sessions: &sessions,
             receivers: &[],
             flow_logs: &[],
-            pod_interfaces: &r,
+            host: &r,
         })
     }
 
@@ -658,17 +662,12 @@ mod tests {
             assert_eq!(got, c.want, "{}", c.name);
             let errors: usize = plan.sessions.iter().map(|s| s.errors.len()).sum();
             assert_eq!(errors, c.want_errors, "{}: {:?}", c.name, plan.sessions);
-            match c.want_problem {
-                None => assert!(plan.problems.is_empty(), "{}: {:?}", c.name, plan.problems),
-                Some(p) => assert!(
-                    plan.problems
-                        .iter()
-                        .any(|(w, why)| w == "TrafficMirrorSession/payments" && why.contains(p)),
-                    "{}: {:?}",
-                    c.name,
-                    plan.problems
-                ),
-            }
+            assert_problem(
+                &plan,
+                "TrafficMirrorSession/payments",
+                c.want_problem,
+                c.name,
+            );
             if c.want.is_empty() {
                 assert!(
                     plan.filters.is_empty() && plan.targets.is_empty(),
@@ -806,7 +805,7 @@ mod tests {
             sessions: &[],
             receivers: &receivers,
             flow_logs: &flow_logs,
-            pod_interfaces: &r,
+            host: &r,
         });
         assert_eq!(
             plan.receivers
@@ -826,5 +825,167 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("cali1", None), ("eth0", None), ("cali2", Some("shop/b"))]
         );
+    }
+
+    /// A flannel-like node: pods on cni0 (neighbour + FDB) next to a routed pod.
+    fn bridged() -> HostNet {
+        use super::super::hostnet::{FdbEntry, Neighbour};
+        HostNet {
+            bridge_subnets: vec![("10.244.1.0/24".parse().unwrap(), "cni0".into())],
+            neighbours: vec![Neighbour {
+                ip: "10.244.1.5".parse().unwrap(),
+                device: "cni0".into(),
+                mac: "0a:58:0a:f4:01:05".into(),
+            }],
+            fdb: vec![FdbEntry {
+                mac: "0a:58:0a:f4:01:05".into(),
+                bridge: "cni0".into(),
+                port: "veth1a2b".into(),
+            }],
+            ..routes(&[("10.1.0.2", "cali1")])
+        }
+    }
+
+    /// (interface, pod) pairs.
+    type Resolved = Vec<(&'static str, Option<&'static str>)>;
+
+    #[test]
+    fn flow_logs_cover_the_node_its_interfaces_and_its_pods() {
+        struct FlCase {
+            name: &'static str,
+            resource: Value,
+            node_selector: Value,
+            pods: Vec<Pod>,
+            /// None: not planned.
+            want: Option<(bool, Resolved)>,
+            want_errors: Vec<&'static str>,
+            want_problem: Option<&'static str>,
+        }
+        let pay = || json!({"app": "payments"});
+        let sel = json!({"matchLabels": {"app": "payments"}});
+        let cases = vec![
+            FlCase {
+                name: "the whole node",
+                resource: json!({"node": true}),
+                node_selector: Value::Null,
+                pods: vec![],
+                want: Some((true, vec![])),
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "interfaces, a routed pod and a bridged pod",
+                resource: json!({"interfaces": ["eth0"], "podSelector": sel}),
+                node_selector: Value::Null,
+                pods: vec![
+                    pod(p("a", "node-a", pay(), "10.1.0.2")),
+                    pod(p("b", "node-a", pay(), "10.244.1.5")),
+                ],
+                want: Some((
+                    false,
+                    vec![
+                        ("eth0", None),
+                        ("cali1", Some("shop/a")),
+                        ("veth1a2b", Some("shop/b")),
+                    ],
+                )),
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "a bridged pod the host has not talked to yet is an error of the flow log, which still applies",
+                resource: json!({"interfaces": ["eth0"], "podSelector": sel}),
+                node_selector: Value::Null,
+                pods: vec![pod(p("c", "node-a", pay(), "10.244.1.9"))],
+                want: Some((false, vec![("eth0", None)])),
+                want_errors: vec!["pod shop/c: no neighbour entry for 10.244.1.9 on cni0 yet"],
+                want_problem: None,
+            },
+            FlCase {
+                name: "nodeSelector not matching: not this node's",
+                resource: json!({"node": true}),
+                node_selector: json!({"matchLabels": {"role": "db"}}),
+                pods: vec![],
+                want: None,
+                want_errors: vec![],
+                want_problem: None,
+            },
+            FlCase {
+                name: "a bad selector is a problem of the FlowLog, not planned",
+                resource: json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}),
+                node_selector: Value::Null,
+                pods: vec![pod(p("a", "node-a", pay(), "10.1.0.2"))],
+                want: None,
+                want_errors: vec![],
+                want_problem: Some("unknown operator"),
+            },
+        ];
+        let n = node("node-a", json!({"role": "web"}));
+        let host = bridged();
+        for c in &cases {
+            let mut spec = json!({
+                "resource": c.resource, "trafficType": "Allow", "aggregationInterval": 5,
+                "logFormat": "${srcaddr} ${dstaddr}",
+                "logProjectName": "flows", "logTopicName": "shop",
+            });
+            if !c.node_selector.is_null() {
+                spec["nodeSelector"] = c.node_selector.clone();
+            }
+            let fl: FlowLog = obj(json!({
+                "apiVersion": "mirror-agent.io/v1alpha1", "kind": "FlowLog",
+                "metadata": {"name": "shop"}, "spec": spec,
+            }));
+            let plan = plan(&World {
+                node: Some(&n),
+                pods: &c.pods,
+                namespaces: &[],
+                filters: &[],
+                targets: &[],
+                sessions: &[],
+                receivers: &[],
+                flow_logs: std::slice::from_ref(&fl),
+                host: &host,
+            });
+            let got = plan.flow_logs.first().map(|f| {
+                (
+                    f.node,
+                    f.interfaces
+                        .iter()
+                        .map(|i| (i.interface.as_str(), i.pod.as_deref()))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            assert_eq!(got, c.want, "{}", c.name);
+            if let Some(f) = plan.flow_logs.first() {
+                assert_eq!(f.errors, c.want_errors, "{}", c.name);
+                assert_eq!(
+                    (
+                        f.id.as_str(),
+                        f.name.as_str(),
+                        f.traffic_type,
+                        f.aggregation_interval
+                    ),
+                    ("fl-k8s-shop", "shop", TrafficType::Allow, 5),
+                    "{}",
+                    c.name
+                );
+                assert_eq!(f.log_format.as_deref(), Some("${srcaddr} ${dstaddr}"));
+            }
+            assert_problem(&plan, "FlowLog/shop", c.want_problem, c.name);
+        }
+    }
+
+    /// No problem, or one of `what` whose reason contains `want`.
+    fn assert_problem(plan: &NodePlan, what: &str, want: Option<&str>, case: &str) {
+        match want {
+            None => assert!(plan.problems.is_empty(), "{case}: {:?}", plan.problems),
+            Some(p) => assert!(
+                plan.problems
+                    .iter()
+                    .any(|(w, why)| w == what && why.contains(p)),
+                "{case}: {:?}",
+                plan.problems
+            ),
+        }
     }
 }

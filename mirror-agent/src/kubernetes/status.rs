@@ -12,7 +12,7 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
-    crd::{GROUP, MirrorNodeState, NodeSessionState, NodeStateStatus, VERSION},
+    crd::{GROUP, MirrorNodeState, NodeFlowLogState, NodeSessionState, NodeStateStatus, VERSION},
     plan::NodePlan,
 };
 use crate::{datapath::CopyPath, store::Snapshot};
@@ -22,11 +22,14 @@ pub const FIELD_MANAGER: &str = "mirror-agent";
 /// What the node reports: per TrafficMirrorSession the resolved sources (pod → interface) of
 /// its node sessions, the store's state (the worst of them), the copy path and the errors
 /// (the planner's, the validation's and the reconciler's); sessions selected but not applied
-/// are `NotApplied` with the reason.
+/// are `NotApplied` with the reason. Per FlowLog: its interfaces (pod → interface), the
+/// store's state and the errors (the planner's, the validation's, the reconciler's and the
+/// sinks' `live` ones).
 pub fn node_status(
     plan: &NodePlan,
     snap: &Snapshot,
     copy_paths: &BTreeMap<String, CopyPath>,
+    live: &BTreeMap<String, Vec<String>>,
     connected: bool,
 ) -> NodeStateStatus {
     let mut by_name: BTreeMap<String, NodeSessionState> = BTreeMap::new();
@@ -87,8 +90,64 @@ pub fn node_status(
         .collect();
     NodeStateStatus {
         sessions,
+        flow_logs: flow_logs(plan, snap, live),
         connected,
     }
+}
+
+fn flow_logs(
+    plan: &NodePlan,
+    snap: &Snapshot,
+    live: &BTreeMap<String, Vec<String>>,
+) -> Vec<NodeFlowLogState> {
+    let mut by_name: BTreeMap<String, NodeFlowLogState> = BTreeMap::new();
+    for p in &plan.flow_logs {
+        let mut e = NodeFlowLogState {
+            name: p.name.clone(),
+            state: "NotApplied".into(),
+            interfaces: p.interfaces.clone(),
+            errors: p.errors.clone(),
+        };
+        let dropped: Vec<&String> = plan
+            .problems
+            .iter()
+            .filter(|(what, _)| what == &p.id)
+            .map(|(_, why)| why)
+            .collect();
+        match snap.flow_log(&p.id) {
+            Some(rec) if dropped.is_empty() => {
+                e.state = rec.state.as_str().into();
+                e.errors.extend(rec.errors.iter().cloned());
+                e.errors
+                    .extend(live.get(&p.id).into_iter().flatten().cloned());
+            }
+            _ => e.errors.extend(dropped.into_iter().cloned()),
+        }
+        by_name.insert(p.name.clone(), e);
+    }
+    // FlowLogs the planner could not plan (a bad selector).
+    let unplanned = plan
+        .problems
+        .iter()
+        .filter_map(|(what, why)| Some((what.strip_prefix("FlowLog/")?, why)));
+    for (name, why) in unplanned {
+        by_name
+            .entry(name.to_string())
+            .or_insert_with(|| NodeFlowLogState {
+                name: name.to_string(),
+                state: "NotApplied".into(),
+                ..Default::default()
+            })
+            .errors
+            .push(why.clone());
+    }
+    by_name
+        .into_values()
+        .map(|mut f| {
+            f.errors.dedup();
+            f
+        })
+        .collect()
 }
 
 /// The server-side apply body of the object itself: its spec and its owner, the Node.
