@@ -51,7 +51,7 @@ fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
 
 /// A pod's network: a namespace whose `eth0` holds the pod's /32 with an on-link default
 /// route, and whose peer (`cali…`) is in the node's namespace with proxy ARP and the host
-/// route to the pod.
+/// route to the pod (Calico's way).
 struct PodNet {
     ns: NetNs,
     host_if: String,
@@ -64,11 +64,15 @@ fn pod_net(node: &NetNs, ip: &'static str) -> PodNet {
     let host_if = unique("cali");
     ns.veth_to(node, "eth0", &host_if, Some(&format!("{ip}/32")), None);
     ns.exec(&["ip", "route", "add", "default", "dev", "eth0"]);
-    node.exec(&[
-        "sysctl",
-        "-qw",
-        &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
-    ]);
+    // Proxy ARP answers at once, as Calico sets it: by default the kernel delays each answer
+    // up to 0.8 s, and the pod's first datagrams overflow the queue of its unresolved
+    // neighbour meanwhile.
+    for key in [
+        format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+        format!("net.ipv4.neigh.{host_if}.proxy_delay=0"),
+    ] {
+        node.exec(&["sysctl", "-qw", &key]);
+    }
     node.exec(&[
         "ip",
         "route",
@@ -491,6 +495,7 @@ fn the_api_server_going_away_changes_nothing_on_the_wire() {
         &agent,
     );
     wait_connected(&topo, 1.0, &agent);
+    agent.wait_settled(Duration::from_secs(10));
     let programs = tcx::attached(&topo.node, &pay1.host_if);
 
     api.stop();
@@ -562,7 +567,9 @@ fn the_api_server_going_away_changes_nothing_on_the_wire() {
         .collect();
     assert!(
         gaps.is_empty(),
-        "copies of datagrams {first}..={last} of {sent}: {n}, missing {gaps:?}"
+        "copies of datagrams {first}..={last} of {sent}: {n}, missing {gaps:?} ({}); agent log:\n{}",
+        pcap.display(),
+        agent.log_text()
     );
     for c in capture::vxlan_copies(&pcap, 4789).iter().take(50) {
         assert_eq!(c.vni, VNI);
