@@ -252,10 +252,7 @@ impl FakeApi {
         let mut st = lock(&self.state);
         let key = (resource.to_string(), ns, name);
         let old = st.objects.get(&key).cloned();
-        let stored = st.write(key, value, old.as_ref());
-        let event = st.record(resource, &stored, old);
-        let _ = self.events.send(event);
-        stored
+        st.commit(key, value, old, &self.events)
     }
 
     /// The stored object of kind `K`, if any.
@@ -389,6 +386,21 @@ impl State {
         }
         self.objects.insert(key, value.clone());
         value
+    }
+
+    /// Stores `value` (replacing `old`), and tells the watches; returns it as stored.
+    fn commit(
+        &mut self,
+        key: Key,
+        value: Value,
+        old: Option<Value>,
+        events: &broadcast::Sender<Event>,
+    ) -> Value {
+        let resource = key.0.clone();
+        let stored = self.write(key, value, old.as_ref());
+        let event = self.record(&resource, &stored, old);
+        let _ = events.send(event);
+        stored
     }
 
     fn record(&mut self, resource: &str, object: &Value, old: Option<Value>) -> Event {
@@ -749,10 +761,7 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
                     ),
                 );
             }
-            let stored = st.write(key, value, None);
-            let event = st.record(&t.resource, &stored, None);
-            let _ = events.send(event);
-            (201, stored)
+            (201, st.commit(key, value, None, events))
         }
         ("PUT", Some(name)) => {
             let Ok(value) = body() else {
@@ -777,10 +786,7 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
                 );
             }
             let value = with_status(value, &old, t.subresource.as_deref());
-            let stored = st.write(key, value, Some(&old));
-            let event = st.record(&t.resource, &stored, Some(old));
-            let _ = events.send(event);
-            (200, stored)
+            (200, st.commit(key, value, Some(old), events))
         }
         ("PATCH", Some(name)) => {
             let Ok(patch) = body() else {
@@ -833,10 +839,7 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
                     );
                 }
             };
-            let stored = st.write(key, new, old.as_ref());
-            let event = st.record(&t.resource, &stored, old);
-            let _ = events.send(event);
-            (200, stored)
+            (200, st.commit(key, new, old, events))
         }
         ("DELETE", Some(name)) => {
             let key = (t.resource.clone(), t.namespace.clone(), name.clone());

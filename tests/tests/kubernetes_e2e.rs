@@ -290,22 +290,29 @@ fn condition(s: &TrafficMirrorSession, t: &str) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
-/// A labelled pod's traffic is mirrored, in VXLAN with the session's VNI, to the target; a
-/// new matching pod is picked up within a second of turning Ready; a pod whose label goes
-/// is dropped (detached, no more copies); the node's MirrorNodeState reads as
-/// docs/kubernetes.md says, and the cluster controller makes the session Accepted and Ready
-/// on one node of one.
-#[test]
-fn pods_are_mirrored_picked_up_dropped_and_reported() {
+/// What both tests start from, dropped in this order: the cluster declared in the fake API
+/// server, pay-1 (labelled app=payments) sending to the collector, the agent mirroring it,
+/// the collector capturing.
+struct Running {
+    stream: Stream,
+    agent: Agent,
+    cap: Capture,
+    api: FakeApi,
+    pay1: PodNet,
+    _sink: UdpSocket,
+    topo: Topology,
+}
+
+fn running() -> Running {
     let topo = Topology::new();
-    let _sink = udp_sink(&topo);
+    let sink = udp_sink(&topo);
     let api = FakeApi::start(&topo.node);
     declare_cluster(&api);
     let pay1 = pod_net(&topo.node, "198.18.30.2");
     api.put(&pod("pay-1", pay1.ip, json!({"app": "payments"})));
-    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
+    let cap = Capture::start(&topo.col, "col0", "udp port 4789");
     let agent = start_agent(&topo, &api);
-    let _s1 = Stream::start(&pay1.ns, COLLECTOR_ADDR, PORT);
+    let stream = Stream::start(&pay1.ns, COLLECTOR_ADDR, PORT);
     wait_for_copies_from(
         cap.path(),
         pay1.ip,
@@ -313,21 +320,41 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
         scaled(Duration::from_secs(10)),
         &agent,
     );
+    Running {
+        stream,
+        agent,
+        cap,
+        api,
+        pay1,
+        _sink: sink,
+        topo,
+    }
+}
+
+/// A labelled pod's traffic is mirrored, in VXLAN with the session's VNI, to the target; a
+/// new matching pod is picked up within a second of turning Ready; a pod whose label goes
+/// is dropped (detached, no more copies); the node's MirrorNodeState reads as
+/// docs/kubernetes.md says, and the cluster controller makes the session Accepted and Ready
+/// on one node of one.
+#[test]
+fn pods_are_mirrored_picked_up_dropped_and_reported() {
+    let mut r = running();
 
     // A new pod: its network first (the CNI), then Ready in the API server.
-    let pay2 = pod_net(&topo.node, "198.18.30.3");
+    let pay2 = pod_net(&r.topo.node, "198.18.30.3");
     let _s2 = Stream::start(&pay2.ns, COLLECTOR_ADDR, PORT);
     // The agent has seen the new interface (a link event runs a reconciler pass).
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(copies_from(cap.path(), pay2.ip), 0, "not selected yet");
+    assert_eq!(copies_from(r.cap.path(), pay2.ip), 0, "not selected yet");
     let ready = Instant::now();
-    api.put(&pod("pay-2", pay2.ip, json!({"app": "payments"})));
+    r.api
+        .put(&pod("pay-2", pay2.ip, json!({"app": "payments"})));
     let first = wait_for_copies_from(
-        cap.path(),
+        r.cap.path(),
         pay2.ip,
         0,
         scaled(Duration::from_secs(5)),
-        &agent,
+        &r.agent,
     );
     let took = first - ready;
     eprintln!("pay-2: first copy {took:?} after Ready");
@@ -337,14 +364,16 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
     );
 
     // The node's state, as documented: each pod → its interface, Created.
-    let state = api.wait_for::<MirrorNodeState>(None, NODE, Duration::from_secs(10), |s| {
-        sources(s).len() == 2
-            && s.status
-                .as_ref()
-                .is_some_and(|st| st.sessions.iter().all(|x| x.state == "Created"))
-    });
+    let state = r
+        .api
+        .wait_for::<MirrorNodeState>(None, NODE, Duration::from_secs(10), |s| {
+            sources(s).len() == 2
+                && s.status
+                    .as_ref()
+                    .is_some_and(|st| st.sessions.iter().all(|x| x.state == "Created"))
+        });
     let mut want = vec![
-        (pay1.host_if.clone(), Some("shop/pay-1".to_string())),
+        (r.pay1.host_if.clone(), Some("shop/pay-1".to_string())),
         (pay2.host_if.clone(), Some("shop/pay-2".to_string())),
     ];
     want.sort();
@@ -359,13 +388,13 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
         "{session:?}"
     );
     assert_eq!(state.spec.node_name, NODE);
-    let node: Node = api.get(None, NODE).expect("node");
+    let node: Node = r.api.get(None, NODE).expect("node");
     let owner = &state.metadata.owner_references.as_ref().expect("owner")[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), Some(&owner.uid)),
         ("Node", NODE, node.metadata.uid.as_ref())
     );
-    let requests = api.requests();
+    let requests = r.api.requests();
     for path in [
         "/apis/mirror-agent.io/v1alpha1/mirrornodestates/node-a?",
         "/apis/mirror-agent.io/v1alpha1/mirrornodestates/node-a/status?",
@@ -387,19 +416,20 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
         "the node's pods are watched by field selector: {requests:#?}"
     );
     assert!(
-        !tcx::attached(&topo.node, &pay1.host_if).is_empty()
+        !tcx::attached(&r.topo.node, &r.pay1.host_if).is_empty()
             || !mirror_tests::kernel_at_least(6, 6),
         "programs attached to pay-1's interface"
     );
 
     // The cluster controller, against the same server: Accepted, Ready, 1 of 1 node.
-    let kubeconfig = api.kubeconfig(&agent.dir().join("kubeconfig"));
-    let controller = Controller::start(&topo.node, &kubeconfig);
+    let kubeconfig = r.api.kubeconfig(&r.agent.dir().join("kubeconfig"));
+    let controller = Controller::start(&r.topo.node, &kubeconfig);
     let session =
-        api.wait_for::<TrafficMirrorSession>(None, "payments", Duration::from_secs(15), |s| {
-            condition(s, "Accepted").as_deref() == Some("True")
-                && condition(s, "Ready").as_deref() == Some("True")
-        });
+        r.api
+            .wait_for::<TrafficMirrorSession>(None, "payments", Duration::from_secs(15), |s| {
+                condition(s, "Accepted").as_deref() == Some("True")
+                    && condition(s, "Ready").as_deref() == Some("True")
+            });
     let status = session.status.as_ref().expect("status");
     assert_eq!(
         (
@@ -411,7 +441,8 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
         "{status:?}"
     );
     assert_eq!(condition(&session, "Degraded").as_deref(), Some("False"));
-    let lease: Lease = api
+    let lease: Lease = r
+        .api
         .get(Some("mirror-agent"), "mirror-agent-controller")
         .expect("the controller's Lease");
     assert_eq!(
@@ -421,45 +452,47 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
     drop(controller);
 
     // pay-1 loses its label: dropped, detached, no more copies from it.
-    api.modify::<Pod>(Some("shop"), "pay-1", |p| {
+    r.api.modify::<Pod>(Some("shop"), "pay-1", |p| {
         p.metadata.labels = Some(BTreeMap::from([("app".into(), "other".into())]));
     });
-    let state = api.wait_for::<MirrorNodeState>(None, NODE, Duration::from_secs(10), |s| {
-        sources(s).len() == 1
-    });
+    let state = r
+        .api
+        .wait_for::<MirrorNodeState>(None, NODE, Duration::from_secs(10), |s| {
+            sources(s).len() == 1
+        });
     assert_eq!(
         sources(&state),
         [(pay2.host_if.clone(), Some("shop/pay-2".to_string()))]
     );
     let deadline = Instant::now() + scaled(Duration::from_secs(5));
-    while !tcx::attached(&topo.node, &pay1.host_if).is_empty() {
+    while !tcx::attached(&r.topo.node, &r.pay1.host_if).is_empty() {
         assert!(
             Instant::now() < deadline,
             "pay-1's interface still has programs: {:?}",
-            tcx::attached(&topo.node, &pay1.host_if)
+            tcx::attached(&r.topo.node, &r.pay1.host_if)
         );
         thread::sleep(Duration::from_millis(50));
     }
     thread::sleep(Duration::from_millis(100));
     let (from1, from2) = (
-        copies_from(cap.path(), pay1.ip),
-        copies_from(cap.path(), pay2.ip),
+        copies_from(r.cap.path(), r.pay1.ip),
+        copies_from(r.cap.path(), pay2.ip),
     );
     thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        copies_from(cap.path(), pay1.ip),
+        copies_from(r.cap.path(), r.pay1.ip),
         from1,
         "copies of pay-1 after it was dropped"
     );
     assert!(
-        copies_from(cap.path(), pay2.ip) > from2 + 50,
+        copies_from(r.cap.path(), pay2.ip) > from2 + 50,
         "pay-2 is still mirrored"
     );
 
     // What was captured, decoded by tshark: VXLAN to the target, the session's VNI, the
     // pods' datagrams inside.
-    cap.wait_for_frames(1, Duration::from_secs(1));
-    let pcap = cap.stop();
+    r.cap.wait_for_frames(1, Duration::from_secs(1));
+    let pcap = r.cap.stop();
     let copies = capture::vxlan_copies(&pcap, 4789);
     assert!(copies.len() > 100, "{} copies", copies.len());
     for c in &copies {
@@ -469,7 +502,6 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
         assert_eq!((s.protocol, s.dport), (17, PORT), "{s:?}");
     }
     capture::remove(&pcap);
-    drop(agent);
 }
 
 /// The API server goes away and comes back (forgetting its watch history, so the agent's
@@ -478,58 +510,44 @@ fn pods_are_mirrored_picked_up_dropped_and_reported() {
 /// and "unreachable" meanwhile, 1 after.
 #[test]
 fn the_api_server_going_away_changes_nothing_on_the_wire() {
-    let topo = Topology::new();
-    let _sink = udp_sink(&topo);
-    let mut api = FakeApi::start(&topo.node);
-    declare_cluster(&api);
-    let pay1 = pod_net(&topo.node, "198.18.30.2");
-    api.put(&pod("pay-1", pay1.ip, json!({"app": "payments"})));
-    let mut cap = Capture::start(&topo.col, "col0", "udp port 4789");
-    let agent = start_agent(&topo, &api);
-    let stream = Stream::start(&pay1.ns, COLLECTOR_ADDR, PORT);
-    wait_for_copies_from(
-        cap.path(),
-        pay1.ip,
-        0,
-        scaled(Duration::from_secs(10)),
-        &agent,
-    );
-    wait_connected(&topo, 1.0, &agent);
-    agent.wait_settled(Duration::from_secs(10));
-    let programs = tcx::attached(&topo.node, &pay1.host_if);
+    let mut r = running();
+    wait_connected(&r.topo, 1.0, &r.agent);
+    r.agent.wait_settled(Duration::from_secs(10));
+    let programs = tcx::attached(&r.topo.node, &r.pay1.host_if);
 
-    api.stop();
-    wait_connected(&topo, 0.0, &agent);
-    let (code, ready) = metrics_get(&topo.node, METRICS, "/readyz");
+    r.api.stop();
+    wait_connected(&r.topo, 0.0, &r.agent);
+    let (code, ready) = metrics_get(&r.topo.node, METRICS, "/readyz");
     assert_eq!(code, 200, "mirroring works: ready");
     assert!(
         ready.contains("Kubernetes API server unreachable"),
         "/readyz: {ready}"
     );
-    let before = copies_from(cap.path(), pay1.ip);
+    let before = copies_from(r.cap.path(), r.pay1.ip);
     thread::sleep(Duration::from_millis(1500));
-    let during = copies_from(cap.path(), pay1.ip) - before;
+    let during = copies_from(r.cap.path(), r.pay1.ip) - before;
     // 2 ms apart: some 750 datagrams in 1.5 s.
     assert!(
         during > 300,
         "{during} copies while the API server was away"
     );
 
-    api.restart(&topo.node, true);
-    wait_connected(&topo, 1.0, &agent);
-    let (_, ready) = metrics_get(&topo.node, METRICS, "/readyz");
+    r.api.restart(&r.topo.node, true);
+    wait_connected(&r.topo, 1.0, &r.agent);
+    let (_, ready) = metrics_get(&r.topo.node, METRICS, "/readyz");
     assert!(!ready.contains("unreachable"), "/readyz: {ready}");
-    let after = copies_from(cap.path(), pay1.ip);
+    let after = copies_from(r.cap.path(), r.pay1.ip);
     thread::sleep(Duration::from_millis(300));
-    assert!(copies_from(cap.path(), pay1.ip) > after + 50);
+    assert!(copies_from(r.cap.path(), r.pay1.ip) > after + 50);
     assert_eq!(
-        tcx::attached(&topo.node, &pay1.host_if),
+        tcx::attached(&r.topo.node, &r.pay1.host_if),
         programs,
         "the same programs, never re-attached"
     );
     // The pods' watch comes back (after its backoff), gets 410 Gone and lists again.
     let lists = || {
-        api.requests()
+        r.api
+            .requests()
             .iter()
             .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
             .count()
@@ -540,19 +558,19 @@ fn the_api_server_going_away_changes_nothing_on_the_wire() {
         assert!(
             Instant::now() < deadline,
             "pods not listed again within {timeout:?}: {:#?}",
-            api.requests()
+            r.api.requests()
         );
         thread::sleep(Duration::from_millis(50));
     }
     // The node state says connected again (written only on change: it never said otherwise,
     // the API server being away).
-    let state: MirrorNodeState = api.get(None, NODE).expect("MirrorNodeState");
+    let state: MirrorNodeState = r.api.get(None, NODE).expect("MirrorNodeState");
     assert!(state.status.is_some_and(|s| s.connected));
 
-    let sent = stream.stop();
-    cap.wait_for_frames(1, Duration::from_secs(1));
+    let sent = r.stream.stop();
+    r.cap.wait_for_frames(1, Duration::from_secs(1));
     thread::sleep(Duration::from_millis(200));
-    let pcap = cap.stop();
+    let pcap = r.cap.stop();
     // Every datagram from the first copy on was copied, exactly once.
     let mut seqs: Vec<u32> = copies_in(&pcap).iter().filter_map(|c| c.seq).collect();
     seqs.sort_unstable();
@@ -569,11 +587,10 @@ fn the_api_server_going_away_changes_nothing_on_the_wire() {
         gaps.is_empty(),
         "copies of datagrams {first}..={last} of {sent}: {n}, missing {gaps:?} ({}); agent log:\n{}",
         pcap.display(),
-        agent.log_text()
+        r.agent.log_text()
     );
     for c in capture::vxlan_copies(&pcap, 4789).iter().take(50) {
         assert_eq!(c.vni, VNI);
     }
     capture::remove(&pcap);
-    drop(agent);
 }
