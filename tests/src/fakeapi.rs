@@ -528,6 +528,11 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
+/// An error answer: the code and its Status.
+fn fail(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (code, status(code, reason, message))
+}
+
 /// An HTTP request as read off the connection.
 struct Request {
     method: String,
@@ -681,39 +686,33 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
         );
     }
     let Some(t) = target(&req.path) else {
-        return (
-            404,
-            status(404, "NotFound", &format!("no route {}", req.path)),
-        );
+        return fail(404, "NotFound", &format!("no route {}", req.path));
     };
     if req.query.contains_key("labelSelector") {
-        return (
+        return fail(
             400,
-            status(
-                400,
-                "BadRequest",
-                "the fake API server has no label selectors",
-            ),
+            "BadRequest",
+            "the fake API server has no label selectors",
         );
     }
     let mut st = lock(state);
     let Some(kind) = st.kinds.get(&t.resource).cloned() else {
-        return (
+        return fail(
             404,
-            status(
-                404,
-                "NotFound",
-                &format!("the server could not find {}", t.resource),
-            ),
+            "NotFound",
+            &format!("the server could not find {}", t.resource),
         );
     };
-    let not_found = |name: &str| {
-        (
-            404,
-            status(404, "NotFound", &format!("{kind} \"{name}\" not found")),
-        )
+    let not_found = |name: &str| fail(404, "NotFound", &format!("{kind} \"{name}\" not found"));
+    let Ok(body) =
+        serde_json::from_slice::<Value>(&req.body).or_else(|e| match req.method.as_str() {
+            "POST" | "PUT" | "PATCH" => Err(e),
+            _ => Ok(Value::Null),
+        })
+    else {
+        return fail(400, "BadRequest", "body is not JSON");
     };
-    let body = || serde_json::from_slice::<Value>(&req.body);
+    let key_of = |name: &str| (t.resource.clone(), t.namespace.clone(), name.to_string());
     match (req.method.as_str(), &t.name) {
         ("GET", None) => {
             let items: Vec<Value> = st
@@ -734,54 +733,41 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
             )
         }
         ("GET", Some(name)) => {
-            let key = (t.resource.clone(), t.namespace.clone(), name.clone());
+            let key = key_of(name);
             match st.objects.get(&key) {
                 Some(o) => (200, o.clone()),
                 None => not_found(name),
             }
         }
         ("POST", None) => {
-            let Ok(mut value) = body() else {
-                return (400, status(400, "BadRequest", "body is not JSON"));
-            };
+            let mut value = body;
             let Some(name) = value["metadata"]["name"].as_str().map(str::to_string) else {
-                return (400, status(400, "BadRequest", "metadata.name is required"));
+                return fail(400, "BadRequest", "metadata.name is required");
             };
             if let Some(ns) = &t.namespace {
                 value["metadata"]["namespace"] = json!(ns);
             }
-            let key = (t.resource.clone(), t.namespace.clone(), name.clone());
+            let key = key_of(&name);
             if st.objects.contains_key(&key) {
-                return (
-                    409,
-                    status(
-                        409,
-                        "AlreadyExists",
-                        &format!("{kind} \"{name}\" already exists"),
-                    ),
-                );
+                let taken = format!("{kind} \"{name}\" already exists");
+                return fail(409, "AlreadyExists", &taken);
             }
             (201, st.commit(key, value, None, events))
         }
         ("PUT", Some(name)) => {
-            let Ok(value) = body() else {
-                return (400, status(400, "BadRequest", "body is not JSON"));
-            };
-            let key = (t.resource.clone(), t.namespace.clone(), name.clone());
+            let value = body;
+            let key = key_of(name);
             let Some(old) = st.objects.get(&key).cloned() else {
                 return not_found(name);
             };
             let theirs = &value["metadata"]["resourceVersion"];
             if theirs.is_string() && *theirs != old["metadata"]["resourceVersion"] {
-                return (
+                return fail(
                     409,
-                    status(
-                        409,
-                        "Conflict",
-                        &format!(
-                            "Operation cannot be fulfilled on {kind} \"{name}\": the object \
-                             has been modified; please apply your changes to the latest version"
-                        ),
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {kind} \"{name}\": the object has \
+                         been modified; please apply your changes to the latest version"
                     ),
                 );
             }
@@ -789,10 +775,8 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
             (200, st.commit(key, value, Some(old), events))
         }
         ("PATCH", Some(name)) => {
-            let Ok(patch) = body() else {
-                return (400, status(400, "BadRequest", "body is not JSON"));
-            };
-            let key = (t.resource.clone(), t.namespace.clone(), name.clone());
+            let patch = body;
+            let key = key_of(name);
             let old = st.objects.get(&key).cloned();
             let content_type = req.headers.get("content-type").map_or("", String::as_str);
             let new = match content_type {
@@ -829,20 +813,17 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
                     new
                 }
                 other => {
-                    return (
+                    return fail(
                         415,
-                        status(
-                            415,
-                            "UnsupportedMediaType",
-                            &format!("the fake API server does not take {other:?} patches"),
-                        ),
+                        "UnsupportedMediaType",
+                        &format!("the fake API server does not take {other:?} patches"),
                     );
                 }
             };
             (200, st.commit(key, new, old, events))
         }
         ("DELETE", Some(name)) => {
-            let key = (t.resource.clone(), t.namespace.clone(), name.clone());
+            let key = key_of(name);
             match st.remove(&key) {
                 Some(event) => {
                     let object = event.object.clone();
@@ -852,13 +833,10 @@ fn handle(req: &Request, state: &Mutex<State>, events: &broadcast::Sender<Event>
                 None => not_found(name),
             }
         }
-        _ => (
+        _ => fail(
             405,
-            status(
-                405,
-                "MethodNotAllowed",
-                &format!("{} {}", req.method, req.path),
-            ),
+            "MethodNotAllowed",
+            &format!("{} {}", req.method, req.path),
         ),
     }
 }
