@@ -89,6 +89,8 @@ pub struct StartOptions<'a> {
     pub bpffs: bool,
     /// The agent's RUST_LOG.
     pub rust_log: &'a str,
+    /// More environment for the agent (e.g. `KUBECONFIG`).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for StartOptions<'_> {
@@ -98,6 +100,7 @@ impl Default for StartOptions<'_> {
             args: &[],
             bpffs: true,
             rust_log: "info",
+            env: &[],
         }
     }
 }
@@ -251,6 +254,7 @@ impl Agent {
             .args(copy_path_override())
             .args(opts.args)
             .env("RUST_LOG", opts.rust_log)
+            .envs(opts.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod fakeapi;
 pub mod fixture;
 pub mod http;
 pub mod model;
