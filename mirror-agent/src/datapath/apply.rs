@@ -1,5 +1,6 @@
-//! The executor of a reconciliation plan (see `plan`): performs each step against the
-//! kernel, reporting per object what could not be applied.
+//! Performs the steps of a `plan` against the kernel, reporting per object what could not be
+//! applied. An error that leaves the maps in doubt (a map write) ends the apply; one that
+//! concerns one object is reported and the apply goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,299 +12,347 @@ use tracing::info;
 
 use super::{
     ApplyReport, CopyPath, CopyPathMode, Datapath, DatapathError, encode, map_err,
-    maps::zeroed_session, nexthop, segment, tunnel,
+    maps::zeroed_session,
+    nexthop,
+    plan::{Current, Op, plan},
+    segment, tunnel,
 };
 use crate::{
     config::Objects,
-    model::{Session, Target},
+    model::{Filter, Session, Target},
 };
+
+/// What the steps of one apply learn and hand on to later steps.
+struct Run<'a> {
+    report: ApplyReport,
+    targets: BTreeMap<&'a str, &'a Target>,
+    filters: BTreeMap<&'a str, &'a Filter>,
+    sessions: BTreeMap<&'a str, &'a Session>,
+    /// Why a port has no tunnel device, for the sessions that need it.
+    tunnel_errors: BTreeMap<u16, String>,
+    /// The segmentation device's index; 0 without it.
+    segment_ifindex: u32,
+    next_hops: BTreeMap<std::net::IpAddr, Result<encode::FastPath, nexthop::Unresolved>>,
+    uplinks_used: BTreeSet<String>,
+    paths: BTreeMap<String, CopyPath>,
+    /// Sessions written to their slot by this apply.
+    placed: BTreeSet<String>,
+}
+
+impl<'a> Run<'a> {
+    fn new(desired: &'a Objects) -> Self {
+        // The first of equal ids, as the steps met them before they were planned.
+        fn index<T>(items: &[T], id: impl Fn(&T) -> &str) -> BTreeMap<&str, &T> {
+            let mut map = BTreeMap::new();
+            for item in items {
+                map.entry(id(item)).or_insert(item);
+            }
+            map
+        }
+        Run {
+            report: ApplyReport::default(),
+            targets: desired.targets.iter().map(|t| (t.id.as_str(), t)).collect(),
+            filters: index(&desired.filters, |f| f.id.as_str()),
+            sessions: index(&desired.sessions, |s| s.id.as_str()),
+            tunnel_errors: BTreeMap::new(),
+            segment_ifindex: 0,
+            next_hops: BTreeMap::new(),
+            uplinks_used: BTreeSet::new(),
+            paths: BTreeMap::new(),
+            placed: BTreeSet::new(),
+        }
+    }
+}
 
 impl Datapath {
     /// Reconciles the maps and attachments to `desired`. New objects are written before
     /// anything refers to them, and old ones removed after nothing does, so the programs never
-    /// see a dangling slot.
+    /// see a dangling slot (see `plan`).
     pub async fn apply(&mut self, desired: &Objects) -> Result<ApplyReport, DatapathError> {
-        let mut report = ApplyReport::default();
-        let targets: BTreeMap<&str, &Target> =
-            desired.targets.iter().map(|t| (t.id.as_str(), t)).collect();
-
-        // 1. Tunnel devices for the ports in use.
-        let ports: BTreeSet<u16> = desired
-            .sessions
-            .iter()
-            .filter_map(|s| targets.get(s.target_id.as_str()))
-            .map(|t| t.destination_port)
-            .collect();
-        let mut tunnel_errors: BTreeMap<u16, String> = BTreeMap::new();
-        for &port in &ports {
-            if let Err(e) = self.ensure_tunnel(port).await {
-                let msg = format!("tunnel device {}: {e}", tunnel::device_name(port));
-                report.error(&tunnel::device_name(port), msg.clone());
-                tunnel_errors.insert(port, msg);
-            }
+        let ops = plan(desired, &self.current());
+        let mut run = Run::new(desired);
+        for op in ops {
+            self.perform(op, desired, &mut run).await?;
         }
+        Ok(run.report)
+    }
 
-        // 1b. The segmentation device, and the next hop toward each target.
-        let segment_ifindex = match self.ensure_segment().await {
-            Ok(i) => i,
-            Err(e) => {
-                report.error(
-                    segment::DEVICE,
-                    format!("segmentation device: {e}; super-packets yield one copy each"),
-                );
-                0
+    fn current(&self) -> Current {
+        Current {
+            sessions: self.sessions.ids().into_iter().collect(),
+            filters: self.filters.ids().into_iter().collect(),
+            rules: self.rules.ids().into_iter().collect(),
+            sources: self.attached.keys().cloned().collect(),
+            tunnels: self.tunnels.keys().copied().collect(),
+        }
+    }
+
+    async fn perform(
+        &mut self,
+        op: Op,
+        desired: &Objects,
+        run: &mut Run<'_>,
+    ) -> Result<(), DatapathError> {
+        match op {
+            Op::EnsureTunnel(port) => {
+                if let Err(e) = self.ensure_tunnel(port).await {
+                    let msg = format!("tunnel device {}: {e}", tunnel::device_name(port));
+                    run.report.error(&tunnel::device_name(port), msg.clone());
+                    run.tunnel_errors.insert(port, msg);
+                }
             }
-        };
-        let mut next_hops = BTreeMap::new();
-        for target in desired.targets.iter() {
-            if let std::collections::btree_map::Entry::Vacant(e) =
-                next_hops.entry(target.destination_ip)
-            {
-                e.insert(match self.copy_path {
-                    CopyPathMode::Auto => {
-                        nexthop::resolve(&self.netlink, target.destination_ip).await
+            Op::EnsureSegment => {
+                run.segment_ifindex = match self.ensure_segment().await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        run.report.error(
+                            segment::DEVICE,
+                            format!("segmentation device: {e}; super-packets yield one copy each"),
+                        );
+                        0
                     }
+                };
+            }
+            Op::ResolveNextHop(ip) => {
+                let hop = match self.copy_path {
+                    CopyPathMode::Auto => nexthop::resolve(&self.netlink, ip).await,
                     CopyPathMode::Tunnel => Err(nexthop::Unresolved::Configured),
-                });
+                };
+                run.next_hops.insert(ip, hop);
             }
-        }
-        let mut uplinks_used: BTreeSet<String> = BTreeSet::new();
-        let mut paths = BTreeMap::new();
-
-        // 2. Filters and their rules.
-        self.rule_filter = desired
-            .filters
-            .iter()
-            .flat_map(|f| f.rules.iter().map(|r| (r.id.clone(), f.id.clone())))
-            .collect();
-        for filter in &desired.filters {
-            let Some(slot) = self.filters.get_or_alloc(&filter.id) else {
-                report.error(&filter.id, "filter map is full");
-                continue;
-            };
-            let mut full = false;
-            for rule in &filter.rules {
-                let known = self.rules.get(&rule.id).is_some();
-                match self.rules.get_or_alloc(&rule.id) {
-                    Some(s) if !known => self.maps.reset_rule_stats(s)?,
-                    Some(_) => {}
-                    None => full = true,
+            Op::LabelRules(labels) => self.rule_filter = labels,
+            Op::WriteFilter { id, new_rules } => {
+                if let Some(filter) = run.filters.get(id.as_str()).copied() {
+                    self.write_filter(filter, new_rules, &mut run.report)?;
                 }
             }
-            if full {
-                report.error(&filter.id, "rule counter map is full");
-                continue;
-            }
-            let rules = &self.rules;
-            let cfg = encode::encode_filter(filter, |id| rules.get(id).unwrap_or(0));
-            self.maps
-                .filters
-                .set(slot, cfg, 0)
-                .map_err(map_err(map_names::FILTERS))?;
-        }
-
-        // 3. Sessions.
-        let mut placed: Vec<&Session> = Vec::new();
-        for session in &desired.sessions {
-            let (Some(target), Some(filter_slot)) = (
-                targets.get(session.target_id.as_str()),
-                self.filters.get(&session.filter_id),
-            ) else {
-                report.error(&session.id, "its filter or target is not available");
-                continue;
-            };
-            let Some(tunnel) = self.tunnels.get(&target.destination_port) else {
-                let why = tunnel_errors
-                    .get(&target.destination_port)
-                    .cloned()
-                    .unwrap_or_else(|| "no tunnel device for its target".to_string());
-                report.error(&session.id, why);
-                continue;
-            };
-            let tunnel_ifindex = tunnel.ifindex;
-            let (fast, path) = match next_hops.get(&target.destination_ip) {
-                Some(Ok(hop)) => match self.ensure_uplink(hop.uplink_ifindex) {
-                    Ok(name) => {
-                        uplinks_used.insert(name.clone());
-                        (
-                            Some(*hop),
-                            CopyPath {
-                                mode: "fast",
-                                detail: name,
-                                segmentation: segment_ifindex != 0,
-                            },
-                        )
-                    }
-                    Err(e) => (None, tunnel_path(format!("uplink: {e}"), segment_ifindex)),
-                },
-                Some(Err(why)) => (None, tunnel_path(why.to_string(), segment_ifindex)),
-                None => (None, tunnel_path("not resolved".into(), segment_ifindex)),
-            };
-            let snaplen = match snaplen(session, target) {
-                Ok(n) => n,
-                Err(e) => {
-                    report.error(&session.id, e);
-                    // Keep mirroring what fits a standard 1500-byte path.
-                    session.packet_length.unwrap_or(1500 - overhead(target))
-                }
-            };
-            let known = self.sessions.get(&session.id).is_some();
-            let Some(slot) = self.sessions.get_or_alloc(&session.id) else {
-                report.error(&session.id, "session map is full");
-                continue;
-            };
-            if !known {
-                self.maps.reset_session_stats(slot)?;
-                self.maps.reset_budget_state(slot)?;
-            }
-            let cfg = encode::encode_session(
-                session,
-                target,
-                encode::SessionPlacement {
-                    filter_slot,
-                    tunnel_ifindex,
-                    snaplen,
-                    segment_ifindex,
-                    fast,
-                },
-            );
-            self.maps
-                .sessions
-                .set(slot, cfg, 0)
-                .map_err(map_err(map_names::SESSIONS))?;
-            paths.insert(session.id.clone(), path);
-            placed.push(session);
-        }
-
-        // 4. Sources: each interface's sessions in ascending priority; flow-logged
-        // interfaces get the programs too, for the flow table.
-        let mut by_source: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
-        for session in &placed {
-            for src in &session.sources {
-                by_source.entry(src.as_str()).or_default().push(session);
-            }
-        }
-        for ifname in &desired.flow_interfaces {
-            by_source.entry(ifname.as_str()).or_default();
-        }
-        for (ifname, mut sessions) in by_source.clone() {
-            sessions.sort_by_key(|s| s.priority);
-            if sessions.len() > MAX_SESSIONS_PER_SOURCE {
-                report.error(
-                    ifname,
-                    format!("more than {MAX_SESSIONS_PER_SOURCE} sessions use this source; the lowest priorities are left out"),
-                );
-                sessions.truncate(MAX_SESSIONS_PER_SOURCE);
-            }
-            let mut cfg = SourceConfig::INACTIVE;
-            if desired.flow_interfaces.iter().any(|f| f == ifname) {
-                cfg.flags |= SOURCE_FLOW_LOG;
-            }
-            for (i, s) in sessions.iter().enumerate() {
-                if let Some(slot) = self.sessions.get(&s.id) {
-                    cfg.sessions[i] = slot as u16;
+            Op::WriteSession { id, new } => {
+                if let Some(session) = run.sessions.get(id.as_str()).copied() {
+                    self.write_session(session, new, run)?;
                 }
             }
-            match self.ensure_source(ifname, cfg) {
-                Ok(()) => {}
-                Err(e) => {
-                    for s in &sessions {
-                        report.error(&s.id, format!("source {ifname}: {e}"));
-                    }
-                    if cfg.flags & SOURCE_FLOW_LOG != 0 {
-                        report.error(ifname, format!("flow log: {e}"));
-                    }
+            Op::WriteSource {
+                ifname,
+                sessions,
+                flow_log,
+            } => self.write_source(&ifname, sessions, flow_log, run),
+            Op::DetachSource {
+                ifname,
+                unless_any_placed,
+            } => {
+                if !unless_any_placed.iter().any(|s| run.placed.contains(s)) {
+                    self.remove_source(&ifname)?;
                 }
             }
-        }
-
-        // 5. Sources no longer used.
-        let stale: Vec<String> = self
-            .attached
-            .keys()
-            .filter(|name| !by_source.contains_key(name.as_str()))
-            .cloned()
-            .collect();
-        for name in stale {
-            self.remove_source(&name)?;
-        }
-
-        // 6. Sessions, filters and rules no longer declared.
-        let keep: BTreeSet<&str> = placed.iter().map(|s| s.id.as_str()).collect();
-        for id in self.sessions.ids() {
-            if !keep.contains(id.as_str())
-                && let Some(slot) = self.sessions.release(&id)
-            {
-                self.maps
-                    .sessions
-                    .set(slot, zeroed_session(), 0)
-                    .map_err(map_err(map_names::SESSIONS))?;
+            Op::ReleaseSession { id, unless_placed } => {
+                if !(unless_placed && run.placed.contains(&id))
+                    && let Some(slot) = self.sessions.release(&id)
+                {
+                    self.maps
+                        .sessions
+                        .set(slot, zeroed_session(), 0)
+                        .map_err(map_err(map_names::SESSIONS))?;
+                }
             }
-        }
-        let keep: BTreeSet<&str> = desired.filters.iter().map(|f| f.id.as_str()).collect();
-        for id in self.filters.ids() {
-            if !keep.contains(id.as_str())
-                && let Some(slot) = self.filters.release(&id)
-            {
-                self.maps
-                    .filters
-                    .set(slot, FilterConfig::EMPTY, 0)
-                    .map_err(map_err(map_names::FILTERS))?;
+            Op::ReleaseFilter(id) => {
+                if let Some(slot) = self.filters.release(&id) {
+                    self.maps
+                        .filters
+                        .set(slot, FilterConfig::EMPTY, 0)
+                        .map_err(map_err(map_names::FILTERS))?;
+                }
             }
-        }
-        let keep: BTreeSet<&str> = desired
-            .filters
-            .iter()
-            .flat_map(|f| f.rules.iter().map(|r| r.id.as_str()))
-            .collect();
-        for id in self.rules.ids() {
-            if !keep.contains(id.as_str()) {
+            Op::ReleaseRule(id) => {
                 self.rules.release(&id);
             }
-        }
-
-        // 7. Tunnel devices no longer used.
-        let unused: Vec<u16> = self
-            .tunnels
-            .keys()
-            .filter(|p| !ports.contains(p))
-            .copied()
-            .collect();
-        for port in unused {
-            self.remove_tunnel(port).await?;
-        }
-        // Uplinks no session sends through any more (after the sessions moved away).
-        let unused: Vec<String> = self
-            .uplinks
-            .keys()
-            .filter(|n| !uplinks_used.contains(*n))
-            .cloned()
-            .collect();
-        for name in unused {
-            if let Some(t) = self.uplinks.remove(&name) {
-                t.link.detach();
-                info!(uplink = %name, "mirror_tx detached: no session sends through it");
+            Op::RemoveTunnel(port) => self.remove_tunnel(port).await?,
+            Op::RetireUplinks => {
+                let unused: Vec<String> = self
+                    .uplinks
+                    .keys()
+                    .filter(|n| !run.uplinks_used.contains(*n))
+                    .cloned()
+                    .collect();
+                for name in unused {
+                    if let Some(t) = self.uplinks.remove(&name) {
+                        t.link.detach();
+                        info!(uplink = %name, "mirror_tx detached: no session sends through it");
+                    }
+                }
+            }
+            Op::PublishPaths => {
+                self.next_hops = std::mem::take(&mut run.next_hops);
+                self.paths = std::mem::take(&mut run.paths);
+            }
+            Op::SyncDropAccounting(wanted) => self.sync_drop_accounting(wanted, &mut run.report),
+            Op::ApplyReceivers => {
+                self.receive
+                    .apply(
+                        self.programs.ebpf_mut(),
+                        &self.netlink,
+                        &desired.receivers,
+                        &mut run.report,
+                    )
+                    .await?
+            }
+            Op::Save => {
+                // The next agent adopts from this; failing to save costs a gap then, not now.
+                if let Err(e) = self.save() {
+                    run.report.error("datapath", e.to_string());
+                }
             }
         }
-        self.next_hops = next_hops;
-        self.paths = paths;
-        self.sync_drop_accounting(!desired.flow_interfaces.is_empty(), &mut report);
+        Ok(())
+    }
 
-        // 8. Receivers (the target side).
-        self.receive
-            .apply(
-                self.programs.ebpf_mut(),
-                &self.netlink,
-                &desired.receivers,
-                &mut report,
-            )
-            .await?;
-
-        // The next agent adopts from this; failing to save costs a gap then, not now.
-        if let Err(e) = self.save() {
-            report.error("datapath", e.to_string());
+    fn write_filter(
+        &mut self,
+        filter: &Filter,
+        new_rules: Vec<String>,
+        report: &mut ApplyReport,
+    ) -> Result<(), DatapathError> {
+        let Some(slot) = self.filters.get_or_alloc(&filter.id) else {
+            report.error(&filter.id, "filter map is full");
+            return Ok(());
+        };
+        let mut fresh: BTreeSet<String> = new_rules.into_iter().collect();
+        let mut full = false;
+        for rule in &filter.rules {
+            match self.rules.get_or_alloc(&rule.id) {
+                Some(s) if fresh.remove(&rule.id) => self.maps.reset_rule_stats(s)?,
+                Some(_) => {}
+                None => full = true,
+            }
         }
-        Ok(report)
+        if full {
+            report.error(&filter.id, "rule counter map is full");
+            return Ok(());
+        }
+        let rules = &self.rules;
+        let cfg = encode::encode_filter(filter, |id| rules.get(id).unwrap_or(0));
+        self.maps
+            .filters
+            .set(slot, cfg, 0)
+            .map_err(map_err(map_names::FILTERS))
+    }
+
+    fn write_session(
+        &mut self,
+        session: &Session,
+        new: bool,
+        run: &mut Run<'_>,
+    ) -> Result<(), DatapathError> {
+        let segment_ifindex = run.segment_ifindex;
+        let (Some(target), Some(filter_slot)) = (
+            run.targets.get(session.target_id.as_str()).copied(),
+            self.filters.get(&session.filter_id),
+        ) else {
+            run.report
+                .error(&session.id, "its filter or target is not available");
+            return Ok(());
+        };
+        let Some(tunnel) = self.tunnels.get(&target.destination_port) else {
+            let why = run
+                .tunnel_errors
+                .get(&target.destination_port)
+                .cloned()
+                .unwrap_or_else(|| "no tunnel device for its target".to_string());
+            run.report.error(&session.id, why);
+            return Ok(());
+        };
+        let tunnel_ifindex = tunnel.ifindex;
+        let (fast, path) = match run.next_hops.get(&target.destination_ip) {
+            Some(Ok(hop)) => match self.ensure_uplink(hop.uplink_ifindex) {
+                Ok(name) => {
+                    run.uplinks_used.insert(name.clone());
+                    (
+                        Some(*hop),
+                        CopyPath {
+                            mode: "fast",
+                            detail: name,
+                            segmentation: segment_ifindex != 0,
+                        },
+                    )
+                }
+                Err(e) => (None, tunnel_path(format!("uplink: {e}"), segment_ifindex)),
+            },
+            Some(Err(why)) => (None, tunnel_path(why.to_string(), segment_ifindex)),
+            None => (None, tunnel_path("not resolved".into(), segment_ifindex)),
+        };
+        let snaplen = match snaplen(session, target) {
+            Ok(n) => n,
+            Err(e) => {
+                run.report.error(&session.id, e);
+                // Keep mirroring what fits a standard 1500-byte path.
+                session.packet_length.unwrap_or(1500 - overhead(target))
+            }
+        };
+        let Some(slot) = self.sessions.get_or_alloc(&session.id) else {
+            run.report.error(&session.id, "session map is full");
+            return Ok(());
+        };
+        if new {
+            self.maps.reset_session_stats(slot)?;
+            self.maps.reset_budget_state(slot)?;
+        }
+        let cfg = encode::encode_session(
+            session,
+            target,
+            encode::SessionPlacement {
+                filter_slot,
+                tunnel_ifindex,
+                snaplen,
+                segment_ifindex,
+                fast,
+            },
+        );
+        self.maps
+            .sessions
+            .set(slot, cfg, 0)
+            .map_err(map_err(map_names::SESSIONS))?;
+        run.paths.insert(session.id.clone(), path);
+        run.placed.insert(session.id.clone());
+        Ok(())
+    }
+
+    fn write_source(
+        &mut self,
+        ifname: &str,
+        sessions: Vec<String>,
+        flow_log: bool,
+        run: &mut Run<'_>,
+    ) {
+        let mut sessions: Vec<String> = sessions
+            .into_iter()
+            .filter(|s| run.placed.contains(s))
+            .collect();
+        if sessions.is_empty() && !flow_log {
+            return;
+        }
+        if sessions.len() > MAX_SESSIONS_PER_SOURCE {
+            run.report.error(
+                ifname,
+                format!("more than {MAX_SESSIONS_PER_SOURCE} sessions use this source; the lowest priorities are left out"),
+            );
+            sessions.truncate(MAX_SESSIONS_PER_SOURCE);
+        }
+        let mut cfg = SourceConfig::INACTIVE;
+        if flow_log {
+            cfg.flags |= SOURCE_FLOW_LOG;
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            if let Some(slot) = self.sessions.get(s) {
+                cfg.sessions[i] = slot as u16;
+            }
+        }
+        if let Err(e) = self.ensure_source(ifname, cfg) {
+            for s in &sessions {
+                run.report.error(s, format!("source {ifname}: {e}"));
+            }
+            if flow_log {
+                run.report.error(ifname, format!("flow log: {e}"));
+            }
+        }
     }
 
     /// Which way copies may take from the next apply on.

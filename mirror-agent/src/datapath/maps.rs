@@ -70,32 +70,12 @@ impl Maps {
 
     /// Counters of a session slot, summed over CPUs, per direction.
     pub fn session_stats(&self, slot: u32) -> Result<[SessionStats; DIRECTIONS], DatapathError> {
-        let mut out = [SessionStats::default(); DIRECTIONS];
-        for (dir, total) in out.iter_mut().enumerate() {
-            let values = self
-                .session_stats
-                .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
-                .map_err(map_err(map_names::SESSION_STATS))?;
-            for v in values.iter() {
-                *total += *v;
-            }
-        }
-        Ok(out)
+        per_direction(&self.session_stats, map_names::SESSION_STATS, slot)
     }
 
     /// Counters of a source slot, summed over CPUs, per direction.
     pub fn source_stats(&self, slot: u32) -> Result<[SourceStats; DIRECTIONS], DatapathError> {
-        let mut out = [SourceStats::default(); DIRECTIONS];
-        for (dir, total) in out.iter_mut().enumerate() {
-            let values = self
-                .source_stats
-                .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
-                .map_err(map_err(map_names::SOURCE_STATS))?;
-            for v in values.iter() {
-                *total += *v;
-            }
-        }
-        Ok(out)
+        per_direction(&self.source_stats, map_names::SOURCE_STATS, slot)
     }
 
     pub fn rule_hits(&self, slot: u32) -> Result<u64, DatapathError> {
@@ -108,12 +88,7 @@ impl Maps {
 
     /// A slot handed to a new object starts from zero, not from its predecessor's counts.
     pub(super) fn reset_session_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
-        for dir in 0..DIRECTIONS as u32 {
-            self.session_stats
-                .set(slot * DIRECTIONS as u32 + dir, zeroed_per_cpu()?, 0)
-                .map_err(map_err(map_names::SESSION_STATS))?;
-        }
-        Ok(())
+        reset_per_direction(&mut self.session_stats, map_names::SESSION_STATS, slot)
     }
 
     /// A slot handed to a new session starts with full budget buckets.
@@ -124,12 +99,7 @@ impl Maps {
     }
 
     pub(super) fn reset_source_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
-        for dir in 0..DIRECTIONS as u32 {
-            self.source_stats
-                .set(slot * DIRECTIONS as u32 + dir, zeroed_per_cpu()?, 0)
-                .map_err(map_err(map_names::SOURCE_STATS))?;
-        }
-        Ok(())
+        reset_per_direction(&mut self.source_stats, map_names::SOURCE_STATS, slot)
     }
 
     pub(super) fn reset_rule_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
@@ -137,6 +107,39 @@ impl Maps {
             .set(slot, zeroed_per_cpu()?, 0)
             .map_err(map_err(map_names::RULE_STATS))
     }
+}
+
+/// A slot's counters of each direction (at `slot * DIRECTIONS + direction`), summed over CPUs.
+fn per_direction<T>(
+    map: &PerCpuArray<MapData, T>,
+    name: &'static str,
+    slot: u32,
+) -> Result<[T; DIRECTIONS], DatapathError>
+where
+    T: aya::Pod + Default + Copy + std::ops::AddAssign,
+{
+    let mut out = [T::default(); DIRECTIONS];
+    for (dir, total) in out.iter_mut().enumerate() {
+        let values = map
+            .get(&(slot * DIRECTIONS as u32 + dir as u32), 0)
+            .map_err(map_err(name))?;
+        for v in values.iter() {
+            *total += *v;
+        }
+    }
+    Ok(out)
+}
+
+fn reset_per_direction<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    name: &'static str,
+    slot: u32,
+) -> Result<(), DatapathError> {
+    for dir in 0..DIRECTIONS as u32 {
+        map.set(slot * DIRECTIONS as u32 + dir, zeroed_per_cpu()?, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 pub(super) fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>, DatapathError> {

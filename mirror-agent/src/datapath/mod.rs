@@ -14,6 +14,7 @@ mod loading;
 mod maps;
 pub mod nexthop;
 pub mod pins;
+mod plan;
 pub mod receive;
 mod rxlinks;
 pub mod segment;
