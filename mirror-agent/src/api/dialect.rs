@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, render::Envelope, rpc::Params};
+use super::{ApiError, actions::Action, render::Envelope, rpc::Params};
 use crate::service::Service;
 
 /// How to turn the canonical action's answer into the one the caller's SDK expects.
@@ -40,22 +40,34 @@ pub fn translate(
         "DescribeTrafficMirrorSessions" => {
             p.rename("NetworkInterfaceId", "TrafficMirrorSourceId");
             single_name(p, "TrafficMirrorSessionNames", "TrafficMirrorSessionName");
-            ("ListTrafficMirrorSessions", Reshape::VolcSessions)
+            (
+                Action::ListTrafficMirrorSessions.name(),
+                Reshape::VolcSessions,
+            )
         }
         "DescribeTrafficMirrorFilters" => {
             single_name(p, "TrafficMirrorFilterNames", "TrafficMirrorFilterName");
-            ("ListTrafficMirrorFilters", Reshape::VolcFilters)
+            (
+                Action::ListTrafficMirrorFilters.name(),
+                Reshape::VolcFilters,
+            )
         }
-        "DescribeTrafficMirrorTargets" => ("ListTrafficMirrorTargets", Reshape::VolcTargets),
-        "ModifyTrafficMirrorSessionAttributes" => {
-            ("UpdateTrafficMirrorSessionAttribute", Reshape::None)
-        }
-        "ModifyTrafficMirrorFilterAttributes" => {
-            ("UpdateTrafficMirrorFilterAttribute", Reshape::None)
-        }
-        "ModifyTrafficMirrorTargetAttributes" => {
-            ("UpdateTrafficMirrorTargetAttribute", Reshape::None)
-        }
+        "DescribeTrafficMirrorTargets" => (
+            Action::ListTrafficMirrorTargets.name(),
+            Reshape::VolcTargets,
+        ),
+        "ModifyTrafficMirrorSessionAttributes" => (
+            Action::UpdateTrafficMirrorSessionAttribute.name(),
+            Reshape::None,
+        ),
+        "ModifyTrafficMirrorFilterAttributes" => (
+            Action::UpdateTrafficMirrorFilterAttribute.name(),
+            Reshape::None,
+        ),
+        "ModifyTrafficMirrorTargetAttributes" => (
+            Action::UpdateTrafficMirrorTargetAttribute.name(),
+            Reshape::None,
+        ),
         "CreateTrafficMirrorFilterRule" => {
             let list = match p
                 .str_opt("TrafficDirection")
@@ -89,7 +101,10 @@ pub fn translate(
             }
             // A rule has no description of its own here.
             p.remove("Description");
-            ("CreateTrafficMirrorFilterRules", Reshape::VolcRuleId)
+            (
+                Action::CreateTrafficMirrorFilterRules.name(),
+                Reshape::VolcRuleId,
+            )
         }
         "DeleteTrafficMirrorFilterRule" => {
             let rule = p.required("TrafficMirrorFilterRuleId")?.to_string();
@@ -109,18 +124,21 @@ pub fn translate(
             p.set("TrafficMirrorFilterId", &filter.id);
             p.remove("TrafficMirrorFilterRuleId");
             p.set("TrafficMirrorFilterRuleIds.1", &rule);
-            ("DeleteTrafficMirrorFilterRules", Reshape::None)
+            (Action::DeleteTrafficMirrorFilterRules.name(), Reshape::None)
         }
         "ModifyTrafficMirrorFilterRuleAttributes" => {
             p.rename("Policy", "RuleAction");
             // The direction of a rule is fixed when it is made.
             p.remove("TrafficDirection");
             p.remove("Description");
-            ("UpdateTrafficMirrorFilterRuleAttribute", Reshape::None)
+            (
+                Action::UpdateTrafficMirrorFilterRuleAttribute.name(),
+                Reshape::None,
+            )
         }
         "CreateFlowLog" if alibaba => {
             alibaba_flow_log_params(p);
-            ("CreateFlowLog", Reshape::None)
+            (Action::CreateFlowLog.name(), Reshape::None)
         }
         "DescribeFlowLogs" if alibaba => {
             alibaba_flow_log_params(p);
@@ -132,7 +150,7 @@ pub fn translate(
             } else {
                 Reshape::None
             };
-            ("DescribeFlowLogs", shape)
+            (Action::DescribeFlowLogs.name(), shape)
         }
         "ListTrafficMirrorFilters" | "ListTrafficMirrorSessions" if alibaba_vpc => {
             (action, Reshape::AlibabaCounts)

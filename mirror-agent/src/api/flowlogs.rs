@@ -3,7 +3,11 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiError, actions::Outcome, rpc::Params};
+use super::{
+    ApiError,
+    actions::{Action, Outcome, unknown_action},
+    rpc::Params,
+};
 use crate::{
     flowlog::format::{DEFAULT_FORMAT, LogFormat},
     links,
@@ -12,37 +16,28 @@ use crate::{
     store::{Batch, Snapshot},
 };
 
-pub const MUTATING: &[&str] = &[
-    "CreateFlowLog",
-    "DeleteFlowLog",
-    "ModifyFlowLogAttribute",
-    "ActiveFlowLog",
-    "DeactiveFlowLog",
-];
-pub const READING: &[&str] = &["DescribeFlowLogs"];
-
 pub fn mutate(
     svc: &Service,
     snap: &Snapshot,
-    action: &str,
+    action: Action,
     p: &Params,
     batch: &mut Batch,
 ) -> Result<Outcome, ApiError> {
     match action {
-        "CreateFlowLog" => create(svc, snap, p, batch),
-        "DeleteFlowLog" => change(snap, p, batch, |f| {
+        Action::CreateFlowLog => create(svc, snap, p, batch),
+        Action::DeleteFlowLog => change(snap, p, batch, |f| {
             f.state = FlowLogState::Deleting;
             Ok(())
         }),
-        "ActiveFlowLog" => change(snap, p, batch, |f| {
+        Action::ActiveFlowLog => change(snap, p, batch, |f| {
             f.wanted_active = true;
             Ok(())
         }),
-        "DeactiveFlowLog" => change(snap, p, batch, |f| {
+        Action::DeactiveFlowLog => change(snap, p, batch, |f| {
             f.wanted_active = false;
             Ok(())
         }),
-        "ModifyFlowLogAttribute" => change(snap, p, batch, |f| {
+        Action::ModifyFlowLogAttribute => change(snap, p, batch, |f| {
             if let Some(n) = p.get("FlowLogName") {
                 f.name = name(Some(n))?;
             }
@@ -60,7 +55,7 @@ pub fn mutate(
             }
             Ok(())
         }),
-        other => Err(super::actions::unknown_action(other)),
+        other => Err(unknown_action(other.name())),
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError,
-    actions::{Outcome, check_description, check_name, merge, page, tags},
+    actions::{Action, Outcome, check_description, check_name, merge, page, tags, unknown_action},
     rpc::Params,
 };
 use crate::{
@@ -18,23 +18,20 @@ use crate::{
     store::{Batch, Snapshot},
 };
 
-pub const MUTATING: &[&str] = &["CreateTrafficMirrorReceiver", "DeleteTrafficMirrorReceiver"];
-pub const READING: &[&str] = &["ListTrafficMirrorReceivers"];
-
 /// VNIs one receiver serves at most (each is a veth pair).
 pub const VNI_QUOTA: usize = 64;
 
 pub fn mutate(
     svc: &Service,
     snap: &Snapshot,
-    action: &str,
+    action: Action,
     p: &Params,
     batch: &mut Batch,
 ) -> Result<Outcome, ApiError> {
     match action {
-        "CreateTrafficMirrorReceiver" => create(svc, snap, p, batch),
-        "DeleteTrafficMirrorReceiver" => delete(snap, p, batch),
-        other => Err(super::actions::unknown_action(other)),
+        Action::CreateTrafficMirrorReceiver => create(svc, snap, p, batch),
+        Action::DeleteTrafficMirrorReceiver => delete(snap, p, batch),
+        other => Err(unknown_action(other.name())),
     }
 }
 

@@ -5,7 +5,7 @@
 use axum::http::Method;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, rpc::Params};
+use super::{ApiError, actions::Action, rpc::Params};
 use crate::{records::FilterRecord, service::Service, store::Snapshot};
 
 /// (status, JSON body).
@@ -86,7 +86,7 @@ async fn route(
         ("POST", ["traffic-mirror-sessions"]) => {
             let o = object(body, "traffic_mirror_session")?;
             let p = session_params(&o, None)?;
-            let a = run(svc, "CreateTrafficMirrorSession", p).await?;
+            let a = run(svc, Action::CreateTrafficMirrorSession, p).await?;
             let id = a["TrafficMirrorSessionId"]
                 .as_str()
                 .unwrap_or_default()
@@ -97,13 +97,13 @@ async fn route(
         ("PUT", ["traffic-mirror-sessions", id]) => {
             let o = object(body, "traffic_mirror_session")?;
             let p = session_params(&o, Some(id))?;
-            run(svc, "UpdateTrafficMirrorSessionAttribute", p).await?;
+            run(svc, Action::UpdateTrafficMirrorSessionAttribute, p).await?;
             show_session(svc, project, id)
         }
         ("DELETE", ["traffic-mirror-sessions", id]) => {
             run(
                 svc,
-                "DeleteTrafficMirrorSession",
+                Action::DeleteTrafficMirrorSession,
                 params([("TrafficMirrorSessionId", id.to_string())]),
             )
             .await?;
@@ -124,9 +124,9 @@ async fn route(
                 pairs.push((format!("TrafficMirrorSourceIds.{}", i + 1), s.clone()));
             }
             let action = if *verb == "add-sources" {
-                "AddSourcesToTrafficMirrorSession"
+                Action::AddSourcesToTrafficMirrorSession
             } else {
-                "RemoveSourcesFromTrafficMirrorSession"
+                Action::RemoveSourcesFromTrafficMirrorSession
             };
             run(svc, action, Params::from_pairs(pairs)).await?;
             show_session(svc, project, id)
@@ -147,7 +147,12 @@ async fn route(
                 "TrafficMirrorFilterDescription",
                 &mut pairs,
             )?;
-            let a = run(svc, "CreateTrafficMirrorFilter", Params::from_pairs(pairs)).await?;
+            let a = run(
+                svc,
+                Action::CreateTrafficMirrorFilter,
+                Params::from_pairs(pairs),
+            )
+            .await?;
             let id = a["TrafficMirrorFilterId"]
                 .as_str()
                 .unwrap_or_default()
@@ -167,7 +172,7 @@ async fn route(
             )?;
             run(
                 svc,
-                "UpdateTrafficMirrorFilterAttribute",
+                Action::UpdateTrafficMirrorFilterAttribute,
                 Params::from_pairs(pairs),
             )
             .await?;
@@ -176,7 +181,7 @@ async fn route(
         ("DELETE", ["traffic-mirror-filters", id]) => {
             run(
                 svc,
-                "DeleteTrafficMirrorFilter",
+                Action::DeleteTrafficMirrorFilter,
                 params([("TrafficMirrorFilterId", id.to_string())]),
             )
             .await?;
@@ -210,7 +215,7 @@ async fn route(
             rule_pairs(&o, &format!("{list}.1."), &mut pairs)?;
             let a = run(
                 svc,
-                "CreateTrafficMirrorFilterRules",
+                Action::CreateTrafficMirrorFilterRules,
                 Params::from_pairs(pairs),
             )
             .await?;
@@ -233,7 +238,7 @@ async fn route(
             }
             run(
                 svc,
-                "UpdateTrafficMirrorFilterRuleAttribute",
+                Action::UpdateTrafficMirrorFilterRuleAttribute,
                 Params::from_pairs(pairs),
             )
             .await?;
@@ -244,7 +249,7 @@ async fn route(
             let f = filter_of_rule(&snap, id)?;
             run(
                 svc,
-                "DeleteTrafficMirrorFilterRules",
+                Action::DeleteTrafficMirrorFilterRules,
                 params([
                     ("TrafficMirrorFilterId", f.id.clone()),
                     ("TrafficMirrorFilterRuleIds.1", id.to_string()),
@@ -257,8 +262,8 @@ async fn route(
     }
 }
 
-async fn run(svc: &Service, action: &str, p: Params) -> Result<Value, ApiError> {
-    super::call(svc, action, &p)
+async fn run(svc: &Service, action: Action, p: Params) -> Result<Value, ApiError> {
+    super::call(svc, action.name(), &p)
         .await
         .map(|a| a.body)
         .map_err(|(_, e)| e)

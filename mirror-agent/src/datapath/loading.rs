@@ -1,0 +1,149 @@
+//! Loading the eBPF object: maps (reused from pins), programs and their log forwarding.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SOURCES, map_names};
+use tracing::warn;
+
+use super::{
+    CopyPathMode, Datapath, DatapathError, FlowTables, Programs, Slots, TcAttachMode,
+    maps::{Maps, take_map},
+    pins::{self, PinPaths},
+    receive,
+};
+
+/// The compiled programs, built by build.rs with aya-build.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
+
+/// Loads the object into the kernel: maps (reused from `pins` when it has them) and the TC
+/// programs (adopted from `pins` when this build pinned them). Each flow table gets
+/// `flow_table_size` entries.
+pub fn load(
+    flow_table_size: u32,
+    pins: Option<PinPaths>,
+) -> Result<(Programs, Maps, FlowTables), DatapathError> {
+    // The programs' log statements below the agent's level cost a load and a compare; the
+    // level is fixed when a program is loaded (adopted programs keep theirs).
+    let log_level = program_log_level();
+    let mut loader = aya::EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::FLOWS_0, flow_table_size)
+        .map_max_entries(map_names::FLOWS_1, flow_table_size)
+        .override_global(aya_log::LEVEL, &log_level, false);
+    if let Some(p) = &pins {
+        for &name in pins::PINNED_MAPS {
+            loader.map_pin_path(name, p.maps.join(name));
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            None
+        }
+    };
+    let maps = Maps::take(&mut ebpf)?;
+    let flows = FlowTables::new(
+        [
+            take_map(&mut ebpf, map_names::FLOWS_0)?,
+            take_map(&mut ebpf, map_names::FLOWS_1)?,
+        ],
+        take_map(&mut ebpf, map_names::FLOW_CTL)?,
+        take_map(&mut ebpf, map_names::FLOW_STATS)?,
+    );
+    Ok((Programs::load(ebpf, pins, logger), maps, flows))
+}
+
+/// aya-log's level numbering (error 1 … trace 5, 0 off) for the agent's tracing level.
+fn program_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// Forwards the programs' aya-log records to the agent's log (through the `log` bridge of
+/// tracing-subscriber) at their own level, whenever the ring buffer has some.
+fn forward_program_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // SAFETY: the logger owns the ring buffer's map fd and keeps it open, unchanged, for as
+    // long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("the programs' log messages are not forwarded: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}
+
+impl Datapath {
+    /// Loads the programs without pins: everything goes with this process (fixtures and
+    /// benchmarks). Needs a tokio runtime for netlink. The flow tables go to whoever drains
+    /// them (the flow-log runner).
+    pub fn new(
+        attach_mode: TcAttachMode,
+        flow_table_size: u32,
+    ) -> Result<(Datapath, FlowTables), DatapathError> {
+        let (programs, maps, flows) = load(flow_table_size, None)?;
+        Ok((
+            Datapath::assemble(programs, maps, attach_mode, None)?,
+            flows,
+        ))
+    }
+
+    pub(super) fn assemble(
+        mut programs: Programs,
+        maps: Maps,
+        attach_mode: TcAttachMode,
+        state_dir: Option<PathBuf>,
+    ) -> Result<Datapath, DatapathError> {
+        let rx_pins = programs.pins().map(|p| p.root.join("rx-links"));
+        let receive = receive::Receive::new(programs.ebpf_mut(), rx_pins, attach_mode)?;
+        let (connection, netlink, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        let log_task = programs.take_logger().and_then(forward_program_logs);
+        Ok(Datapath {
+            log_task,
+            programs,
+            maps,
+            netlink,
+            attach_mode,
+            copy_path: CopyPathMode::Auto,
+            sessions: Slots::new(MAX_SESSIONS),
+            filters: Slots::new(MAX_FILTERS),
+            rules: Slots::new(MAX_RULE_SLOTS),
+            sources: Slots::new(MAX_SOURCES),
+            attached: BTreeMap::new(),
+            tunnels: BTreeMap::new(),
+            segment: None,
+            uplinks: BTreeMap::new(),
+            next_hops: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            rule_filter: BTreeMap::new(),
+            drop_link: None,
+            drop_available: false,
+            state_dir,
+            receive,
+        })
+    }
+}
