@@ -122,18 +122,7 @@ pub fn sync_with_flow_logs(
         };
         batch.put_filter(&rec)?;
         changes += 1;
-        // Sessions of a changed filter are re-applied.
-        for s in snap.sessions.iter().filter(|s| s.filter_id == f.id) {
-            if s.state == SessionState::Deleting {
-                continue;
-            }
-            let mut s = s.clone();
-            s.generation += 1;
-            if s.state == SessionState::Created {
-                s.state = SessionState::Modifying;
-            }
-            batch.put_session(&s)?;
-        }
+        batch.touch_sessions_of_filter(&snap, &f.id)?;
     }
 
     for s in &file.sessions {

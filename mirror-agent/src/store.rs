@@ -11,7 +11,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
 use crate::records::{
-    FilterRecord, FlowLogRecord, ReceiverRecord, SessionRecord, TargetRecord, TokenRecord,
+    FilterRecord, FlowLogRecord, ReceiverRecord, SessionRecord, SessionState, TargetRecord,
+    TokenRecord,
 };
 
 /// Objects by `kind/id`, JSON values.
@@ -121,6 +122,27 @@ impl Batch {
     }
     pub fn put_session(&mut self, s: &SessionRecord) -> Result<(), StoreError> {
         self.put(Kind::Session, &s.id, s)
+    }
+    /// Sessions that use a filter get re-applied when it changes (by the API or a declared
+    /// source): each one not being deleted gets a new generation, and `Created` ones become
+    /// `Modifying` until the reconciler settles them.
+    pub fn touch_sessions_of_filter(
+        &mut self,
+        snap: &Snapshot,
+        filter_id: &str,
+    ) -> Result<(), StoreError> {
+        for s in snap.sessions.iter().filter(|s| s.filter_id == filter_id) {
+            if s.state == SessionState::Deleting {
+                continue;
+            }
+            let mut s = s.clone();
+            s.generation += 1;
+            if s.state == SessionState::Created {
+                s.state = SessionState::Modifying;
+            }
+            self.put_session(&s)?;
+        }
+        Ok(())
     }
     pub fn put_flow_log(&mut self, f: &FlowLogRecord) -> Result<(), StoreError> {
         self.put(Kind::FlowLog, &f.id, f)

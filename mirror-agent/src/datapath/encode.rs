@@ -172,17 +172,11 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
         remote_ipv4,
         remote_ipv6,
         ttl: 64,
-        tos: 0,
         port_be: target.destination_port.to_be(),
-        uplink_ifindex: 0,
         segment_ifindex: at.segment_ifindex,
-        eth_addrs: [0; 12],
-        outer_src: 0,
-        outer_dst: 0,
-        packet_cost: 0,
-        bit_cost: 0,
-        sample_one_in: 1,
-        copy_overhead: 0,
+        // The fast path's template and the budget are filled in below and by the next-hop
+        // resolution.
+        ..super::maps::zeroed_session()
     };
     encode_budget(&session.budget, &mut cfg);
     // What the wire carries beyond the inner frame: outer Ethernet + the VXLAN overhead.

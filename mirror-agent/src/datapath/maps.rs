@@ -155,6 +155,7 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
+/// A session slot nothing is mirrored through (every field zero, sampling one in one).
 pub(super) fn zeroed_session() -> SessionConfig {
     SessionConfig {
         flags: 0,

@@ -10,7 +10,7 @@ use crate::{
     model::RuleSpec,
     records::{FilterRecord, RuleRecord, SessionRecord, SessionState, Tag, new_id},
     service::Service,
-    store::{Batch, Snapshot},
+    store::Snapshot,
 };
 
 pub(in crate::api) fn check_name(param: &str, v: Option<&str>) -> Result<String, ApiError> {
@@ -198,26 +198,6 @@ pub(super) fn rule_ids_body(rules: &[RuleRecord]) -> Value {
             .collect()
     };
     json!({"IngressRules": ids("ingress"), "EgressRules": ids("egress")})
-}
-
-/// Sessions that use a filter get re-applied when it changes: mark them Modifying.
-pub(super) fn touch_sessions_of_filter(
-    snap: &Snapshot,
-    filter_id: &str,
-    batch: &mut Batch,
-) -> Result<(), ApiError> {
-    for s in snap.sessions.iter().filter(|s| s.filter_id == filter_id) {
-        if s.state == SessionState::Deleting {
-            continue;
-        }
-        let mut s = s.clone();
-        s.generation += 1;
-        if s.state == SessionState::Created {
-            s.state = SessionState::Modifying;
-        }
-        batch.put_session(&s)?;
-    }
-    Ok(())
 }
 
 pub(in crate::api) fn page<T>(items: Vec<T>, p: &Params) -> Result<(Vec<T>, Value), ApiError> {

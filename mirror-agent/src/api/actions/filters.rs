@@ -6,7 +6,7 @@ use super::{
     Outcome,
     checks::{
         check_description, check_name, check_rule_quota, filter_not_found, merge, page,
-        rule_ids_body, rule_not_found, rules_from, tags, touch_sessions_of_filter,
+        rule_ids_body, rule_not_found, rules_from, tags,
     },
 };
 use crate::{
@@ -108,7 +108,7 @@ pub(super) fn create_rules(
     check_rule_quota(svc, &f)?;
     f.updated_at = now_rfc3339();
     batch.put_filter(&f)?;
-    touch_sessions_of_filter(snap, id, batch)?;
+    batch.touch_sessions_of_filter(snap, id)?;
     let body = merge(
         json!({"TrafficMirrorFilterId": f.id}),
         rule_ids_body(&rules),
@@ -135,7 +135,7 @@ pub(super) fn delete_rules(
     f.rules.retain(|r| !ids.contains(&r.id));
     f.updated_at = now_rfc3339();
     batch.put_filter(&f)?;
-    touch_sessions_of_filter(snap, id, batch)?;
+    batch.touch_sessions_of_filter(snap, id)?;
     Ok(Outcome::empty())
 }
 
@@ -185,7 +185,7 @@ pub(super) fn update_rule(
     check_rule_quota(svc, &f)?;
     f.updated_at = now_rfc3339();
     batch.put_filter(&f)?;
-    touch_sessions_of_filter(snap, &f.id, batch)?;
+    batch.touch_sessions_of_filter(snap, &f.id)?;
     Ok(Outcome::empty())
 }
 
