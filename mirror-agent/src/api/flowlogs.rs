@@ -244,11 +244,11 @@ fn create(
         updated_at: now,
     };
     batch.put_flow_log(&f)?;
-    Ok(Outcome {
-        body: json!({"FlowLogId": f.id}),
-        // A ClientToken replay is "in progress" until the flow log leaves Creating.
-        session: Some((f.id.clone(), f.generation)),
-    })
+    Ok(Outcome::tracking(
+        json!({"FlowLogId": f.id}),
+        &f.id,
+        f.generation,
+    ))
 }
 
 /// Two live flow logs never write to one topic (one directory of files). `counts` picks the
@@ -311,10 +311,7 @@ fn change(
     rec.generation += 1;
     rec.updated_at = now_rfc3339();
     batch.put_flow_log(&rec)?;
-    Ok(Outcome {
-        body: json!({}),
-        session: Some((rec.id.clone(), rec.generation)),
-    })
+    Ok(Outcome::tracking(json!({}), &rec.id, rec.generation))
 }
 
 pub fn describe(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {

@@ -176,11 +176,11 @@ fn create(
         updated_at: now,
     };
     batch.put_receiver(&r)?;
-    Ok(Outcome {
-        body: json!({"TrafficMirrorReceiverId": r.id}),
-        // A ClientToken replay is "in progress" until the receiver leaves Creating.
-        session: Some((r.id.clone(), r.generation)),
-    })
+    Ok(Outcome::tracking(
+        json!({"TrafficMirrorReceiverId": r.id}),
+        &r.id,
+        r.generation,
+    ))
 }
 
 fn delete(snap: &Snapshot, p: &Params, batch: &mut Batch) -> Result<Outcome, ApiError> {
@@ -205,10 +205,7 @@ fn delete(snap: &Snapshot, p: &Params, batch: &mut Batch) -> Result<Outcome, Api
     rec.generation += 1;
     rec.updated_at = now_rfc3339();
     batch.put_receiver(&rec)?;
-    Ok(Outcome {
-        body: json!({}),
-        session: Some((rec.id.clone(), rec.generation)),
-    })
+    Ok(Outcome::tracking(json!({}), &rec.id, rec.generation))
 }
 
 pub fn list(svc: &Service, snap: &Snapshot, p: &Params) -> Result<Value, ApiError> {

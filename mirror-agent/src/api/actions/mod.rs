@@ -39,6 +39,14 @@ impl Outcome {
             session: None,
         }
     }
+    /// An answer for a change the reconciler has yet to apply: a ClientToken replay stays "in
+    /// progress" until object `id` settles at `generation`.
+    pub fn tracking(body: Value, id: &str, generation: u64) -> Self {
+        Outcome {
+            body,
+            session: Some((id.to_owned(), generation)),
+        }
+    }
 }
 
 /// Whether an action changes the store (under the write lock, with ClientToken and DryRun)

@@ -227,10 +227,11 @@ pub(super) fn create_session(
         updated_at: now,
     };
     batch.put_session(&s)?;
-    Ok(Outcome {
-        body: json!({"TrafficMirrorSessionId": id}),
-        session: Some((id, 1)),
-    })
+    Ok(Outcome::tracking(
+        json!({"TrafficMirrorSessionId": id}),
+        &id,
+        1,
+    ))
 }
 
 fn begin_change(s: &SessionRecord) -> SessionRecord {
@@ -347,10 +348,7 @@ fn sources_change<'a>(
 /// Writes a session change; the answer names it, for ClientToken and the reconciler.
 fn put_change(s: SessionRecord, batch: &mut Batch) -> Result<Outcome, ApiError> {
     batch.put_session(&s)?;
-    Ok(Outcome {
-        body: json!({}),
-        session: Some((s.id, s.generation)),
-    })
+    Ok(Outcome::tracking(json!({}), &s.id, s.generation))
 }
 
 pub(super) fn add_sources(
