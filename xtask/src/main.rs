@@ -530,10 +530,11 @@ fn main() -> ExitCode {
             ]))?;
             // The end-to-end suites again with every agent on the fallback copy path (the
             // kernel's VXLAN device), which the fast path otherwise hides.
+            // `--workspace` rather than `-p tests`: the same feature resolution as the run
+            // above, so its builds are reused instead of made again (eBPF object included).
             run(cargo().env("MIRROR_TEST_COPY_PATH", "tunnel").args([
                 "test",
-                "-p",
-                "tests",
+                "--workspace",
                 "--test",
                 "mirror_e2e",
                 "--test",
