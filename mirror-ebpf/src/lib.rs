@@ -32,6 +32,14 @@ pub mod map_names {
     pub const FLOWS_0: &str = "FLOWS_0";
     /// Flow table, second half of the double buffer.
     pub const FLOWS_1: &str = "FLOWS_1";
+    /// REJECT flows (the drop tracepoint), first half of the double buffer.
+    pub const FLOW_REJECTS_0: &str = "FLOW_REJECTS_0";
+    /// REJECT flows, second half of the double buffer.
+    pub const FLOW_REJECTS_1: &str = "FLOW_REJECTS_1";
+    /// Per-CPU hot cache in front of `FLOWS_0`.
+    pub const FLOW_CACHE_0: &str = "FLOW_CACHE_0";
+    /// Per-CPU hot cache in front of `FLOWS_1`.
+    pub const FLOW_CACHE_1: &str = "FLOW_CACHE_1";
     /// Which flow table the programs write.
     pub const FLOW_CTL: &str = "FLOW_CTL";
     /// Per-CPU flow-accounting counters (SKIPDATA).
@@ -64,6 +72,10 @@ pub mod map_names {
         RULE_STATS,
         FLOWS_0,
         FLOWS_1,
+        FLOW_REJECTS_0,
+        FLOW_REJECTS_1,
+        FLOW_CACHE_0,
+        FLOW_CACHE_1,
         FLOW_CTL,
         FLOW_STATS,
         SKB_LAYOUT,
@@ -443,8 +455,8 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
-/// Value of the flow tables. Counters are added atomically (a flow's packets arrive on
-/// several CPUs); the agent reads an idle table only (see `FLOW_CTL`).
+/// Value of the flow tables and cache slots. Table counters are added atomically (a flow's
+/// packets arrive on several CPUs); the agent reads an idle table only (see `FLOW_CTL`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -452,13 +464,62 @@ pub struct FlowValue {
     pub packets: u64,
     /// IP bytes on the wire (IP header and payload, as the IP total length counts them).
     pub bytes: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and last packet.
+    /// CLOCK_MONOTONIC of the first and last packet: `bpf_ktime_get_coarse_ns` (the clock as
+    /// of the last tick, a plain read) in the source programs, `bpf_ktime_get_ns` in the drop
+    /// tracepoint (tracing programs may not use the coarse one).
     pub first_ns: u64,
     pub last_ns: u64,
     /// OR of the TCP flags seen (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32).
     pub tcp_flags: u32,
     /// The kernel's `enum skb_drop_reason` of the last drop (REJECT flows).
     pub drop_reason: u32,
+}
+
+/// Slots of each CPU's flow cache (`FLOW_CACHE_0` / `FLOW_CACHE_1`), a power of two. A slot
+/// is 88 bytes: 1024 slots are 88 KiB per CPU and buffer, small enough to stay in the CPU's
+/// cache, large enough that a few hundred busy flows per CPU rarely collide.
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
+/// log2 of `FLOW_CACHE_SLOTS` (the slot is the top bits of a multiplicative hash).
+pub const FLOW_CACHE_BITS: u32 = 10;
+const _: () = assert!(1 << FLOW_CACHE_BITS == FLOW_CACHE_SLOTS);
+
+/// One slot of a CPU's flow cache: the flow this CPU counted last at this slot and what it
+/// counted since the flow last left the cache. Only that CPU's source programs write it
+/// (without atomics); a flow that needs the slot moves the old one into the shared table
+/// with atomic adds. The agent reads and clears the idle buffer's slots with the idle table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    pub key: FlowKey,
+    /// 0: empty; else the source's `FLOW_STATS` index + 1 (where a flow that cannot move
+    /// into a full table is counted as SKIPDATA).
+    pub stats: u32,
+    pub value: FlowValue,
+}
+
+impl FlowCacheSlot {
+    pub const EMPTY: FlowCacheSlot = FlowCacheSlot {
+        key: FlowKey {
+            ifindex: 0,
+            direction: 0,
+            ip_version: 0,
+            protocol: 0,
+            action: 0,
+            src: [0; 4],
+            dst: [0; 4],
+            src_port: 0,
+            dst_port: 0,
+        },
+        stats: 0,
+        value: FlowValue {
+            packets: 0,
+            bytes: 0,
+            first_ns: 0,
+            last_ns: 0,
+            tcp_flags: 0,
+            drop_reason: 0,
+        },
+    };
 }
 
 /// Index 0 of the `FLOW_CTL` array: which of `FLOWS_0`/`FLOWS_1` the programs write. The
@@ -613,6 +674,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for FlowCacheSlot {}
     unsafe impl aya::Pod for SkbLayout {}
     unsafe impl aya::Pod for RxInterface {}
     unsafe impl aya::Pod for RxVniKey {}
@@ -637,6 +699,7 @@ const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 44 + 4 + 40);
 const _: () = assert!(core::mem::size_of::<SkbLayout>() == 52);
 const _: () = assert!(core::mem::size_of::<RxInterface>() == 8);
 const _: () = assert!(core::mem::size_of::<RxVniKey>() == 8);

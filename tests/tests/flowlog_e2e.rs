@@ -16,8 +16,9 @@ use mirror_tests::{
     agent::Agent,
     capture::{self, Capture},
     netns::in_netns,
+    pktgen,
     tcx::raw_tracepoint_links,
-    topology::{NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, WL_ADDR, WL_ADDR6},
+    topology::{self, NODE_SRC_ADDR, NODE_SRC_ADDR6, Topology, WL_ADDR, WL_ADDR6},
 };
 use serde_json::Value;
 
@@ -344,21 +345,46 @@ fn a_full_flow_table_shows_as_skipdata_not_silence() {
     }
     let agent = Agent::start(&topo.node, &format!("{AGENT_CONFIG}flow_table_size = 8\n"));
     create_flow_log(&agent, "src0", "All", "small");
-    let client = in_netns(&topo.wl, || UdpSocket::bind((WL_ADDR, 0)).expect("client"));
-    // Sockets on every port: no ICMP errors adding egress flows to the count.
-    let _sinks: Vec<UdpSocket> = (0..40u16)
-        .map(|p| {
-            in_netns(&topo.node, || {
-                UdpSocket::bind((NODE_SRC_ADDR, 9000 + p)).expect("sink")
-            })
+    // A socket on the generator's port, read as fast as it fills: no ICMP errors and no
+    // socket drops (REJECT flows) adding to the count.
+    let sink = in_netns(&topo.node, || {
+        UdpSocket::bind((NODE_SRC_ADDR, pktgen::DPORT)).expect("sink")
+    });
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("sink timeout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sink.recv(&mut buf);
+            }
         })
-        .collect();
-    // 40 flows at once into a table of 8.
-    for port in 0..40u16 {
-        client
-            .send_to(&[0u8; 10], (NODE_SRC_ADDR, 9000 + port))
-            .expect("send");
-    }
+    };
+    // Four times as many flows as a CPU's flow cache has slots, into a table of 8: the
+    // caches keep some, the table 8, the rest must show as skipped.
+    let flows = 4 * mirror_ebpf::FLOW_CACHE_SLOTS as u16;
+    let generator = pktgen::Generator::start(
+        &topo.wl,
+        pktgen::GenConfig {
+            ifname: "wl0".into(),
+            src_mac: topology::mac_of(&topo.wl, "wl0"),
+            dst_mac: topology::mac_of(&topo.node, "src0"),
+            src_ip: WL_ADDR.parse().expect("address"),
+            dst_ip: NODE_SRC_ADDR.parse().expect("address"),
+            frame_len: 60,
+            flows,
+            rate_pps: Some(20_000),
+            cpu: None,
+        },
+    );
+    thread::sleep(Duration::from_millis(400));
+    let sent = generator.stop().sent;
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().expect("reader");
+    assert!(sent > u64::from(flows), "the generator sent {sent} frames");
     let recs = settle_records(&agent.state_dir, "small");
     let skipped: u64 = recs
         .iter()
@@ -373,7 +399,7 @@ fn a_full_flow_table_shows_as_skipdata_not_silence() {
     assert!(skipped > 0, "no SKIPDATA record: {recs:?}");
     assert_eq!(
         counted + skipped,
-        40,
+        sent,
         "every packet is either counted or reported skipped"
     );
 }
@@ -860,7 +886,8 @@ fn drop_accounting_is_attached_only_while_a_flow_log_exists() {
     assert_eq!(
         raw_tracepoint_links("flow_drop"),
         1,
-        "attached for the flow log"
+        "attached for the flow log; agent log:\n{}",
+        agent.log_text()
     );
     agent.call(
         "DeleteFlowLog",

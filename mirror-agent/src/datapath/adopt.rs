@@ -4,13 +4,14 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use aya::programs::TcAttachType;
-use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, map_names};
+use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS};
 use tracing::{info, warn};
 
 use super::{
     Datapath, DatapathError, DropLink, EBPF_OBJECT, FlowTables, OpenReport, PROG_EGRESS,
     PROG_ENCAP, PROG_INGRESS, PROG_SEGMENT, PROG_TX, Persistence, Slots, TcAttachMode,
     devices::TunnelDevice,
+    flowtable::sized_flow_maps,
     ifindex, load,
     pins::{self, PinPaths, SavedDatapath, SavedSource, SavedTunnel},
     remove_pins, segment,
@@ -32,10 +33,7 @@ impl Datapath {
         let pins = match PinPaths::prepare(
             &persist.pin_dir,
             EBPF_OBJECT,
-            &[
-                (map_names::FLOWS_0, flow_table_size),
-                (map_names::FLOWS_1, flow_table_size),
-            ],
+            &sized_flow_maps(flow_table_size),
         ) {
             Ok(p) => Some(p),
             // Two agents on one pin directory would adopt and remove each other's links.

@@ -1,26 +1,51 @@
 //! The kernel's double-buffered flow tables, from the agent's side: flip, wait, drain.
 //!
-//! The programs write the table `FLOW_CTL[0]` names. `drain` flips it, waits `grace` so that
-//! programs which read the old index have finished (a program runs for microseconds), then
-//! reads every entry of the now idle table and deletes it. Nothing writes the idle table
-//! meanwhile, so each update is read exactly once: none lost, none counted twice.
+//! The programs write the buffer `FLOW_CTL[0]` names: an ACCEPT table behind a per-CPU
+//! cache, and a REJECT table. `drain` flips it, waits `grace` so that programs which read the
+//! old index have finished (a program runs for microseconds), then reads every entry of the
+//! now idle buffer and empties it. Nothing writes the idle buffer meanwhile, so each update is
+//! read exactly once: none lost, none counted twice.
 
-use mirror_ebpf::map_names;
-use std::time::Duration;
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Duration,
+};
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
-
-use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
-use mirror_ebpf::{DIRECTIONS, FLOW_CTL_ACTIVE, FlowKey, FlowStats, FlowValue};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
+use mirror_ebpf::{
+    DIRECTIONS, FLOW_CACHE_SLOTS, FLOW_CTL_ACTIVE, FlowCacheSlot, FlowKey, FlowStats, FlowValue,
+    map_names,
+};
 
 use super::{DatapathError, map_err};
 
+/// The flow maps whose size `flow_table_size` sets (each holds that many flows).
+pub fn sized_flow_maps(flow_table_size: u32) -> [(&'static str, u32); 4] {
+    [
+        (map_names::FLOWS_0, flow_table_size),
+        (map_names::FLOWS_1, flow_table_size),
+        (map_names::FLOW_REJECTS_0, flow_table_size),
+        (map_names::FLOW_REJECTS_1, flow_table_size),
+    ]
+}
+
+/// One half of the double buffer.
+pub struct FlowBuffer {
+    /// ACCEPT flows moved out of the CPUs' caches.
+    pub accepts: HashMap<MapData, FlowKey, FlowValue>,
+    /// REJECT flows (the drop tracepoint).
+    pub rejects: HashMap<MapData, FlowKey, FlowValue>,
+    /// The CPUs' caches of ACCEPT flows.
+    pub cache: PerCpuArray<MapData, FlowCacheSlot>,
+}
+
 pub struct FlowTables {
-    pub tables: [HashMap<MapData, FlowKey, FlowValue>; 2],
+    pub buffers: [FlowBuffer; 2],
     pub ctl: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, FlowStats>,
     /// Last totals of `stats`, to report what each interval skipped.
-    last_skipped: std::collections::HashMap<u32, u64>,
+    last_skipped: StdHashMap<u32, u64>,
 }
 
 /// One drain: the flows since the previous one, and SKIPDATA counts by stats index
@@ -31,17 +56,30 @@ pub struct Drained {
     pub skipped: Vec<(u32, u64)>,
 }
 
+/// Adds a partial count of a flow to another (cache slots of several CPUs, a cache slot and
+/// the table entry its earlier packets moved to).
+pub fn merge(into: &mut FlowValue, v: &FlowValue) {
+    into.packets += v.packets;
+    into.bytes += v.bytes;
+    into.first_ns = into.first_ns.min(v.first_ns);
+    into.last_ns = into.last_ns.max(v.last_ns);
+    into.tcp_flags |= v.tcp_flags;
+    if v.drop_reason != 0 {
+        into.drop_reason = v.drop_reason;
+    }
+}
+
 impl FlowTables {
     pub fn new(
-        tables: [HashMap<MapData, FlowKey, FlowValue>; 2],
+        buffers: [FlowBuffer; 2],
         ctl: Array<MapData, u32>,
         stats: PerCpuArray<MapData, FlowStats>,
     ) -> FlowTables {
         FlowTables {
-            tables,
+            buffers,
             ctl,
             stats,
-            last_skipped: std::collections::HashMap::new(),
+            last_skipped: StdHashMap::new(),
         }
     }
 
@@ -51,7 +89,7 @@ impl FlowTables {
             .map_err(map_err(map_names::FLOW_CTL))
     }
 
-    /// Flips the active table, waits out programs still writing the old one, and empties it.
+    /// Flips the active buffer, waits out programs still writing the old one, and empties it.
     /// `stats_slots` are the source stats slots to read skip counters for.
     pub fn drain(
         &mut self,
@@ -64,7 +102,9 @@ impl FlowTables {
     }
 
     /// Like `drain`, but hands each flow to `f` as it is read, in batches, so memory stays
-    /// bounded whatever the number of flows. Returns the SKIPDATA counts.
+    /// bounded by the CPUs' caches whatever the number of flows. Each flow comes once, and
+    /// every REJECT flow comes before any ACCEPT flow (so a consumer can take dropped packets
+    /// off their ACCEPT twin while streaming). Returns the SKIPDATA counts.
     pub fn drain_with(
         &mut self,
         grace: Duration,
@@ -76,22 +116,24 @@ impl FlowTables {
             .set(FLOW_CTL_ACTIVE, 1 - old, 0)
             .map_err(map_err(map_names::FLOW_CTL))?;
         std::thread::sleep(grace);
-        let table = &mut self.tables[old as usize];
-        if let Err(e) = lookup_and_delete_batch(table, &mut f) {
-            // Kernels without batch operations: one entry at a time.
-            tracing::debug!("batch drain unavailable ({e}), draining entry by entry");
-            let keys: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
-            for key in keys {
-                match table.get(&key, 0) {
-                    Ok(v) => f(&key, &v),
-                    Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err("FLOWS_0/1")(e)),
+        let buffer = &mut self.buffers[old as usize];
+        drain_table(&mut buffer.rejects, &mut f)?;
+        // The caches hold at most FLOW_CACHE_SLOTS flows per CPU: merged here, then each
+        // joins its table entry (if its earlier packets moved there) as the table streams by.
+        let mut cached = take_cache(&mut buffer.cache)?;
+        drain_table(
+            &mut buffer.accepts,
+            &mut |k: &FlowKey, v: &FlowValue| match cached.remove(k) {
+                Some(c) => {
+                    let mut v = *v;
+                    merge(&mut v, &c);
+                    f(k, &v);
                 }
-                match table.remove(&key) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err("FLOWS_0/1")(e)),
-                }
-            }
+                None => f(k, v),
+            },
+        )?;
+        for (k, v) in &cached {
+            f(k, v);
         }
         self.skipped(stats_slots)
     }
@@ -113,6 +155,63 @@ impl FlowTables {
         }
         Ok(skipped)
     }
+}
+
+/// Reads and empties an idle cache: every CPU's occupied slots, merged by flow.
+fn take_cache(
+    cache: &mut PerCpuArray<MapData, FlowCacheSlot>,
+) -> Result<StdHashMap<FlowKey, FlowValue>, DatapathError> {
+    let mut flows: StdHashMap<FlowKey, FlowValue> = StdHashMap::new();
+    let other = |reason: String| DatapathError::MapOther {
+        name: map_names::FLOW_CACHE_0,
+        reason,
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| other(format!("counting CPUs: {e}")))?;
+    for index in 0..FLOW_CACHE_SLOTS {
+        let slots = cache
+            .get(&index, 0)
+            .map_err(map_err(map_names::FLOW_CACHE_0))?;
+        let mut any = false;
+        for slot in slots.iter().filter(|s| s.stats != 0) {
+            any = true;
+            flows
+                .entry(slot.key)
+                .and_modify(|v| merge(v, &slot.value))
+                .or_insert(slot.value);
+        }
+        if any {
+            let empty = PerCpuValues::try_from(vec![FlowCacheSlot::EMPTY; cpus])
+                .map_err(|e| other(format!("empty slots: {e}")))?;
+            cache
+                .set(index, empty, 0)
+                .map_err(map_err(map_names::FLOW_CACHE_0))?;
+        }
+    }
+    Ok(flows)
+}
+
+/// Reads and deletes a whole idle table, in batches where the kernel has them.
+fn drain_table(
+    table: &mut HashMap<MapData, FlowKey, FlowValue>,
+    f: &mut impl FnMut(&FlowKey, &FlowValue),
+) -> Result<(), DatapathError> {
+    if let Err(e) = lookup_and_delete_batch(table, f) {
+        // Kernels without batch operations: one entry at a time.
+        tracing::debug!("batch drain unavailable ({e}), draining entry by entry");
+        let keys: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            match table.get(&key, 0) {
+                Ok(v) => f(&key, &v),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("FLOWS_0/1")(e)),
+            }
+            match table.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("FLOWS_0/1")(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Entries per BPF_MAP_LOOKUP_AND_DELETE_BATCH call: large enough to amortise the syscall,

@@ -7,6 +7,7 @@ use tracing::warn;
 
 use super::{
     CopyPathMode, Datapath, DatapathError, FlowTables, Programs, Slots, TcAttachMode,
+    flowtable::{FlowBuffer, sized_flow_maps},
     maps::{Maps, take_map},
     pins::{self, PinPaths},
     receive,
@@ -26,10 +27,10 @@ pub fn load(
     // level is fixed when a program is loaded (adopted programs keep theirs).
     let log_level = program_log_level();
     let mut loader = aya::EbpfLoader::new();
-    loader
-        .map_max_entries(map_names::FLOWS_0, flow_table_size)
-        .map_max_entries(map_names::FLOWS_1, flow_table_size)
-        .override_global(aya_log::LEVEL, &log_level, false);
+    for (name, size) in sized_flow_maps(flow_table_size) {
+        loader.map_max_entries(name, size);
+    }
+    loader.override_global(aya_log::LEVEL, &log_level, false);
     if let Some(p) = &pins {
         for &name in pins::PINNED_MAPS {
             loader.map_pin_path(name, p.maps.join(name));
@@ -46,8 +47,16 @@ pub fn load(
     let maps = Maps::take(&mut ebpf)?;
     let flows = FlowTables::new(
         [
-            take_map(&mut ebpf, map_names::FLOWS_0)?,
-            take_map(&mut ebpf, map_names::FLOWS_1)?,
+            FlowBuffer {
+                accepts: take_map(&mut ebpf, map_names::FLOWS_0)?,
+                rejects: take_map(&mut ebpf, map_names::FLOW_REJECTS_0)?,
+                cache: take_map(&mut ebpf, map_names::FLOW_CACHE_0)?,
+            },
+            FlowBuffer {
+                accepts: take_map(&mut ebpf, map_names::FLOWS_1)?,
+                rejects: take_map(&mut ebpf, map_names::FLOW_REJECTS_1)?,
+                cache: take_map(&mut ebpf, map_names::FLOW_CACHE_1)?,
+            },
         ],
         take_map(&mut ebpf, map_names::FLOW_CTL)?,
         take_map(&mut ebpf, map_names::FLOW_STATS)?,

@@ -40,6 +40,10 @@ pub const PINNED_MAPS: &[&str] = &[
     map_names::RULE_STATS,
     map_names::FLOWS_0,
     map_names::FLOWS_1,
+    map_names::FLOW_REJECTS_0,
+    map_names::FLOW_REJECTS_1,
+    map_names::FLOW_CACHE_0,
+    map_names::FLOW_CACHE_1,
     map_names::FLOW_CTL,
     map_names::FLOW_STATS,
     map_names::SKB_LAYOUT,
@@ -371,6 +375,8 @@ mod tests {
                 "bench_empty",
                 "bench_parse",
                 "bench_flow_shared",
+                "bench_flow_evict",
+                "bench_flow_table",
                 "bench_flow_percpu",
             ]);
         }

@@ -23,19 +23,42 @@ pub fn bench_empty(_ctx: TcContext) -> i32 {
     PASS_ORIGINAL
 }
 
-/// Benchmark only: parse and flow accounting into the shared table (the agent's design).
+/// Benchmark only: parse and flow accounting as the agent does it; the same packet again and
+/// again is a hit in this CPU's flow cache.
 #[classifier]
 pub fn bench_flow_shared(ctx: TcContext) -> i32 {
-    bench_flow::<false>(&ctx);
+    bench_flow::<CACHE_HIT>(&ctx);
     PASS_ORIGINAL
 }
 
-/// Benchmark only: parse and flow accounting into a per-CPU table (the alternative).
+/// Benchmark only: the agent's accounting when the packet's cache slot holds another flow,
+/// every time: that flow moves into the shared table (atomic adds on its entry), this one
+/// takes the slot. The worst case of the cache.
 #[classifier]
-pub fn bench_flow_percpu(ctx: TcContext) -> i32 {
-    bench_flow::<true>(&ctx);
+pub fn bench_flow_evict(ctx: TcContext) -> i32 {
+    bench_flow::<CACHE_EVICT>(&ctx);
     PASS_ORIGINAL
 }
+
+/// Benchmark only: the shared table alone, atomic adds, no cache (the design before the
+/// cache).
+#[classifier]
+pub fn bench_flow_table(ctx: TcContext) -> i32 {
+    bench_flow::<TABLE_ONLY>(&ctx);
+    PASS_ORIGINAL
+}
+
+/// Benchmark only: parse and flow accounting into a per-CPU hash table (an alternative).
+#[classifier]
+pub fn bench_flow_percpu(ctx: TcContext) -> i32 {
+    bench_flow::<PERCPU_HASH>(&ctx);
+    PASS_ORIGINAL
+}
+
+const CACHE_HIT: u8 = 0;
+const CACHE_EVICT: u8 = 1;
+const TABLE_ONLY: u8 = 2;
+const PERCPU_HASH: u8 = 3;
 
 /// Benchmark only: parse, nothing else (the base the two flow variants are compared with).
 #[classifier]
@@ -47,7 +70,7 @@ pub fn bench_parse(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
+fn bench_flow<const VARIANT: u8>(ctx: &TcContext) {
     let Parsed::Ip(pkt) = parse(ctx) else {
         return;
     };
@@ -62,10 +85,14 @@ fn bench_flow<const PERCPU: bool>(ctx: &TcContext) {
         src_port: pkt.src_port,
         dst_port: pkt.dst_port,
     };
-    if PERCPU {
-        account_percpu(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32);
-    } else {
-        flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0, 0);
+    match VARIANT {
+        PERCPU_HASH => account_percpu(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32),
+        TABLE_ONLY => flows::account_table_only(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32),
+        CACHE_EVICT => {
+            flows::occupy_cache_slot(&key);
+            flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0);
+        }
+        _ => flows::account(&key, 1, pkt.ip_len as u64, pkt.tcp_flags as u32, 0),
     }
 }
 

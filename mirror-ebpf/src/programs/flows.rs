@@ -1,23 +1,33 @@
 //! Flow accounting for flow logs: every IP packet of a flow-logged interface, and the packets
-//! the node drops (`skb:kfree_skb`), into a double-buffered flow table.
+//! the node drops (`skb:kfree_skb`), into double-buffered flow tables.
 //!
-//! The programs write the table `FLOW_CTL[0]` names. The agent flips it, waits until no
+//! The programs write the buffer `FLOW_CTL[0]` names. The agent flips it, waits until no
 //! program can still be writing the old one (programs run to completion within a softirq or
-//! tracepoint, far shorter than the wait), then reads and empties the idle table: nothing is
-//! lost or counted twice, without batch lookup-and-delete (aya 0.14 has none).
+//! tracepoint, far shorter than the wait), then reads and empties the idle buffer: nothing is
+//! lost or counted twice.
+//!
+//! A packet seen by the source programs (ACCEPT) is counted in its CPU's flow cache, a
+//! direct-mapped per-CPU array: a hit is a few plain adds, no hash-table lookup and no atomic.
+//! A flow that needs an occupied slot moves the old one into the shared table (`FLOWS_*`, one
+//! entry per flow, atomic adds). The source programs run in softirq or with bottom halves
+//! disabled, so nothing else on the CPU writes the slot meanwhile. The drop tracepoint can fire
+//! in process context, where a softirq could interrupt it on the same CPU, so REJECT flows go
+//! straight to their own shared tables (`FLOW_REJECTS_*`), which also lets the agent read
+//! every REJECT flow of a drain before the ACCEPT flows they are taken off.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use mirror_ebpf::{
-    DEFAULT_FLOW_TABLE_SIZE, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, FLOW_CTL_ACTIVE, FLOW_REJECT,
-    FlowKey, FlowStats, FlowValue, MAX_SOURCES, SOURCE_FLOW_LOG, SkbLayout,
+    DEFAULT_FLOW_TABLE_SIZE, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, FLOW_CACHE_BITS,
+    FLOW_CACHE_SLOTS, FLOW_CTL_ACTIVE, FLOW_REJECT, FlowCacheSlot, FlowKey, FlowStats, FlowValue,
+    MAX_SOURCES, SOURCE_FLOW_LOG, SkbLayout,
 };
 
 use super::source_config;
@@ -32,76 +42,220 @@ static FLOWS_0: HashMap<FlowKey, FlowValue> =
 static FLOWS_1: HashMap<FlowKey, FlowValue> =
     HashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
 #[map]
+static FLOW_REJECTS_0: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
+#[map]
+static FLOW_REJECTS_1: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
+#[map]
+static FLOW_CACHE_0: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+#[map]
+static FLOW_CACHE_1: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+#[map]
 static FLOW_CTL: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FLOW_STATS: PerCpuArray<FlowStats> =
     PerCpuArray::with_max_entries(MAX_SOURCES * DIRECTIONS as u32, 0);
 #[map]
 static SKB_LAYOUT: Array<SkbLayout> = Array::with_max_entries(1, 0);
+
+/// Flow timestamps: the coarse monotonic clock is a plain read of what the last tick set
+/// (a few ms of resolution; records carry seconds), where `bpf_ktime_get_ns` reads the
+/// clock source on every packet.
 #[inline(always)]
-fn add(v: *mut FlowValue, packets: u64, bytes: u64, now: u64, tcp_flags: u32, reason: u32) {
-    // SAFETY: `v` points into a map value that stays valid for the program's run; the
+fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn active_buffer() -> u32 {
+    FLOW_CTL.get(FLOW_CTL_ACTIVE).copied().unwrap_or(0)
+}
+
+/// Adds counts gathered elsewhere (a cache slot, or one dropped packet) to a shared entry.
+#[inline(always)]
+fn add_shared(e: *mut FlowValue, v: &FlowValue) {
+    // SAFETY: `e` points into a map value that stays valid for the program's run; the
     // counters are shared between CPUs, hence atomic adds.
     unsafe {
         // The BPF target has no `AtomicU64::fetch_add`; the intrinsic with its result unused
         // compiles to the BPF atomic add every CPU version has.
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, packets);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, bytes);
-        // Any recent time is right; racing CPUs write times microseconds apart.
-        (*v).last_ns = now;
-        // Flags change rarely (SYN, FIN, RST): write only when a new one appears.
-        if (*v).tcp_flags & tcp_flags != tcp_flags {
-            (*v).tcp_flags |= tcp_flags;
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*e).packets, v.packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*e).bytes, v.bytes);
+        // Racing CPUs write times microseconds apart; any of them is right.
+        if v.first_ns < (*e).first_ns {
+            (*e).first_ns = v.first_ns;
         }
-        if reason != 0 {
-            (*v).drop_reason = reason;
+        if v.last_ns > (*e).last_ns {
+            (*e).last_ns = v.last_ns;
+        }
+        // Flags change rarely (SYN, FIN, RST): write only when a new one appears.
+        if (*e).tcp_flags & v.tcp_flags != v.tcp_flags {
+            (*e).tcp_flags |= v.tcp_flags;
+        }
+        if v.drop_reason != 0 {
+            (*e).drop_reason = v.drop_reason;
         }
     }
 }
 
-/// Adds a packet to its flow; when the table is full the loss is counted (SKIPDATA).
+/// Adds `v` to the flow's shared entry, creating it; when the table is full the packets are
+/// counted as SKIPDATA under `stats_index`.
 #[inline(always)]
-pub fn account(
+fn add_to_table(
+    table: &HashMap<FlowKey, FlowValue>,
     key: &FlowKey,
-    packets: u64,
-    bytes: u64,
-    tcp_flags: u32,
-    reason: u32,
+    v: &FlowValue,
     stats_index: u32,
 ) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let active = FLOW_CTL.get(FLOW_CTL_ACTIVE).copied().unwrap_or(0);
-    let table = if active == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    if let Some(v) = table.get_ptr_mut(key) {
-        add(v, packets, bytes, now, tcp_flags, reason);
+    if let Some(e) = table.get_ptr_mut(key) {
+        add_shared(e, v);
         return;
     }
-    let value = FlowValue {
-        packets,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: reason,
-    };
-    match table.insert(key, value, BPF_NOEXIST as u64) {
+    match table.insert(key, *v, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
-            if let Some(v) = table.get_ptr_mut(key) {
-                add(v, packets, bytes, now, tcp_flags, reason);
+            if let Some(e) = table.get_ptr_mut(key) {
+                add_shared(e, v);
             }
         }
         Err(_) => {
             if let Some(s) = FLOW_STATS.get_ptr_mut(stats_index) {
                 // SAFETY: per-CPU value, only this CPU writes it.
                 unsafe {
-                    (*s).skipped_packets += packets;
+                    (*s).skipped_packets += v.packets;
                     (*s).skipped_flows += 1;
                 }
             }
         }
     }
+}
+
+/// The cache slot of a flow: the top bits of a multiplicative hash of its key.
+#[inline(always)]
+fn cache_index(key: &FlowKey) -> u32 {
+    let mut h = key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3];
+    h ^= (key.dst[0] ^ key.dst[1] ^ key.dst[2] ^ key.dst[3]).rotate_left(16);
+    h ^= ((key.src_port as u32) << 16) | key.dst_port as u32;
+    h ^= key.ifindex.rotate_left(8) ^ ((key.protocol as u32) << 24) ^ key.direction as u32;
+    h.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_BITS)
+}
+
+/// Counts a packet the source programs saw (ACCEPT). Only for programs that run in softirq
+/// or with bottom halves disabled (TC): the cache slot is written without atomics.
+#[inline(always)]
+pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_index: u32) {
+    let now = now_ns();
+    let active = active_buffer();
+    let cache = if active == 0 {
+        &FLOW_CACHE_0
+    } else {
+        &FLOW_CACHE_1
+    };
+    let table = if active == 0 { &FLOWS_0 } else { &FLOWS_1 };
+    let fresh = FlowValue {
+        packets,
+        bytes,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags,
+        drop_reason: 0,
+    };
+    let Some(slot) = cache.get_ptr_mut(cache_index(key)) else {
+        add_to_table(table, key, &fresh, stats_index);
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else on this CPU runs a source program meanwhile
+    // (softirq, or bottom halves disabled), and the agent touches only the idle buffer.
+    let slot = unsafe { &mut *slot };
+    if slot.stats != 0 && slot.key == *key {
+        slot.value.packets += packets;
+        slot.value.bytes += bytes;
+        slot.value.last_ns = now;
+        if slot.value.tcp_flags & tcp_flags != tcp_flags {
+            slot.value.tcp_flags |= tcp_flags;
+        }
+        return;
+    }
+    if slot.stats != 0 {
+        let old_key = slot.key;
+        let old_value = slot.value;
+        add_to_table(table, &old_key, &old_value, slot.stats - 1);
+    }
+    slot.key = *key;
+    slot.stats = stats_index + 1;
+    slot.value = fresh;
+}
+
+/// Benchmark only: the shared table without the cache in front (the design before it).
+#[cfg(feature = "bench")]
+#[inline(always)]
+pub fn account_table_only(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32) {
+    let now = now_ns();
+    let table = if active_buffer() == 0 {
+        &FLOWS_0
+    } else {
+        &FLOWS_1
+    };
+    let v = FlowValue {
+        packets,
+        bytes,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags,
+        drop_reason: 0,
+    };
+    add_to_table(table, key, &v, 0);
+}
+
+/// Benchmark only: puts another flow (the key with its ports swapped) in `key`'s cache slot,
+/// so that the next `account` of `key` moves it out.
+#[cfg(feature = "bench")]
+#[inline(always)]
+pub fn occupy_cache_slot(key: &FlowKey) {
+    let cache = if active_buffer() == 0 {
+        &FLOW_CACHE_0
+    } else {
+        &FLOW_CACHE_1
+    };
+    if let Some(slot) = cache.get_ptr_mut(cache_index(key)) {
+        // SAFETY: this CPU's slot, as in `account`.
+        let slot = unsafe { &mut *slot };
+        slot.key = *key;
+        slot.key.src_port = key.dst_port;
+        slot.key.dst_port = key.src_port;
+        slot.stats = 1;
+        slot.value.packets = 1;
+        slot.value.bytes = 64;
+    }
+}
+
+/// Counts a dropped packet (REJECT) in the shared REJECT table, with atomics: the drop
+/// tracepoint may run in process context, where a softirq on the same CPU could interrupt
+/// a plain read-modify-write.
+#[inline(always)]
+fn account_reject(key: &FlowKey, bytes: u64, tcp_flags: u32, reason: u32, stats_index: u32) {
+    // Tracing programs may not read the coarse clock (its seqlock could be held by the
+    // code being traced); the precise one has the same base, a tick apart at most.
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let table = if active_buffer() == 0 {
+        &FLOW_REJECTS_0
+    } else {
+        &FLOW_REJECTS_1
+    };
+    let v = FlowValue {
+        packets: 1,
+        bytes,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags,
+        drop_reason: reason,
+    };
+    add_to_table(table, key, &v, stats_index);
 }
 
 #[inline(always)]
@@ -132,25 +286,35 @@ fn try_flow_drop(ctx: &RawTracePointContext) -> Option<()> {
     if l.valid == 0 || skb == 0 {
         return None;
     }
+    // The tracepoint fires for every drop on the host, so the cheapest test goes first: a
+    // received packet names its input interface, and most drops are of interfaces without a
+    // flow log (one read and one lookup). Locally sent packets only have their device.
+    let iif: u32 = read(skb + l.skb_iif as u64)?;
+    let (ifindex, direction, dev) = if iif != 0 {
+        (iif, DIR_INGRESS, 0)
+    } else {
+        let dev: u64 = read(skb + l.dev as u64)?;
+        if dev == 0 {
+            return None;
+        }
+        (read::<u32>(dev + l.dev_ifindex as u64)?, DIR_EGRESS, dev)
+    };
+    let source = source_config(ifindex)?;
+    if source.flags & SOURCE_FLOW_LOG == 0 {
+        return None;
+    }
     // Only drops in the agent's own network namespace: interface indexes repeat across
-    // namespaces, and the tracepoint fires for all of them.
-    let dev: u64 = read(skb + l.dev as u64)?;
+    // namespaces.
+    let dev: u64 = if dev != 0 {
+        dev
+    } else {
+        read(skb + l.dev as u64)?
+    };
     if dev == 0 {
         return None;
     }
     let net: u64 = read(dev + l.dev_nd_net as u64)?;
     if net == 0 || read::<u32>(net + l.net_inum as u64)? != l.netns_inum {
-        return None;
-    }
-    let iif: u32 = read(skb + l.skb_iif as u64)?;
-    // Received packets carry their input interface; locally sent ones only their device.
-    let (ifindex, direction) = if iif != 0 {
-        (iif, DIR_INGRESS)
-    } else {
-        (read::<u32>(dev + l.dev_ifindex as u64)?, DIR_EGRESS)
-    };
-    let source = source_config(ifindex)?;
-    if source.flags & SOURCE_FLOW_LOG == 0 {
         return None;
     }
     let head: u64 = read(skb + l.head as u64)?;
@@ -215,9 +379,8 @@ fn try_flow_drop(ctx: &RawTracePointContext) -> Option<()> {
             tcp_flags = (l4[13] & 0x3f) as u32;
         }
     }
-    account(
+    account_reject(
         &key,
-        1,
         bytes,
         tcp_flags,
         reason as u32,

@@ -189,7 +189,6 @@ fn account_flow<const DIR: u32>(ctx: &TcContext, source: &SourceConfig, pkt: &Pa
         segs as u64,
         bytes,
         pkt.tcp_flags as u32,
-        0,
         source.stats_slot * DIRECTIONS as u32 + DIR,
     );
 }

@@ -142,7 +142,8 @@ pub fn drain_section(n: u32) -> String {
                             drop_reason: 0,
                         };
                         let active = flows.active().expect("active table") as usize;
-                        flows.tables[active]
+                        flows.buffers[active]
+                            .accepts
                             .insert(key, value, 0)
                             .expect("filling the flow table");
                     }
