@@ -103,6 +103,10 @@ fn unix_secs(mono_ns: u64, offset: i128) -> u64 {
 pub struct Twins {
     /// REJECT key → (packets, bytes) still to take off its ACCEPT twin.
     rejects: HashMap<FlowKey, (u64, u64)>,
+    accepts_seen: bool,
+    /// REJECT flows that came after an ACCEPT flow: the order was broken, and their packets
+    /// may be in an ACCEPT record too. Counted so that it shows instead of passing silently.
+    pub late_rejects: u64,
 }
 
 impl Twins {
@@ -111,11 +115,13 @@ impl Twins {
     /// ACCEPT flow, and each key once.
     pub fn settle(&mut self, key: &FlowKey, v: &FlowValue) -> Option<FlowValue> {
         if key.action == FLOW_REJECT {
+            self.late_rejects += u64::from(self.accepts_seen);
             let e = self.rejects.entry(*key).or_default();
             e.0 += v.packets;
             e.1 += v.bytes;
             return Some(*v);
         }
+        self.accepts_seen = true;
         let twin = FlowKey {
             action: FLOW_REJECT,
             ..*key
@@ -358,6 +364,35 @@ mod tests {
         );
         let start = r.iter().find_map(|x| x.flow.as_ref().map(|_| x.start));
         assert_eq!(start, Some(151));
+    }
+
+    #[test]
+    fn twins_in_drain_order_and_a_broken_order_is_counted() {
+        let mut t = Twins::default();
+        assert_eq!(
+            t.settle(&key(FLOW_REJECT, 53), &val(4)).map(|v| v.packets),
+            Some(4)
+        );
+        assert_eq!(
+            t.settle(&key(FLOW_REJECT, 54), &val(2)).map(|v| v.packets),
+            Some(2)
+        );
+        assert_eq!(t.len(), 2);
+        let a = t.settle(&key(FLOW_ACCEPT, 53), &val(10)).expect("6 left");
+        assert_eq!((a.packets, a.bytes), (6, 600));
+        assert_eq!(
+            t.settle(&key(FLOW_ACCEPT, 54), &val(2)),
+            None,
+            "all dropped"
+        );
+        assert_eq!(
+            t.settle(&key(FLOW_ACCEPT, 55), &val(1)).map(|v| v.packets),
+            Some(1)
+        );
+        assert!(t.is_empty(), "each twin used once");
+        assert_eq!(t.late_rejects, 0);
+        t.settle(&key(FLOW_REJECT, 56), &val(1));
+        assert_eq!(t.late_rejects, 1);
     }
 
     #[test]

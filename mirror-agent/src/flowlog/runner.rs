@@ -426,6 +426,12 @@ fn close_intervals<E: std::fmt::Display>(
         .observe(drain_started.elapsed().as_secs_f64());
     metrics.flowlog_active_flows.set(drained_flows as i64);
     metrics.flowlog_evicted_flows.inc_by(drained_flows);
+    if twins.late_rejects > 0 {
+        warn!(
+            late = twins.late_rejects,
+            "the drain yielded REJECT flows after ACCEPT flows: their packets may also be in ACCEPT records"
+        );
+    }
     drop(twins);
     let skipped = match skipped {
         Ok(s) => s,
