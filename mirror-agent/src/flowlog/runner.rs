@@ -433,15 +433,21 @@ fn close_intervals<E: std::fmt::Display>(
         );
     }
     drop(twins);
-    let skipped = match skipped {
-        Ok(s) => s,
+    let (skipped, drain_error) = match skipped {
+        Ok(s) => (s, None),
         Err(e) => {
             warn!("draining the flow table: {e}");
             if drained_flows == 0 {
                 return false;
             }
-            // Records of what was read may be written already: close with them.
-            Vec::new()
+            // Records of what was read may be written already: close with them, and say
+            // that the interval may lack flows (those left in the table go to the next one).
+            (
+                Vec::new(),
+                Some(format!(
+                    "draining the flow table: {e}; the interval may lack flows"
+                )),
+            )
         }
     };
     for (index, n) in skipped {
@@ -486,6 +492,7 @@ fn close_intervals<E: std::fmt::Display>(
             .with_label_values(&[id])
             .set(now as i64);
         let mut errors = writer.errors;
+        errors.extend(drain_error.clone());
         match writer.file_error {
             Some(e) => errors.push(format!(
                 "file sink: {e}{}; {} records kept for retry",
@@ -768,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_that_reads_nothing_leaves_the_interval_open() {
+    fn a_failed_drain_leaves_the_interval_open_unless_it_read_flows() {
         let dir = TempDir(std::env::temp_dir().join(format!(
             "flowlog-runner-fail-{}-{:?}",
             std::process::id(),
@@ -801,6 +808,23 @@ mod tests {
         assert!(
             lines(&dir.0, "fl-a").is_empty(),
             "no NODATA for a failed drain"
+        );
+
+        // Failing after some flows: those are written, the interval closes, the flow log says
+        // it may lack flows.
+        let drained = close_intervals(&cx, &plan, &mut logs, &mut None, NOW, false, |f| {
+            for i in 0..3 {
+                f(&key(i, FLOW_ACCEPT), &val(1));
+            }
+            Err("EIO")
+        });
+        assert!(drained);
+        assert_eq!(logs["fl-a"].started, NOW);
+        assert_eq!(lines(&dir.0, "fl-a").len(), 3);
+        let errors = status.read().map(|s| s.clone()).unwrap_or_default();
+        assert!(
+            errors["fl-a"].iter().any(|e| e.contains("may lack flows")),
+            "{errors:?}"
         );
     }
 }
