@@ -22,7 +22,8 @@ use mirror_tests::{
 };
 use serde_json::Value;
 
-/// Drain often and use a 2-second interval: the test sees records within seconds.
+/// Look for ended intervals often and use 2-second intervals: the test sees records within
+/// seconds.
 const AGENT_CONFIG: &str = "flow_drain_ms = 200\n";
 
 /// The fields these tests read (AWS's default format has only the version 2 ones).
@@ -903,9 +904,9 @@ fn drop_accounting_is_attached_only_while_a_flow_log_exists() {
     }
 }
 
-/// SIGTERM in the middle of a long interval (a rolling update): the agent writes what it has
-/// drained as a short interval instead of dropping it; the kernel keeps counting for the next
-/// agent.
+/// SIGTERM in the middle of a long interval (a rolling update): the agent drains the table and
+/// writes what it holds as a short interval instead of dropping it; the kernel keeps counting
+/// for the next agent.
 #[test]
 fn sigterm_writes_the_interval_in_progress() {
     let topo = Topology::new();
@@ -936,7 +937,7 @@ fn sigterm_writes_the_interval_in_progress() {
             .send_to(&[1u8; 120], (NODE_SRC_ADDR, 7300))
             .expect("send");
     }
-    // Drained into the agent's interval (every 200 ms), far from its end.
+    // Counted in the kernel's table for the interval, far from its end.
     thread::sleep(Duration::from_millis(1000));
     let dir = agent.terminate();
     let packets: u64 = records(&dir.join("state"), "long")

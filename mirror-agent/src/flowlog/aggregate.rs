@@ -1,16 +1,19 @@
-//! Drained kernel flows → one flow log's records for an interval (SPEC section 5).
+//! Drained kernel flows → one flow log's records for an interval (SPEC section 5), flow by
+//! flow, so that an interval is never held in memory as a whole.
 //!
 //! Dropped packets were usually counted twice by the kernel: once by the source program
 //! (ACCEPT, TC runs before netfilter) and once by the drop tracepoint (REJECT). A REJECT flow's
 //! packets are therefore taken off the ACCEPT flow with the same interface, direction and
-//! addresses, so each packet is in exactly one record.
+//! addresses, so each packet is in exactly one record. [`Twins`] does that while the flows
+//! stream by: it needs every REJECT flow before any ACCEPT flow, which is the order
+//! `FlowTables::drain_with` yields them in (and [`stream_pending`] for merged flows).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use mirror_ebpf::{DIR_INGRESS, FLOW_ACCEPT, FLOW_REJECT, FlowKey, FlowValue};
+use mirror_ebpf::{DIR_INGRESS, FLOW_REJECT, FlowKey, FlowValue};
 
 use super::record::{FlowAction, FlowDirection, FlowFields, FlowRecord, LogStatus};
 
@@ -32,7 +35,8 @@ impl TrafficType {
     }
 }
 
-/// Flows of one flow log accumulated over its interval.
+/// Flows of one flow log merged over several drains: only those drained while its interval
+/// had not ended (another flow log's interval ended first). Memory grows with its flows.
 #[derive(Debug, Default)]
 pub struct Pending {
     pub flows: HashMap<FlowKey, FlowValue>,
@@ -74,6 +78,7 @@ fn addr(version: u8, words: &[u32; 4]) -> IpAddr {
 }
 
 /// What the records need besides the flows.
+#[derive(Clone)]
 pub struct Interval<'a> {
     pub flow_log_id: &'a str,
     pub traffic: TrafficType,
@@ -91,42 +96,80 @@ fn unix_secs(mono_ns: u64, offset: i128) -> u64 {
     ((i128::from(mono_ns) + offset).max(0) / 1_000_000_000) as u64
 }
 
-pub fn records(pending: Pending, iv: &Interval<'_>) -> Vec<FlowRecord> {
-    let mut flows = pending.flows;
-    // Take dropped packets off their ACCEPT twin.
-    let rejects: Vec<(FlowKey, FlowValue)> = flows
-        .iter()
-        .filter(|(k, _)| k.action == FLOW_REJECT)
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    for (k, v) in rejects {
-        let twin = FlowKey {
-            action: FLOW_ACCEPT,
-            ..k
-        };
-        let emptied = match flows.get_mut(&twin) {
-            Some(a) => {
-                let n = a.packets.min(v.packets);
-                a.packets -= n;
-                a.bytes = a.bytes.saturating_sub(v.bytes.min(a.bytes));
-                a.packets == 0
-            }
-            None => false,
-        };
-        if emptied {
-            flows.remove(&twin);
+/// The REJECT flows of one drain (or of one merged interval), kept until their ACCEPT twin
+/// streams by. Normally few: a REJECT flood of many distinct flows makes this map as large as
+/// the flood (about 60 bytes per REJECT flow).
+#[derive(Debug, Default)]
+pub struct Twins {
+    /// REJECT key → (packets, bytes) still to take off its ACCEPT twin.
+    rejects: HashMap<FlowKey, (u64, u64)>,
+    accepts_seen: bool,
+    /// REJECT flows that came after an ACCEPT flow: the order was broken, and their packets
+    /// may be in an ACCEPT record too. Counted so that it shows instead of passing silently.
+    pub late_rejects: u64,
+}
+
+impl Twins {
+    /// The counts the record of `key` reports: a REJECT flow's own; an ACCEPT flow's less its
+    /// REJECT twin's, `None` when no packet is left. Every REJECT flow must come before any
+    /// ACCEPT flow, and each key once.
+    pub fn settle(&mut self, key: &FlowKey, v: &FlowValue) -> Option<FlowValue> {
+        if key.action == FLOW_REJECT {
+            self.late_rejects += u64::from(self.accepts_seen);
+            let e = self.rejects.entry(*key).or_default();
+            e.0 += v.packets;
+            e.1 += v.bytes;
+            return Some(*v);
         }
-    }
-    let mut out = Vec::new();
-    let mut seen: BTreeMap<u32, bool> = iv.interfaces.keys().map(|i| (*i, false)).collect();
-    let mut keys: Vec<&FlowKey> = flows.keys().collect();
-    keys.sort();
-    for k in keys {
-        let v = &flows[k];
-        let Some(name) = iv.interfaces.get(&k.ifindex) else {
-            continue;
+        self.accepts_seen = true;
+        let twin = FlowKey {
+            action: FLOW_REJECT,
+            ..*key
         };
-        seen.insert(k.ifindex, true);
+        // Each ACCEPT key comes once: its twin is no longer needed afterwards.
+        let Some((packets, bytes)) = self.rejects.remove(&twin) else {
+            return Some(*v);
+        };
+        let mut a = *v;
+        a.packets -= a.packets.min(packets);
+        a.bytes = a.bytes.saturating_sub(bytes.min(a.bytes));
+        (a.packets != 0).then_some(a)
+    }
+
+    /// REJECT flows held.
+    pub fn len(&self) -> usize {
+        self.rejects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rejects.is_empty()
+    }
+}
+
+/// One flow log's interval turned into records flow by flow: only which covered interfaces
+/// had traffic is kept, for the NODATA records that close the interval.
+pub struct IntervalRecords<'a> {
+    iv: Interval<'a>,
+    seen: BTreeMap<u32, bool>,
+}
+
+impl<'a> IntervalRecords<'a> {
+    pub fn new(iv: Interval<'a>) -> IntervalRecords<'a> {
+        let seen = iv.interfaces.keys().map(|i| (*i, false)).collect();
+        IntervalRecords { iv, seen }
+    }
+
+    pub fn interval(&self) -> &Interval<'a> {
+        &self.iv
+    }
+
+    /// The record of one flow whose counts [`Twins::settle`] gave; `None` when the flow is
+    /// not on one of the flow log's interfaces or its TrafficType leaves it out.
+    pub fn record(&mut self, k: &FlowKey, v: &FlowValue) -> Option<FlowRecord> {
+        let iv = &self.iv;
+        let name = iv.interfaces.get(&k.ifindex)?;
+        // Traffic the TrafficType leaves out still means the interface had data.
+        self.seen.insert(k.ifindex, true);
         let action = if k.action == FLOW_REJECT {
             FlowAction::Reject
         } else {
@@ -138,9 +181,9 @@ pub fn records(pending: Pending, iv: &Interval<'_>) -> Vec<FlowRecord> {
             TrafficType::Drop => action == FlowAction::Reject,
         };
         if !keep {
-            continue;
+            return None;
         }
-        out.push(FlowRecord {
+        Some(FlowRecord {
             flow_log_id: iv.flow_log_id.to_string(),
             interface_id: name.clone(),
             ifindex: k.ifindex,
@@ -170,43 +213,86 @@ pub fn records(pending: Pending, iv: &Interval<'_>) -> Vec<FlowRecord> {
             end: unix_secs(v.last_ns, iv.mono_to_unix_ns).clamp(iv.start, iv.end),
             log_status: LogStatus::Ok,
             skipped_packets: 0,
-        });
+        })
     }
-    for (ifindex, n) in &pending.skipped {
-        if let Some(name) = iv.interfaces.get(ifindex) {
-            seen.insert(*ifindex, true);
-            out.push(FlowRecord {
-                flow_log_id: iv.flow_log_id.to_string(),
-                interface_id: name.clone(),
-                ifindex: *ifindex,
-                flow: None,
-                start: iv.start,
-                end: iv.end,
-                log_status: LogStatus::SkipData,
-                skipped_packets: *n,
-            });
+
+    /// The records that close the interval: SKIPDATA for each covered interface whose
+    /// packets the full table could not account (`skipped`, by interface index), NODATA for
+    /// each covered interface without any flow.
+    pub fn finish(self, skipped: &HashMap<u32, u64>) -> Vec<FlowRecord> {
+        let IntervalRecords { iv, mut seen } = self;
+        let mut out = Vec::new();
+        for (ifindex, n) in skipped {
+            if let Some(name) = iv.interfaces.get(ifindex) {
+                seen.insert(*ifindex, true);
+                out.push(FlowRecord {
+                    flow_log_id: iv.flow_log_id.to_string(),
+                    interface_id: name.clone(),
+                    ifindex: *ifindex,
+                    flow: None,
+                    start: iv.start,
+                    end: iv.end,
+                    log_status: LogStatus::SkipData,
+                    skipped_packets: *n,
+                });
+            }
+        }
+        for (ifindex, had) in seen {
+            if !had && let Some(name) = iv.interfaces.get(&ifindex) {
+                out.push(FlowRecord {
+                    flow_log_id: iv.flow_log_id.to_string(),
+                    interface_id: name.clone(),
+                    ifindex,
+                    flow: None,
+                    start: iv.start,
+                    end: iv.end,
+                    log_status: LogStatus::NoData,
+                    skipped_packets: 0,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Streams flows merged over several drains (a [`Pending`]) into `out`'s records, REJECT
+/// flows first as [`Twins`] needs; `emit` gets each record. The SKIPDATA and NODATA records
+/// are left to [`IntervalRecords::finish`].
+pub fn stream_pending(
+    pending: &Pending,
+    out: &mut IntervalRecords<'_>,
+    mut emit: impl FnMut(FlowRecord),
+) {
+    let mut twins = Twins::default();
+    for rejects in [true, false] {
+        for (k, v) in pending
+            .flows
+            .iter()
+            .filter(|(k, _)| (k.action == FLOW_REJECT) == rejects)
+        {
+            if let Some(v) = twins.settle(k, v)
+                && let Some(r) = out.record(k, &v)
+            {
+                emit(r);
+            }
         }
     }
-    for (ifindex, had) in seen {
-        if !had && let Some(name) = iv.interfaces.get(&ifindex) {
-            out.push(FlowRecord {
-                flow_log_id: iv.flow_log_id.to_string(),
-                interface_id: name.clone(),
-                ifindex,
-                flow: None,
-                start: iv.start,
-                end: iv.end,
-                log_status: LogStatus::NoData,
-                skipped_packets: 0,
-            });
-        }
-    }
-    out
+}
+
+/// The whole interval's records at once, in no particular order: the interval as the runner
+/// held it before it streamed (the tests, and the bench's comparison, use it).
+pub fn records(pending: Pending, iv: &Interval<'_>) -> Vec<FlowRecord> {
+    let mut out = IntervalRecords::new(iv.clone());
+    let mut records = Vec::with_capacity(pending.flows.len());
+    stream_pending(&pending, &mut out, |r| records.push(r));
+    records.extend(out.finish(&pending.skipped));
+    records
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirror_ebpf::FLOW_ACCEPT;
 
     fn key(action: u8, dport: u16) -> FlowKey {
         FlowKey {
@@ -278,6 +364,35 @@ mod tests {
         );
         let start = r.iter().find_map(|x| x.flow.as_ref().map(|_| x.start));
         assert_eq!(start, Some(151));
+    }
+
+    #[test]
+    fn twins_in_drain_order_and_a_broken_order_is_counted() {
+        let mut t = Twins::default();
+        assert_eq!(
+            t.settle(&key(FLOW_REJECT, 53), &val(4)).map(|v| v.packets),
+            Some(4)
+        );
+        assert_eq!(
+            t.settle(&key(FLOW_REJECT, 54), &val(2)).map(|v| v.packets),
+            Some(2)
+        );
+        assert_eq!(t.len(), 2);
+        let a = t.settle(&key(FLOW_ACCEPT, 53), &val(10)).expect("6 left");
+        assert_eq!((a.packets, a.bytes), (6, 600));
+        assert_eq!(
+            t.settle(&key(FLOW_ACCEPT, 54), &val(2)),
+            None,
+            "all dropped"
+        );
+        assert_eq!(
+            t.settle(&key(FLOW_ACCEPT, 55), &val(1)).map(|v| v.packets),
+            Some(1)
+        );
+        assert!(t.is_empty(), "each twin used once");
+        assert_eq!(t.late_rejects, 0);
+        t.settle(&key(FLOW_REJECT, 56), &val(1));
+        assert_eq!(t.late_rejects, 1);
     }
 
     #[test]

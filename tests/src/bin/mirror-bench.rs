@@ -6,6 +6,7 @@
 //!   rest): no mirroring, tc mirred, nftables dup, daemonlogger, this agent;
 //! - flow accounting at the same offered load: this agent, softflowd, pmacctd;
 //! - the drain of a 1 M-flow table, and its effect on the data path;
+//! - the agent's memory for an aggregation interval of 1 M distinct flows;
 //! - the control plane: AddSources to copies on the wire, API requests under load;
 //! - XDP receive: decapsulation and redirect into a capture veth against the kernel's VXLAN
 //!   device;
@@ -31,6 +32,8 @@ mod drain;
 mod flowacct;
 #[path = "mirror-bench/gso.rs"]
 mod gso;
+#[path = "mirror-bench/interval.rs"]
+mod interval;
 #[path = "mirror-bench/progcost.rs"]
 mod progcost;
 #[path = "mirror-bench/receive.rs"]
@@ -104,6 +107,17 @@ fn main() -> ExitCode {
             markdown: drain::drain_section(n),
             rows: 1,
             expected: 1,
+            plots: Vec::new(),
+        });
+    }
+    if wanted("interval") {
+        let n = if quick { 10_000 } else { 1_000_000 };
+        let i = interval::run(n);
+        sections.push(Section {
+            name: "interval",
+            markdown: i.markdown(quick),
+            rows: i.rows(),
+            expected: 2,
             plots: Vec::new(),
         });
     }
