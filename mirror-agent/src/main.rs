@@ -539,6 +539,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let reconciler = tokio::spawn(reconciler.run());
     let (ticks_tx, _ticks) = tokio::sync::watch::channel(0u64);
+    let mut flow_tables = flow_tables;
+    let flow_clock = datapath::flowtable::FlowClock::take(&mut flow_tables)
+        .map(|clock| tokio::spawn(clock.run(stop_rx.clone())));
     let runner = flowlog::runner::Runner {
         tables: flow_tables,
         plan,
@@ -668,6 +671,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = c.await;
     }
     let _ = runner.await;
+    if let Some(c) = flow_clock {
+        let _ = c.await;
+    }
     let mut datapath = reconciler.await.context("reconciler task")?;
     if settings.detach_on_exit || !datapath.is_pinned() {
         info!("stopping: detaching programs, removing tunnel devices and pins");

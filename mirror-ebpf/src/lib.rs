@@ -42,6 +42,8 @@ pub mod map_names {
     pub const FLOW_CACHE_1: &str = "FLOW_CACHE_1";
     /// Which flow table the programs write.
     pub const FLOW_CTL: &str = "FLOW_CTL";
+    /// The agent's clock for flow times (CLOCK_MONOTONIC ns, refreshed every 100 ms).
+    pub const FLOW_CLOCK: &str = "FLOW_CLOCK";
     /// Per-CPU flow-accounting counters (SKIPDATA).
     pub const FLOW_STATS: &str = "FLOW_STATS";
     /// Kernel struct offsets for the drop tracepoint.
@@ -77,6 +79,7 @@ pub mod map_names {
         FLOW_CACHE_0,
         FLOW_CACHE_1,
         FLOW_CTL,
+        FLOW_CLOCK,
         FLOW_STATS,
         SKB_LAYOUT,
         BUDGET_STATE,
@@ -697,6 +700,7 @@ const _: () = assert!(core::mem::size_of::<SessionStats>() == 8 * (5 + ERR_REASO
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 8 * 6);
 const _: () = assert!((MAX_SESSIONS - 1) <= MIRROR_MARK_SLOT_MASK);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 4 + 32 + 4);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 44 + 4 + 40);

@@ -44,6 +44,8 @@ pub struct FlowTables {
     pub buffers: [FlowBuffer; 2],
     pub ctl: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, FlowStats>,
+    /// The clock the source programs stamp flows with; `None` once `FlowClock` has it.
+    pub clock: Option<Array<MapData, u64>>,
     /// Last totals of `stats`, to report what each interval skipped.
     last_skipped: StdHashMap<u32, u64>,
 }
@@ -74,11 +76,13 @@ impl FlowTables {
         buffers: [FlowBuffer; 2],
         ctl: Array<MapData, u32>,
         stats: PerCpuArray<MapData, FlowStats>,
+        clock: Array<MapData, u64>,
     ) -> FlowTables {
         FlowTables {
             buffers,
             ctl,
             stats,
+            clock: Some(clock),
             last_skipped: StdHashMap::new(),
         }
     }
@@ -155,6 +159,67 @@ impl FlowTables {
         }
         Ok(skipped)
     }
+}
+
+/// How often the agent refreshes `FLOW_CLOCK`: the resolution of flow times (records carry
+/// seconds).
+pub const FLOW_CLOCK_PERIOD: Duration = Duration::from_millis(100);
+
+/// Writes CLOCK_MONOTONIC into `FLOW_CLOCK` for the source programs, so that they stamp
+/// flows with a load instead of a clock read per packet.
+pub struct FlowClock {
+    map: Array<MapData, u64>,
+}
+
+impl FlowClock {
+    /// Takes the clock map from the tables (`None` if taken already).
+    pub fn take(tables: &mut FlowTables) -> Option<FlowClock> {
+        tables.clock.take().map(|map| FlowClock { map })
+    }
+
+    /// Writes the current time once.
+    pub fn tick(&mut self) -> Result<(), DatapathError> {
+        self.map
+            .set(0, monotonic_ns(), 0)
+            .map_err(map_err(map_names::FLOW_CLOCK))
+    }
+
+    /// Refreshes the clock every `FLOW_CLOCK_PERIOD` until `stop` turns true. It is left as
+    /// it is then: the next agent takes over (until it does, flows carry the last time
+    /// written, which the records clamp into their interval).
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(FLOW_CLOCK_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+            match self.tick() {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    tracing::warn!("flow clock: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the base of `bpf_ktime_get_ns` and `bpf_ktime_get_coarse_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Reads and empties an idle cache: every CPU's occupied slots, merged by flow.

@@ -60,6 +60,7 @@ pub fn load(
         ],
         take_map(&mut ebpf, map_names::FLOW_CTL)?,
         take_map(&mut ebpf, map_names::FLOW_STATS)?,
+        take_map(&mut ebpf, map_names::FLOW_CLOCK)?,
     );
     Ok((Programs::load(ebpf, pins, logger), maps, flows))
 }

@@ -45,6 +45,7 @@ pub const PINNED_MAPS: &[&str] = &[
     map_names::FLOW_CACHE_0,
     map_names::FLOW_CACHE_1,
     map_names::FLOW_CTL,
+    map_names::FLOW_CLOCK,
     map_names::FLOW_STATS,
     map_names::SKB_LAYOUT,
     map_names::BUDGET_STATE,
