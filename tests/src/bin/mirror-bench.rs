@@ -45,6 +45,9 @@ struct Args {
     quick: bool,
     write: Option<String>,
     only: Option<String>,
+    /// What the node forwards at 64 B with nothing else running, when the wire section that
+    /// measures it is not run (`--only flows --capacity-pps N`).
+    capacity_pps: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         write: None,
         only: None,
+        capacity_pps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,6 +64,11 @@ fn parse_args() -> Result<Args, String> {
             "--write" => args.write = Some(it.next().ok_or("--write needs a file")?),
             // For working on one section: `--only wire` (the document is then partial).
             "--only" => args.only = Some(it.next().ok_or("--only needs a section")?),
+            "--capacity-pps" => {
+                let v = it.next().ok_or("--capacity-pps needs a rate")?;
+                args.capacity_pps =
+                    Some(v.parse().map_err(|e| format!("--capacity-pps {v}: {e}"))?);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -133,7 +142,7 @@ fn main() -> ExitCode {
     }
     if wanted("wire") || wanted("flows") || wanted("control") {
         let bed = wire::Bed::new();
-        let mut capacity = 0.0;
+        let mut capacity = args.capacity_pps.unwrap_or(0.0);
         if wanted("wire") {
             let w = wire::run(&bed, quick);
             capacity = w.capacity_64();
