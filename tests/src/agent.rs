@@ -375,6 +375,20 @@ impl Agent {
         }
     }
 
+    /// Every session's counters as the agent lists them (copies, skips, errors by reason), for
+    /// a failure message that has to tell copies lost in the data path from copies lost
+    /// after it. Never panics: a failure to ask is part of the text.
+    pub fn session_counters(&self) -> String {
+        let out = self.cli(&["-o", "json", "call", "ListTrafficMirrorSessions"]);
+        if out.code != 0 {
+            return format!(
+                "(ListTrafficMirrorSessions failed: {}{})",
+                out.stdout, out.stderr
+            );
+        }
+        out.stdout
+    }
+
     /// An RPC action through the CLI's generic `call`; panics with the output unless it
     /// succeeded, and returns the JSON answer.
     pub fn call(&self, action: &str, params: &[(&str, &str)]) -> serde_json::Value {

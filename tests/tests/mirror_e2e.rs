@@ -97,7 +97,7 @@ fn inner(c: &VxlanCopy) -> Summary {
 #[test]
 fn udp_copies_are_filtered_truncated_and_sent_both_directions() {
     let topo = Topology::new();
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &topo.node,
         &config_with_collector(
             r#"
@@ -146,7 +146,8 @@ sources = ["src0"]
     assert_eq!(
         copies.len(),
         40,
-        "20 ingress + 20 egress copies, nothing else"
+        "20 ingress + 20 egress copies, nothing else; the agent's counters: {}",
+        agent.session_counters()
     );
     let mut outer_ports: HashMap<(u16, u16), u16> = HashMap::new();
     for c in &copies {

@@ -143,7 +143,7 @@ fn jumbo_collector_link(topo: &Topology) {
 fn whole_frame_stream(v6: bool, upload: bool, way: Way) {
     let topo = Topology::new();
     jumbo_collector_link(&topo);
-    let _agent = start_agent(&topo, None, way);
+    let agent = start_agent(&topo, None, way);
     let mut cap = Capture::start_bulk(&topo.col, "col0", "udp port 4789", 9216);
     const TOTAL: usize = 4 << 20;
     let got = bulk_tcp(&topo, v6, upload, TOTAL);
@@ -172,8 +172,10 @@ fn whole_frame_stream(v6: bool, upload: bool, way: Way) {
     let stream = a.max(b);
     assert!(
         stream as f64 >= TOTAL as f64 * 0.999,
-        "tshark reassembled {stream} of {TOTAL} bytes from the copies ({} copies)",
-        copies.len()
+        "tshark reassembled {stream} of {TOTAL} bytes from the copies ({} copies); the \
+         agent's counters: {}",
+        copies.len(),
+        agent.session_counters()
     );
     let bad = bad_checksums(&pcap);
     assert_eq!(
