@@ -107,11 +107,20 @@ fn send_and_check(
     }
 }
 
-#[test]
-fn flow_cache_counts_every_packet_once_and_the_drain_gives_each_flow_once() {
-    let ns = quiet_netns("ffx", &[("ff0", "ff1", "198.18.206.1/24")]);
-    with_datapath(&ns, &Objects::default(), 65536, async |dp, tables| {
-        let ifindex = datapath::ifindex("ff0").expect("ff0");
+/// Loads the data path in a fresh namespace with flow tables of `table_size`, makes its
+/// interface `ifname` a flow-logged source, and runs `f` with the ingress program, the
+/// context of a packet arriving there, the source's interface index and the flow tables.
+fn with_flow_logged_source(
+    prefix: &str,
+    ifname: &str,
+    peer: &str,
+    addr: &str,
+    table_size: u32,
+    f: impl FnOnce(&SchedClassifier, &[u8], u32, &mut datapath::FlowTables) + Send,
+) {
+    let ns = quiet_netns(prefix, &[(ifname, peer, addr)]);
+    with_datapath(&ns, &Objects::default(), table_size, async |dp, tables| {
+        let ifindex = datapath::ifindex(ifname).expect("source interface");
         dp.maps
             .set_source(
                 ifindex,
@@ -124,120 +133,119 @@ fn flow_cache_counts_every_packet_once_and_the_drain_gives_each_flow_once() {
             .expect("flow-logged source");
         let ctx = skb_ctx(ifindex, 0, None);
         let prog = dp.program(PROG_INGRESS).expect("ingress program");
-        // A few flows: each stays in its slot (hits), the drain reads them from the caches.
-        send_and_check(prog, &ctx, tables, 7, |i| i + 1);
-        // Four times as many flows as slots: slots change hands all the time, so most
-        // packets move a flow into the shared table; counts stay exact.
-        send_and_check(prog, &ctx, tables, 4 * FLOW_CACHE_SLOTS, |i| 1 + i % 3);
-        // The buffer used first, cleared by the first drain, is used again after two flips.
-        send_and_check(prog, &ctx, tables, 100, |_| 2);
+        f(prog, &ctx, ifindex, tables);
     });
+}
+
+#[test]
+fn flow_cache_counts_every_packet_once_and_the_drain_gives_each_flow_once() {
+    with_flow_logged_source(
+        "ffx",
+        "ff0",
+        "ff1",
+        "198.18.206.1/24",
+        65536,
+        |prog, ctx, _, tables| {
+            // A few flows: each stays in its slot (hits), the drain reads them from the caches.
+            send_and_check(prog, ctx, tables, 7, |i| i + 1);
+            // Four times as many flows as slots: slots change hands all the time, so most
+            // packets move a flow into the shared table; counts stay exact.
+            send_and_check(prog, ctx, tables, 4 * FLOW_CACHE_SLOTS, |i| 1 + i % 3);
+            // The buffer used first, cleared by the first drain, is used again after two flips.
+            send_and_check(prog, ctx, tables, 100, |_| 2);
+        },
+    );
 }
 
 #[test]
 fn a_full_table_counts_what_it_cannot_hold() {
-    let ns = quiet_netns("ffs", &[("fs0", "fs1", "198.18.207.1/24")]);
-    // A table of 64 flows behind the caches.
-    with_datapath(&ns, &Objects::default(), 64, async |dp, tables| {
-        let ifindex = datapath::ifindex("fs0").expect("fs0");
-        dp.maps
-            .set_source(
-                ifindex,
-                SourceConfig {
-                    stats_slot: STATS_SLOT,
-                    flags: SOURCE_FLOW_LOG,
-                    ..SourceConfig::INACTIVE
-                },
-            )
-            .expect("flow-logged source");
-        let ctx = skb_ctx(ifindex, 0, None);
-        let prog = dp.program(PROG_INGRESS).expect("ingress program");
-        let flows = 4 * FLOW_CACHE_SLOTS;
-        for i in 0..flows {
-            run(prog, &flow_packet(i), &ctx);
-        }
-        let mut counted = 0u64;
-        let mut distinct = std::collections::BTreeSet::new();
-        let skipped = tables
-            .drain_with(
-                std::time::Duration::from_millis(10),
-                &[STATS_SLOT],
-                |k, v| {
-                    counted += v.packets;
-                    assert!(distinct.insert(id(k)), "flow {k:?} drained twice");
-                },
-            )
-            .expect("drain");
-        let skipped: u64 = skipped.iter().map(|(_, n)| n).sum();
-        assert!(skipped > 0, "a 64-flow table cannot take {flows} flows");
-        assert_eq!(
-            counted + skipped,
-            u64::from(flows),
-            "every packet is counted or reported as skipped"
-        );
-    });
+    with_flow_logged_source(
+        "ffs",
+        "fs0",
+        "fs1",
+        "198.18.207.1/24",
+        64,
+        |prog, ctx, _, tables| {
+            let flows = 4 * FLOW_CACHE_SLOTS;
+            for i in 0..flows {
+                run(prog, &flow_packet(i), ctx);
+            }
+            let mut counted = 0u64;
+            let mut distinct = std::collections::BTreeSet::new();
+            let skipped = tables
+                .drain_with(
+                    std::time::Duration::from_millis(10),
+                    &[STATS_SLOT],
+                    |k, v| {
+                        counted += v.packets;
+                        assert!(distinct.insert(id(k)), "flow {k:?} drained twice");
+                    },
+                )
+                .expect("drain");
+            let skipped: u64 = skipped.iter().map(|(_, n)| n).sum();
+            assert!(skipped > 0, "a 64-flow table cannot take {flows} flows");
+            assert_eq!(
+                counted + skipped,
+                u64::from(flows),
+                "every packet is counted or reported as skipped"
+            );
+        },
+    );
 }
 
 #[test]
 fn the_drain_gives_reject_flows_before_accept_flows() {
-    let ns = quiet_netns("ffr", &[("fr0", "fr1", "198.18.208.1/24")]);
-    with_datapath(&ns, &Objects::default(), 4096, async |dp, tables| {
-        let ifindex = datapath::ifindex("fr0").expect("fr0");
-        dp.maps
-            .set_source(
-                ifindex,
-                SourceConfig {
-                    stats_slot: STATS_SLOT,
-                    flags: SOURCE_FLOW_LOG,
-                    ..SourceConfig::INACTIVE
-                },
-            )
-            .expect("flow-logged source");
-        let ctx = skb_ctx(ifindex, 0, None);
-        let prog = dp.program(PROG_INGRESS).expect("ingress program");
-        for i in 0..50 {
-            run(prog, &flow_packet(i), &ctx);
-        }
-        // REJECT flows as the drop tracepoint writes them (it cannot be driven by TEST_RUN).
-        let active = tables.active().expect("active buffer") as usize;
-        for i in 0..50u32 {
-            let key = FlowKey {
-                ifindex,
-                direction: 0,
-                ip_version: 4,
-                protocol: 17,
-                action: FLOW_REJECT,
-                src: [expected_id(i).0, 0, 0, 0],
-                dst: [u32::from_ne_bytes([198, 18, 9, 9]), 0, 0, 0],
-                src_port: expected_id(i).1,
-                dst_port: 53,
-            };
-            let value = FlowValue {
-                packets: 1,
-                bytes: 38,
-                first_ns: 1,
-                last_ns: 1,
-                tcp_flags: 0,
-                drop_reason: 2,
-            };
-            tables.buffers[active]
-                .rejects
-                .insert(key, value, 0)
-                .expect("REJECT flow");
-        }
-        let mut order = Vec::new();
-        tables
-            .drain_with(
-                std::time::Duration::from_millis(10),
-                &[STATS_SLOT],
-                |k, _| order.push(k.action),
-            )
-            .expect("drain");
-        assert_eq!(order.len(), 100);
-        assert!(
-            order[..50].iter().all(|a| *a == FLOW_REJECT)
-                && order[50..].iter().all(|a| *a == FLOW_ACCEPT),
-            "REJECT flows first: {order:?}"
-        );
-    });
+    with_flow_logged_source(
+        "ffr",
+        "fr0",
+        "fr1",
+        "198.18.208.1/24",
+        4096,
+        |prog, ctx, ifindex, tables| {
+            for i in 0..50 {
+                run(prog, &flow_packet(i), ctx);
+            }
+            // REJECT flows as the drop tracepoint writes them (it cannot be driven by TEST_RUN).
+            let active = tables.active().expect("active buffer") as usize;
+            for i in 0..50u32 {
+                let key = FlowKey {
+                    ifindex,
+                    direction: 0,
+                    ip_version: 4,
+                    protocol: 17,
+                    action: FLOW_REJECT,
+                    src: [expected_id(i).0, 0, 0, 0],
+                    dst: [u32::from_ne_bytes([198, 18, 9, 9]), 0, 0, 0],
+                    src_port: expected_id(i).1,
+                    dst_port: 53,
+                };
+                let value = FlowValue {
+                    packets: 1,
+                    bytes: 38,
+                    first_ns: 1,
+                    last_ns: 1,
+                    tcp_flags: 0,
+                    drop_reason: 2,
+                };
+                tables.buffers[active]
+                    .rejects
+                    .insert(key, value, 0)
+                    .expect("REJECT flow");
+            }
+            let mut order = Vec::new();
+            tables
+                .drain_with(
+                    std::time::Duration::from_millis(10),
+                    &[STATS_SLOT],
+                    |k, _| order.push(k.action),
+                )
+                .expect("drain");
+            assert_eq!(order.len(), 100);
+            assert!(
+                order[..50].iter().all(|a| *a == FLOW_REJECT)
+                    && order[50..].iter().all(|a| *a == FLOW_ACCEPT),
+                "REJECT flows first: {order:?}"
+            );
+        },
+    );
 }

@@ -50,14 +50,7 @@ impl Pending {
             first_ns: v.first_ns,
             ..FlowValue::default()
         });
-        e.packets += v.packets;
-        e.bytes += v.bytes;
-        e.first_ns = e.first_ns.min(v.first_ns);
-        e.last_ns = e.last_ns.max(v.last_ns);
-        e.tcp_flags |= v.tcp_flags;
-        if v.drop_reason != 0 {
-            e.drop_reason = v.drop_reason;
-        }
+        crate::datapath::flowtable::merge(e, &v);
     }
 
     pub fn is_empty(&self) -> bool {

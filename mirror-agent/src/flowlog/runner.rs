@@ -566,6 +566,44 @@ mod tests {
 
     struct TempDir(PathBuf);
 
+    /// What an interval's processing needs around it: a state directory removed afterwards,
+    /// metrics and the flow logs' status.
+    struct Fixture {
+        dir: TempDir,
+        metrics: Metrics,
+        status: RwLock<BTreeMap<String, Vec<String>>>,
+        drop_reasons: BTreeMap<u64, String>,
+        meta: NodeMeta,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            Fixture {
+                dir: TempDir(std::env::temp_dir().join(format!(
+                    "{name}-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ))),
+                metrics: Metrics::new(),
+                status: RwLock::new(BTreeMap::new()),
+                drop_reasons: BTreeMap::new(),
+                meta: NodeMeta::default(),
+            }
+        }
+
+        fn cx(&self) -> Context<'_> {
+            Context {
+                status: &self.status,
+                state_dir: &self.dir.0,
+                format: FileFormat::JsonLines,
+                meta: &self.meta,
+                ipfix: None,
+                drop_reasons: &self.drop_reasons,
+                metrics: &self.metrics,
+            }
+        }
+    }
+
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -684,24 +722,9 @@ mod tests {
 
     #[test]
     fn streams_an_interval_of_100k_flows_in_batches() {
-        let dir = TempDir(std::env::temp_dir().join(format!(
-            "flowlog-runner-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        )));
-        let metrics = Metrics::new();
-        let status = RwLock::new(BTreeMap::new());
-        let drop_reasons = BTreeMap::new();
-        let meta = NodeMeta::default();
-        let cx = Context {
-            status: &status,
-            state_dir: &dir.0,
-            format: FileFormat::JsonLines,
-            meta: &meta,
-            ipfix: None,
-            drop_reasons: &drop_reasons,
-            metrics: &metrics,
-        };
+        let fx = Fixture::new("flowlog-runner");
+        let (dir, metrics, status) = (&fx.dir, &fx.metrics, &fx.status);
+        let cx = fx.cx();
         // fl-a's interval ends now; fl-b (eth0 too, a longer interval) is in the middle of
         // its own, so it merges the drain into its pending flows.
         let a = log("fl-a", 60, &[(2, "eth0"), (3, "eth1"), (4, "eth2")]);
@@ -776,24 +799,9 @@ mod tests {
 
     #[test]
     fn a_failed_drain_leaves_the_interval_open_unless_it_read_flows() {
-        let dir = TempDir(std::env::temp_dir().join(format!(
-            "flowlog-runner-fail-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        )));
-        let metrics = Metrics::new();
-        let status = RwLock::new(BTreeMap::new());
-        let drop_reasons = BTreeMap::new();
-        let meta = NodeMeta::default();
-        let cx = Context {
-            status: &status,
-            state_dir: &dir.0,
-            format: FileFormat::JsonLines,
-            meta: &meta,
-            ipfix: None,
-            drop_reasons: &drop_reasons,
-            metrics: &metrics,
-        };
+        let fx = Fixture::new("flowlog-runner-fail");
+        let (dir, status) = (&fx.dir, &fx.status);
+        let cx = fx.cx();
         let a = log("fl-a", 60, &[(2, "eth0")]);
         let plan = Plan {
             logs: vec![a.clone()],
