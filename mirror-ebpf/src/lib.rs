@@ -458,6 +458,21 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+impl FlowKey {
+    /// All fields zero: an empty cache slot's key (no flow has interface index 0).
+    pub const ZERO: FlowKey = FlowKey {
+        ifindex: 0,
+        direction: 0,
+        ip_version: 0,
+        protocol: 0,
+        action: 0,
+        src: [0; 4],
+        dst: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+    };
+}
+
 /// Value of the flow tables and cache slots. Table counters are added atomically (a flow's
 /// packets arrive on several CPUs); the agent reads an idle table only (see `FLOW_CTL`).
 #[repr(C)]
@@ -502,27 +517,41 @@ pub struct FlowCacheSlot {
 
 impl FlowCacheSlot {
     pub const EMPTY: FlowCacheSlot = FlowCacheSlot {
-        key: FlowKey {
-            ifindex: 0,
-            direction: 0,
-            ip_version: 0,
-            protocol: 0,
-            action: 0,
-            src: [0; 4],
-            dst: [0; 4],
-            src_port: 0,
-            dst_port: 0,
-        },
+        key: FlowKey::ZERO,
         stats: 0,
-        value: FlowValue {
-            packets: 0,
-            bytes: 0,
-            first_ns: 0,
-            last_ns: 0,
-            tcp_flags: 0,
-            drop_reason: 0,
-        },
+        value: FlowValue::ZERO,
     };
+}
+
+impl FlowValue {
+    /// Nothing counted (`Default`, usable in constants).
+    pub const ZERO: FlowValue = FlowValue {
+        packets: 0,
+        bytes: 0,
+        first_ns: 0,
+        last_ns: 0,
+        tcp_flags: 0,
+        drop_reason: 0,
+    };
+
+    /// One packet (or GSO super-packet) seen at `now`: the value a new flow starts with.
+    #[inline(always)]
+    pub const fn first(
+        packets: u64,
+        bytes: u64,
+        now: u64,
+        tcp_flags: u32,
+        drop_reason: u32,
+    ) -> FlowValue {
+        FlowValue {
+            packets,
+            bytes,
+            first_ns: now,
+            last_ns: now,
+            tcp_flags,
+            drop_reason,
+        }
+    }
 }
 
 /// Index 0 of the `FLOW_CTL` array: which of `FLOWS_0`/`FLOWS_1` the programs write. The

@@ -305,20 +305,7 @@ fn lookup_and_delete_batch(
     f: &mut impl FnMut(&FlowKey, &FlowValue),
 ) -> std::io::Result<()> {
     let fd = table.map().fd().as_fd().as_raw_fd();
-    let mut keys = vec![
-        FlowKey {
-            ifindex: 0,
-            direction: 0,
-            ip_version: 0,
-            protocol: 0,
-            action: 0,
-            src: [0; 4],
-            dst: [0; 4],
-            src_port: 0,
-            dst_port: 0,
-        };
-        BATCH
-    ];
+    let mut keys = vec![FlowKey::ZERO; BATCH];
     let mut values = vec![FlowValue::default(); BATCH];
     // Hash maps use a 32-bit bucket cursor as the batch token.
     let mut token_in: u32 = 0;

@@ -117,13 +117,6 @@ pub fn account_percpu(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32) {
         }
         return;
     }
-    let value = FlowValue {
-        packets,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: 0,
-    };
+    let value = FlowValue::first(packets, bytes, now, tcp_flags, 0);
     let _ = BENCH_FLOWS_PERCPU.insert(key, value, 0);
 }

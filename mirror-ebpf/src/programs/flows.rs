@@ -185,7 +185,7 @@ pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_in
     };
     let table = if active == 0 { &FLOWS_0 } else { &FLOWS_1 };
     let Some(slot) = cache.get_ptr_mut(cache_index(key)) else {
-        let v = fresh(packets, bytes, now, tcp_flags);
+        let v = FlowValue::first(packets, bytes, now, tcp_flags, 0);
         add_to_table(table, key, &v, stats_index);
         return;
     };
@@ -209,19 +209,7 @@ pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_in
     }
     slot.key = *key;
     slot.stats = stats_index + 1;
-    slot.value = fresh(packets, bytes, now, tcp_flags);
-}
-
-#[inline(always)]
-fn fresh(packets: u64, bytes: u64, now: u64, tcp_flags: u32) -> FlowValue {
-    FlowValue {
-        packets,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: 0,
-    }
+    slot.value = FlowValue::first(packets, bytes, now, tcp_flags, 0);
 }
 
 /// Benchmark only: the shared table without the cache in front (the design before it).
@@ -234,14 +222,7 @@ pub fn account_table_only(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u3
     } else {
         &FLOWS_1
     };
-    let v = FlowValue {
-        packets,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: 0,
-    };
+    let v = FlowValue::first(packets, bytes, now, tcp_flags, 0);
     add_to_table(table, key, &v, 0);
 }
 
@@ -281,14 +262,7 @@ fn account_reject(key: &FlowKey, bytes: u64, tcp_flags: u32, reason: u32, stats_
     } else {
         &FLOW_REJECTS_1
     };
-    let v = FlowValue {
-        packets: 1,
-        bytes,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags,
-        drop_reason: reason,
-    };
+    let v = FlowValue::first(1, bytes, now, tcp_flags, reason);
     add_to_table(table, key, &v, stats_index);
 }
 
