@@ -29,7 +29,7 @@ use aya_log_ebpf::debug;
 use mirror_ebpf::{
     ACTION_ACCEPT, CHECKSUM_PARTIAL, DIR_EGRESS, DIR_INGRESS, DIRECTIONS, ERR_CLONE, FLOW_ACCEPT,
     FilterConfig, FlowKey, MAX_FILTERS, MAX_RULE_SLOTS, MAX_RULES_PER_DIRECTION, MAX_SESSIONS,
-    MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, NO_SESSION, SESSION_ENABLED, SOURCE_ACTIVE,
+    MAX_SESSIONS_PER_SOURCE, MAX_SOURCES, NO_SESSION, RULE_END, SESSION_ENABLED, SOURCE_ACTIVE,
     SOURCE_FLOW_LOG, SOURCES_DIRECT_MAX, SessionConfig, SessionStats, SourceConfig, SourceStats,
     is_mirror_mark, mirror_mark,
 };
@@ -224,7 +224,6 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
             continue;
         };
         let rules = &filter.rules[DIR as usize];
-        let n = filter.n_rules[DIR as usize] as usize;
         // An index loop with a constant bound: the iterator form compiles to a pointer
         // comparison against a computed end, which the verifier cannot bound.
         #[expect(
@@ -232,10 +231,10 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
             reason = "verifier needs a constant-bound index"
         )]
         for r in 0..MAX_RULES_PER_DIRECTION {
-            if r >= n {
+            let rule = &rules[r];
+            if rule.ip_version == RULE_END {
                 break;
             }
-            let rule = &rules[r];
             if rule_matches(rule, pkt) {
                 if let Some(hits) = RULE_STATS.get_ptr_mut(rule.stats_slot) {
                     // SAFETY: per-CPU value, only this CPU writes it.
