@@ -423,6 +423,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if settings.tc_attach == TcAttachMode::Auto && !kernel.has(mirror_agent::kernel::TCX) {
         info!("no TCX in this kernel (6.6+): attaching the TC programs with clsact");
     }
+    // Reading the kernel's BTF (megabytes) overlaps the programs' verification.
+    let skb_layout = std::thread::spawn(drop_layout);
     let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
         file.flow_table_size
@@ -456,8 +458,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drop_reasons = match kernel
         .drop_accounting()
         .map_err(anyhow::Error::msg)
-        .and_then(|()| drop_layout())
-    {
+        .and_then(|()| {
+            skb_layout
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the kernel's BTF panicked")))
+        }) {
         Ok((layout, reasons)) => {
             let ok = match datapath.enable_drop_accounting(layout) {
                 Ok(()) => true,

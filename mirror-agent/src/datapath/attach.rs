@@ -165,32 +165,67 @@ impl Programs {
         let mut pinned_tc = BTreeMap::new();
         let mut rejected = BTreeMap::new();
         for name in TC_PROGRAMS {
-            if let Some(p) = &pins {
-                let path = p.progs.join(name);
-                if path.exists() {
-                    match SchedClassifier::from_pin(&path) {
-                        Ok(prog) => {
-                            debug!(program = name, "adopted from its pin");
-                            pinned_tc.insert(name, prog);
-                            continue;
-                        }
-                        Err(e) => warn!(program = name, "cannot adopt the pinned program: {e}"),
+            let Some(p) = &pins else { break };
+            let path = p.progs.join(name);
+            if path.exists() {
+                match SchedClassifier::from_pin(&path) {
+                    Ok(prog) => {
+                        debug!(program = name, "adopted from its pin");
+                        pinned_tc.insert(name, prog);
                     }
+                    Err(e) => warn!(program = name, "cannot adopt the pinned program: {e}"),
                 }
             }
-            let prog = match classifier_in(&mut ebpf, name) {
-                Ok(p) => p,
+        }
+        let mut to_load = Vec::new();
+        for (name, prog) in ebpf.programs_mut() {
+            let Some(&name) = TC_PROGRAMS.iter().find(|n| **n == name) else {
+                continue;
+            };
+            if pinned_tc.contains_key(name) {
+                continue;
+            }
+            match <&mut SchedClassifier>::try_from(prog) {
+                Ok(prog) => to_load.push((name, prog)),
                 Err(e) => {
-                    rejected.insert(name, e.to_string());
+                    rejected.insert(name, prog_err(name)(e).to_string());
+                }
+            }
+        }
+        for name in TC_PROGRAMS {
+            if !pinned_tc.contains_key(name)
+                && !rejected.contains_key(name)
+                && !to_load.iter().any(|(n, _)| *n == name)
+            {
+                rejected.insert(name, DatapathError::MissingProgram(name).to_string());
+            }
+        }
+        // The verifier takes most of an agent's start (the source programs about a second
+        // each); one thread per program lets it use every CPU.
+        let loaded: Vec<_> = std::thread::scope(|s| {
+            let running: Vec<_> = to_load
+                .into_iter()
+                .map(|(name, prog)| (name, s.spawn(move || prog.load().map(|()| prog))))
+                .collect();
+            running
+                .into_iter()
+                .map(|(name, t)| (name, t.join()))
+                .collect()
+        });
+        for (name, outcome) in loaded {
+            let prog = match outcome {
+                Ok(Ok(prog)) => prog,
+                Ok(Err(e)) => {
+                    let why = rejection(&e);
+                    tracing::error!(program = name, "{why}");
+                    rejected.insert(name, why);
+                    continue;
+                }
+                Err(_) => {
+                    rejected.insert(name, "its loading thread panicked".to_string());
                     continue;
                 }
             };
-            if let Err(e) = prog.load() {
-                let why = rejection(&e);
-                tracing::error!(program = name, "{why}");
-                rejected.insert(name, why);
-                continue;
-            }
             if let Some(p) = &pins
                 && let Err(e) = prog.pin(p.progs.join(name))
             {
