@@ -509,9 +509,11 @@ sources = ["src0"]
     cap.wait_for_frames(10, WAIT);
     thread::sleep(Duration::from_millis(300));
     let pcap = cap.stop();
-    let originals = capture::frames(&originals_cap.stop());
+    let originals_pcap = originals_cap.stop();
+    let originals = capture::frames(&originals_pcap);
     let copies = capture::vxlan_copies(&pcap, 4789);
     capture::remove(&pcap);
+    capture::remove(&originals_pcap);
     assert_eq!(copies.len(), 10);
     let mut lens: Vec<usize> = copies.iter().map(|c| c.inner.len()).collect();
     lens.sort_unstable();
