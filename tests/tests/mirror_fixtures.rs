@@ -274,6 +274,13 @@ fn cases() -> Vec<Case> {
             NotMirrored(&[]),
         ),
         case(
+            "TCP to port 1104 (80 + 1024: port 80's bit in the port prefilter): the rules are \
+             walked and none takes it",
+            Ingress,
+            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 1104)).build(),
+            NotMirrored(&[]),
+        ),
+        case(
             "TCP from outside the source CIDR: no session",
             Ingress,
             frame(v4("203.0.113.1", "198.18.2.2"), tcp(40000, 80)).build(),

@@ -4,9 +4,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use mirror_ebpf::{
-    ACTION_ACCEPT, ACTION_REJECT, FilterConfig, MAX_RULES_PER_DIRECTION, RULE_ANY_PROTOCOL,
-    RULE_MATCH_PORTS, Rule, SESSION_ENABLED, SESSION_REMOTE_IPV6, SESSION_SAMPLE_FLOW,
-    SessionConfig,
+    ACTION_ACCEPT, ACTION_REJECT, FilterConfig, RULE_ANY_PROTOCOL, RULE_MATCH_PORTS, Rule,
+    SESSION_ENABLED, SESSION_REMOTE_IPV6, SESSION_SAMPLE_FLOW, SessionConfig,
 };
 
 use crate::model::{
@@ -116,12 +115,12 @@ pub fn encode_rule(rule: &FilterRule, stats_slot: u32) -> Rule {
 pub fn encode_filter(filter: &Filter, stats_slot: impl Fn(&str) -> u32) -> FilterConfig {
     let mut cfg = FilterConfig::EMPTY;
     for dir in Direction::ALL {
-        let rules = filter.rules_in_order(dir);
-        let n = rules.len().min(MAX_RULES_PER_DIRECTION);
-        for (i, rule) in rules.iter().take(n).enumerate() {
-            cfg.rules[dir.index()][i] = encode_rule(rule, stats_slot(&rule.id));
+        for rule in filter.rules_in_order(dir) {
+            // The quota (validated against MAX_RULES_PER_DIRECTION) keeps lists within it.
+            if !cfg.push(dir.index(), encode_rule(rule, stats_slot(&rule.id))) {
+                break;
+            }
         }
-        cfg.n_rules[dir.index()] = n as u32;
     }
     cfg
 }
@@ -197,6 +196,8 @@ pub fn encode_session(session: &Session, target: &Target, at: SessionPlacement) 
 
 #[cfg(test)]
 mod tests {
+    use mirror_ebpf::{PortSet, RulePorts};
+
     use super::*;
     use crate::model::RuleSpec;
 
@@ -239,5 +240,72 @@ mod tests {
         assert_eq!((r.src_port_min, r.src_port_max), (0, 65535));
         assert_eq!(r.action, ACTION_REJECT);
         assert_eq!(r.stats_slot, 9);
+    }
+
+    fn rule(id: &str, direction: &str, protocol: &str, dst: Option<&str>) -> FilterRule {
+        FilterRule::from_spec(&RuleSpec {
+            id,
+            direction,
+            priority: 1,
+            action: "accept",
+            protocol,
+            destination_ports: dst,
+            ..Default::default()
+        })
+        .expect("rule")
+    }
+
+    /// The prefilter may only ever let more packets through to the walk, never fewer: every
+    /// port a rule takes has its bit, per direction and side.
+    #[test]
+    fn port_sets_hold_every_port_the_rules_take() {
+        let filter = Filter {
+            id: "tmf-1".into(),
+            rules: vec![
+                rule("tmr-1", "ingress", "UDP", Some("53/53")),
+                rule("tmr-2", "ingress", "TCP", Some("8000/8010")),
+                rule("tmr-3", "egress", "TCP", Some("443/443")),
+            ],
+        };
+        let cfg = encode_filter(&filter, |_| 0);
+        let ingress = &cfg.ports[Direction::Ingress.index()];
+        let egress = &cfg.ports[Direction::Egress.index()];
+        for port in [53, 8000, 8005, 8010] {
+            assert!(ingress.dst.contains(port), "{port}");
+        }
+        // Open source side: every source port.
+        assert!((0..=u16::MAX).all(|p| ingress.src.contains(p)));
+        assert!(!ingress.dst.contains(54) && !ingress.dst.contains(7999));
+        assert!(!ingress.dst.contains(443), "egress rules stay in egress");
+        assert!(egress.dst.contains(443) && !egress.dst.contains(53));
+        // Ports PORT_SET_BITS apart share a bit: a superset, which the walk then sorts out.
+        assert!(ingress.dst.contains(53 + mirror_ebpf::PORT_SET_BITS as u16));
+        assert_eq!(cfg.n_rules, [2, 1]);
+    }
+
+    #[test]
+    fn port_sets_are_full_for_rules_without_ports_and_wide_ranges() {
+        let any = encode_filter(
+            &Filter {
+                id: "tmf-1".into(),
+                rules: vec![rule("tmr-1", "ingress", "ICMP", None)],
+            },
+            |_| 0,
+        );
+        assert_eq!(any.ports[Direction::Ingress.index()].dst, PortSet::ALL);
+        assert_eq!(any.ports[Direction::Egress.index()], RulePorts::EMPTY);
+        let wide = encode_filter(
+            &Filter {
+                id: "tmf-2".into(),
+                rules: vec![rule("tmr-1", "ingress", "UDP", Some("1000/2023"))],
+            },
+            |_| 0,
+        );
+        assert_eq!(wide.ports[Direction::Ingress.index()].dst, PortSet::ALL);
+        let mut one = PortSet::EMPTY;
+        one.insert_range(65535, 65535);
+        assert!(one.contains(65535) && !one.contains(65534));
+        one.insert_range(10, 9);
+        assert!(!one.contains(10), "an empty range adds nothing");
     }
 }

@@ -223,6 +223,11 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
         let Some(filter) = FILTERS.get(session.filter_slot) else {
             continue;
         };
+        // Most packets match no rule of most sessions; their ports tell most of them apart
+        // with two bit tests. Non-first fragments carry no ports and match on the rest.
+        if pkt.has_ports && !filter.ports[DIR as usize].may_match(pkt.src_port, pkt.dst_port) {
+            continue;
+        }
         let rules = &filter.rules[DIR as usize];
         // An index loop with a constant bound: the iterator form compiles to a pointer
         // comparison against a computed end, which the verifier cannot bound.

@@ -138,24 +138,50 @@ fn cidr(rng: &mut Rng, v6: bool, pool4: &[Ipv4Addr], pool6: &[Ipv6Addr]) -> Opti
     })
 }
 
+/// A destination port range a few ports wide at most, and a source side open or as narrow:
+/// the rules of a filter made only of these leave most ports out of the programs' port
+/// prefilter (`PortSet`), which wide ranges fill.
+fn narrow_ports(rng: &mut Rng) -> (Option<String>, Option<String>) {
+    let narrow = |rng: &mut Rng| {
+        let lo = if rng.chance(50) {
+            *rng.pick(&[1u16, 53, 80, 1023, 1024, 65535])
+        } else {
+            rng.range(1, 65535) as u16
+        };
+        let hi = lo.saturating_add(rng.below(8) as u16);
+        format!("{lo}/{hi}")
+    };
+    let src = if rng.chance(50) {
+        None
+    } else {
+        Some(narrow(rng))
+    };
+    (src, Some(narrow(rng)))
+}
+
 fn rule(
     rng: &mut Rng,
     id: &str,
     direction: &str,
     priority: i64,
+    narrow: bool,
     pool4: &[Ipv4Addr],
     pool6: &[Ipv6Addr],
 ) -> FilterRule {
     loop {
         let v6 = rng.chance(40);
-        let protocol = if rng.chance(15) {
+        let protocol = if narrow {
+            rng.pick(&["TCP", "UDP"]).to_string()
+        } else if rng.chance(15) {
             rng.pick(&[0u8, 4, 41, 47, 50, 58, 132, 255, 1, 6, 17])
                 .to_string()
         } else {
             rng.pick(&PROTOCOLS).to_string()
         };
         let with_ports = matches!(protocol.as_str(), "TCP" | "UDP" | "6" | "17");
-        let (sp, dp) = if with_ports {
+        let (sp, dp) = if narrow {
+            narrow_ports(rng)
+        } else if with_ports {
             (port_range(rng), port_range(rng))
         } else {
             (None, None)
@@ -211,6 +237,7 @@ pub fn rule_set(rng: &mut Rng, tag: u64, source: &str, target: &Target) -> RuleS
     let filters: Vec<Filter> = (0..n_filters)
         .map(|f| {
             let mut rules = Vec::new();
+            let narrow = rng.chance(30);
             for dir in ["ingress", "egress"] {
                 let n = match rng.below(5) {
                     0 => RULES_PER_DIRECTION,
@@ -219,7 +246,7 @@ pub fn rule_set(rng: &mut Rng, tag: u64, source: &str, target: &Target) -> RuleS
                 };
                 for (i, p) in priorities(rng, n, 65535).into_iter().enumerate() {
                     let id = format!("tmr-{tag}-{f}-{dir}-{i}");
-                    rules.push(rule(rng, &id, dir, i64::from(p), &pool4, &pool6));
+                    rules.push(rule(rng, &id, dir, i64::from(p), narrow, &pool4, &pool6));
                 }
             }
             Filter {
@@ -388,11 +415,14 @@ fn near_port(rng: &mut Rng, set: &RuleSet) -> u16 {
     } else {
         r.destination_ports
     };
-    match rng.below(5) {
+    match rng.below(6) {
         0 => range.min,
         1 => range.max,
         2 => range.min.wrapping_sub(1),
         3 => range.max.wrapping_add(1),
+        // Shares the range's first bit in the programs' port prefilter (`PortSet`) without
+        // being in the range (unless the range is that wide).
+        4 => range.min.wrapping_add(mirror_ebpf::PORT_SET_BITS as u16),
         _ => 0,
     }
 }
