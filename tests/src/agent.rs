@@ -218,6 +218,9 @@ impl Agent {
         opts: &StartOptions<'_>,
     ) -> Agent {
         let wrapper = opts.wrapper;
+        // Before anything is mounted: a missing binary must not leave a bpffs behind.
+        let binary = agent_binary();
+        let binary = binary.to_str().expect("utf-8 path");
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("agent temp dir");
         // Each agent pins into its own bpffs instance: `ip netns exec` remounts /sys, hiding
@@ -231,8 +234,6 @@ impl Agent {
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).expect("writing the agent config");
         let state_dir = dir.join("state");
-        let binary = agent_binary();
-        let binary = binary.to_str().expect("utf-8 path");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = ns.command(first);

@@ -108,13 +108,16 @@ fn full_disk_for_the_file_sink_is_reported_and_retried() {
         .status()
         .expect("mount");
     assert!(mounted.success(), "mounting a small tmpfs");
-    struct Unmount(std::path::PathBuf);
+    /// Unmounts the small filesystem, then removes the agent's directory, which the agent
+    /// (dropped first) could not remove whole while the mount was in it.
+    struct Unmount(std::path::PathBuf, std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
             let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    let guard = Unmount(dir.clone());
+    let guard = Unmount(dir.clone(), base.clone());
     // Full from the start: the sink can create its file but not write a byte.
     std::fs::write(dir.join("filler"), vec![0u8; 256 * 1024]).ok();
     let agent = Agent::start_in(
