@@ -61,8 +61,8 @@ fn cost_config() -> String {
 pub struct Budget {
     /// (frame size, ns of each COST_ROWS row).
     cost: Vec<(usize, Vec<f64>)>,
-    /// (frame size, no mirroring, budgeted session, budget pps).
-    wire: Vec<(usize, Window, Window, u64)>,
+    /// (frame size, no mirroring, budgeted session, budget pps, every copy skipped).
+    wire: Vec<(usize, Window, Window, u64, Window)>,
     secs: f64,
 }
 
@@ -113,23 +113,31 @@ pub fn run(quick: bool) -> Budget {
         // What production gets without mirroring, flat out: the budget is a tenth of it.
         let none = wire::measure(&bed, size, None, warm, secs, 0);
         let budget = (none.pps(none.production) / 10.0).max(1.0) as u64;
-        let config = format!(
-            "{}max_packets_per_second = {budget}\n",
-            wire::agent_config(None)
-        );
-        let dir = std::env::temp_dir().join(mirror_tests::netns::unique("bag"));
-        let agent = wire::start_agent(&bed, &config, &dir);
-        agent.wait_settled(Duration::from_secs(20));
-        let with = wire::measure(&bed, size, None, warm, secs, agent.pid());
-        eprintln!("budget {size} B: none {none:?} with {with:?}");
-        drop(agent);
-        rows.push((size, none, with, budget));
+        let with = budgeted(&bed, size, budget, warm, secs);
+        // The same session with a budget of 1 copy/s: every packet takes the data path's skip
+        // (the program on every frame, no copies), which splits the cost of the row above into
+        // the program's and the copies'.
+        let skipped = budgeted(&bed, size, 1, warm, secs);
+        eprintln!("budget {size} B: none {none:?} with {with:?} all skipped {skipped:?}");
+        rows.push((size, none, with, budget, skipped));
     }
     Budget {
         cost,
         wire: rows,
         secs,
     }
+}
+
+/// A window of the wire bed with the agent's one session budgeted to `budget` copies/s.
+fn budgeted(bed: &Bed, size: usize, budget: u64, warm: f64, secs: f64) -> Window {
+    let config = format!(
+        "{}max_packets_per_second = {budget}\n",
+        wire::agent_config(None)
+    );
+    let dir = std::env::temp_dir().join(mirror_tests::netns::unique("bag"));
+    let agent = wire::start_agent(bed, &config, &dir);
+    agent.wait_settled(Duration::from_secs(20));
+    wire::measure(bed, size, None, warm, secs, agent.pid())
 }
 
 impl Budget {
@@ -147,22 +155,48 @@ impl Budget {
             s,
             "A session with `MaxPacketsPerSecond` at a tenth of what production reaches without \
              mirroring (the wire bed, flat out, {} s windows): production against no mirroring \
-             (goal ≥ 0.95x), and the copies the target gets.\n",
+             (goal ≥ 0.95x), and the copies the target gets. To tell the data path's own \
+             cost from the copies', the same session with a budget of 1 copy/s (every frame \
+             runs the source program to the skip, none is copied). CPU/frame is the work \
+             CPU's kernel time per frame the node received (the wire section's CPU/pkt); all \
+             three rows keep that CPU saturated, so production is what its time allows.\n",
             self.secs
         );
         s.push_str(
-            "| frame | no mirroring pps | budget | with the budget pps | production | copies/s |\n\
-             |---|---|---|---|---|---|\n",
+            "| frame | no mirroring pps | CPU/frame (ns) | budget | with the budget pps | production | CPU/frame (ns) | copies/s | every copy skipped pps | production | CPU/frame (ns) |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
         );
-        for (size, none, with, budget) in &self.wire {
+        for (size, none, with, budget, skipped) in &self.wire {
             let _ = writeln!(
                 s,
-                "| {size} B | {} | {} | {} | {} | {} |",
+                "| {size} B | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} |",
                 human(none.pps(none.production)),
+                none.cpu_per_packet(),
                 human(*budget as f64),
                 human(with.pps(with.production)),
                 ratio(with.pps(with.production), none.pps(none.production)),
+                with.cpu_per_packet(),
                 human(with.pps(with.target)),
+                human(skipped.pps(skipped.production)),
+                ratio(skipped.pps(skipped.production), none.pps(none.production)),
+                skipped.cpu_per_packet(),
+            );
+        }
+        // Where the time goes, from the CPU per frame: the skip row's excess is the program
+        // on every frame; the rest of the budget row's excess is the copies'.
+        for (size, none, with, _, skipped) in &self.wire {
+            let base = none.cpu_per_packet();
+            let program = skipped.cpu_per_packet() - base;
+            let copies = with.target.max(1) as f64;
+            let per_copy =
+                (with.cpu_per_packet() - skipped.cpu_per_packet()) * with.node_rx as f64 / copies;
+            let _ = writeln!(
+                s,
+                "\n{size} B: the program on every frame adds {program:.0} ns per frame \
+                 ({:.1} % of a frame's {base:.0} ns); each copy adds about {per_copy:.0} ns \
+                 ({:.2} frames' worth) on this CPU, which also receives it at the target.",
+                100.0 * program / base,
+                per_copy / base,
             );
         }
         s.push_str(
