@@ -156,8 +156,8 @@ fn mirror_source<const DIR: u32>(ctx: &TcContext) {
         sstats.mirror_traffic += segs as u64;
         return;
     }
-    if let Some(slot) = select_session::<DIR>(&source, &pkt)
-        && send_copy::<DIR>(ctx, slot, segs, &pkt)
+    if let Some((slot, session)) = select_session::<DIR>(&source, &pkt)
+        && send_copy::<DIR>(ctx, slot, session, segs, &pkt)
     {
         sstats.mirrored += segs as u64;
     }
@@ -205,9 +205,12 @@ pub(crate) fn source_config(ifindex: u32) -> Option<SourceConfig> {
 }
 
 /// The first enabled session, in the source's priority order, whose first matching rule of
-/// this direction accepts the packet.
+/// this direction accepts the packet: its slot and its configuration (looked up once).
 #[inline(always)]
-fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option<u32> {
+fn select_session<const DIR: u32>(
+    source: &SourceConfig,
+    pkt: &Packet,
+) -> Option<(u32, &'static SessionConfig)> {
     for i in 0..MAX_SESSIONS_PER_SOURCE {
         let slot = source.sessions[i];
         if slot == NO_SESSION {
@@ -246,7 +249,7 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
                     unsafe { *hits += 1 };
                 }
                 if rule.action == ACTION_ACCEPT {
-                    return Some(slot);
+                    return Some((slot, session));
                 }
                 // Reject: this session does not mirror it; the next session may.
                 break;
@@ -259,10 +262,13 @@ fn select_session<const DIR: u32>(source: &SourceConfig, pkt: &Packet) -> Option
 /// Hands a copy on with the session in the mark, which is restored on the original right
 /// after the clone. The way depends on what the packet is (see `copy_device`).
 #[inline(always)]
-fn send_copy<const DIR: u32>(ctx: &TcContext, slot: u32, segs: u32, pkt: &Packet) -> bool {
-    let Some(session) = SESSIONS.get(slot) else {
-        return false;
-    };
+fn send_copy<const DIR: u32>(
+    ctx: &TcContext,
+    slot: u32,
+    session: &SessionConfig,
+    segs: u32,
+    pkt: &Packet,
+) -> bool {
     let Some(stats) = session_stats(slot, DIR) else {
         return false;
     };
