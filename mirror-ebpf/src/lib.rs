@@ -318,8 +318,8 @@ pub const PORT_SET_BITS: u32 = 1024;
 const PORT_SET_WORDS: usize = (PORT_SET_BITS / 64) as usize;
 
 /// The ports some rule of a list can match, folded to `PORT_SET_BITS` bits: a packet whose
-/// port has its bit clear matches none of the rules, so the programs skip the walk (about
-/// 10 ns per rule, measured). A superset: ports a multiple of `PORT_SET_BITS` apart share a
+/// port has its bit clear matches none of the rules, so the programs skip the walk (5-10 ns
+/// per rule, measured). A superset: ports a multiple of `PORT_SET_BITS` apart share a
 /// bit, and such a packet walks the rules as before.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

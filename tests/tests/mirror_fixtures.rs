@@ -274,13 +274,6 @@ fn cases() -> Vec<Case> {
             NotMirrored(&[]),
         ),
         case(
-            "TCP to port 1104 (80 + 1024: port 80's bit in the port prefilter): the rules are \
-             walked and none takes it",
-            Ingress,
-            frame(v4("198.18.1.1", "198.18.2.2"), tcp(40000, 1104)).build(),
-            NotMirrored(&[]),
-        ),
-        case(
             "TCP from outside the source CIDR: no session",
             Ingress,
             frame(v4("203.0.113.1", "198.18.2.2"), tcp(40000, 80)).build(),
@@ -435,6 +428,19 @@ fn cases() -> Vec<Case> {
             Egress,
             frame(v4("198.18.2.2", "198.18.1.1"), udp(9, 5005)).build(),
             Mirrored("tms-a", &["tmr-a6"]),
+        ),
+        case(
+            "egress UDP 5010, the last port of tms-a's egress range: in its port prefilter",
+            Egress,
+            frame(v4("198.18.2.2", "198.18.1.1"), udp(9, 5010)).build(),
+            Mirrored("tms-a", &["tmr-a6"]),
+        ),
+        case(
+            "egress UDP 6024 (5000 + 1024: port 5000's bit in tms-a's port prefilter, the only \
+             egress rule of tmf-a): the rule is walked and misses",
+            Egress,
+            frame(v4("198.18.2.2", "198.18.1.1"), udp(9, 6024)).build(),
+            NotMirrored(&[]),
         ),
         case(
             "egress IPv6: tms-b's egress rule",

@@ -326,9 +326,6 @@ impl Runner {
                 stray_drains = STRAY_DRAINS;
             }
             if any_due || strays {
-                if strays {
-                    stray_drains -= 1;
-                }
                 let cx = Context {
                     status: &self.status,
                     state_dir: &self.state_dir,
@@ -350,6 +347,10 @@ impl Runner {
                         return;
                     }
                     continue;
+                }
+                // Only a drain that happened counts: a failed one is tried again next tick.
+                if strays {
+                    stray_drains -= 1;
                 }
             }
             tick_no += 1;

@@ -392,7 +392,7 @@ impl Cost {
              (the wide row: to 1101 ports each); the \"no match\" packet agrees with every rule on IP \
              version, protocol and source CIDR and misses only on the port. A session's rules \
              are walked only if the packet's ports are in its filter's port prefilter (1024 bits, \
-             port mod 1024): one-port rules leave the packet's port out, so those rows test three \
+             port mod 1024): one-port rules leave the packet's port out, so those rows test the \
              sessions' prefilters and walk nothing; ranges of 1024 ports or more fill it, so the \
              wide row evaluates every rule to the end (the worst case). Flow accounting \
              counts an existing flow (the same packet again: a hit in the CPU's flow cache; \
