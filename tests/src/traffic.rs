@@ -124,7 +124,7 @@ pub fn tshark_follow(pcap: &Path) -> (usize, usize) {
 
 /// Frames in `pcap` whose TCP or UDP checksum tshark finds bad, with validation on (an
 /// outer UDP checksum of 0 over IPv4 is "not present", not bad).
-pub fn bad_checksums(pcap: &Path) -> usize {
+pub fn bad_checksums(pcap: &Path) -> Vec<String> {
     tshark(
         pcap,
         &[
@@ -132,17 +132,52 @@ pub fn bad_checksums(pcap: &Path) -> usize {
             "tcp.check_checksum:TRUE",
             "-o",
             "udp.check_checksum:TRUE",
+            "-o",
+            "tcp.relative_sequence_numbers:FALSE",
             "-Y",
             "tcp.checksum.status == 0 || udp.checksum.status == 0",
             "-T",
             "fields",
-            "-e",
-            "frame.number",
-        ],
+            "-E",
+            "occurrence=a",
+            "-E",
+            "separator=/t",
+        ]
+        .into_iter()
+        .chain(BAD_CHECKSUM_FIELDS.iter().flat_map(|f| ["-e", f]))
+        .collect::<Vec<_>>(),
     )
     .lines()
-    .count()
+    .map(|line| {
+        BAD_CHECKSUM_FIELDS
+            .iter()
+            .zip(line.split('\t'))
+            .map(|(f, v)| format!("{f}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+    .collect()
 }
+
+/// What a failing test prints of each copy with a bad checksum, so a rare failure in CI
+/// says which packet it was.
+const BAD_CHECKSUM_FIELDS: &[&str] = &[
+    "frame.number",
+    "frame.len",
+    "ip.src",
+    "ipv6.src",
+    "ipv6.dst",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.flags.str",
+    "tcp.seq",
+    "tcp.len",
+    "tcp.checksum",
+    "tcp.checksum.calculated",
+    "udp.length",
+    "udp.checksum",
+    "udp.checksum.calculated",
+];
 
 /// tshark's standard output on `pcap`: numeric, UDP 4789 decoded as VXLAN.
 fn tshark(pcap: &Path, args: &[&str]) -> String {
