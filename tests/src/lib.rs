@@ -11,6 +11,7 @@ pub mod model;
 pub mod netns;
 pub mod packets;
 pub mod pktgen;
+pub mod sockopt;
 pub mod tcx;
 pub mod topology;
 pub mod traffic;

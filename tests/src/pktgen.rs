@@ -145,20 +145,7 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
     if ifindex == 0 {
         return Err(io::Error::last_os_error());
     }
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with an int option of the right size.
-    if unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sockopt::set_int(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
     // SAFETY: a zeroed sockaddr_ll with family and index set is a valid address.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;

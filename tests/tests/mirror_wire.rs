@@ -318,20 +318,9 @@ fn udp_gso(way: Way) {
         n
     });
     in_netns(&topo.wl, || {
-        use std::os::fd::AsRawFd as _;
         let sock = UdpSocket::bind(("0.0.0.0", 0)).expect("bind");
-        let seg: libc::c_int = SEG as libc::c_int;
-        // SAFETY: setsockopt with a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&seg as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        mirror_tests::sockopt::set_int(&sock, libc::SOL_UDP, libc::UDP_SEGMENT, SEG as libc::c_int)
+            .expect("UDP_SEGMENT");
         let buf: Vec<u8> = (0..SEG * PER_SEND).map(|i| i as u8).collect();
         for _ in 0..SENDS {
             sock.send_to(&buf, (NODE_SRC_ADDR, PORT)).expect("send");

@@ -1151,20 +1151,14 @@ fn gso_vxlan_super_packets_are_delivered_or_counted_never_lost_silently() {
     ]);
     let got = Capture::start(&topo.col, "mrx100", "udp dst port 9999");
     in_netns(node, || {
-        use std::os::fd::AsRawFd as _;
         let s = UdpSocket::bind(("10.99.0.1", 0)).expect("socket on vx0");
-        let size = SEGMENT as libc::c_int;
-        // SAFETY: setsockopt(2) on a socket we own with a c_int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        mirror_tests::sockopt::set_int(
+            &s,
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            SEGMENT as libc::c_int,
+        )
+        .expect("UDP_SEGMENT");
         for i in 0..SUPER {
             s.send_to(&[i as u8; PAYLOAD], ("10.99.0.2", 9999))
                 .expect("send a UDP GSO super-packet");
