@@ -350,14 +350,9 @@ impl PortSet {
             *self = PortSet::ALL;
             return;
         }
-        let mut port = min;
-        loop {
+        for port in min..=max {
             let bit = port as u32 & (PORT_SET_BITS - 1);
             self.words[(bit >> 6) as usize] |= 1 << (bit & 63);
-            if port == max {
-                return;
-            }
-            port += 1;
         }
     }
 }
