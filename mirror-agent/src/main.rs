@@ -17,7 +17,7 @@ use mirror_agent::{
     api::server,
     btf, cli,
     config::{self, FileConfig, LogFormat},
-    datapath::{self, CopyPathMode, Datapath, Persistence, TcAttachMode},
+    datapath::{self, CopyPathMode, Datapath, FlowTableSpec, Persistence, TcAttachMode},
     declared, flowlog, links,
     reconciler::Reconciler,
     service::Service,
@@ -427,8 +427,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let skb_layout = std::thread::spawn(drop_layout);
     let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
-        file.flow_table_size
-            .unwrap_or(mirror_ebpf::DEFAULT_FLOW_TABLE_SIZE),
+        FlowTableSpec {
+            entries: file
+                .flow_table_size
+                .unwrap_or(mirror_ebpf::DEFAULT_FLOW_TABLE_SIZE),
+            prealloc: file.flow_table_prealloc.unwrap_or(false),
+        },
         &Persistence {
             pin_dir: settings.pin_dir.clone(),
             state_dir: settings.state_dir.clone(),

@@ -508,3 +508,18 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The directory under an agent's pin dir (`<agent dir>/bpf/mirror-agent`) whose name starts
+/// with `prefix` (`maps-`, `progs-`: their names carry the object's fingerprint).
+pub fn pin_subdir(pins: &std::path::Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(pins)
+        .unwrap_or_else(|e| panic!("pin dir {}: {e}", pins.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .unwrap_or_else(|| panic!("no {prefix}* directory in {}", pins.display()))
+}

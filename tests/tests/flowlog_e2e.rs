@@ -338,13 +338,75 @@ fn nftables_drops_are_reject_records_with_the_drop_reason() {
 
 #[test]
 fn a_full_flow_table_shows_as_skipdata_not_silence() {
+    full_flow_table(false);
+}
+
+/// The same with `flow_table_prealloc`: a preallocated table is full at the same count.
+#[test]
+fn a_full_preallocated_flow_table_shows_as_skipdata_not_silence() {
+    full_flow_table(true);
+}
+
+/// Changing `flow_table_prealloc` takes effect at the next start: the pinned tables of the
+/// other kind are not reused, and the old ones go.
+#[test]
+fn flow_table_prealloc_changes_at_restart() {
+    let topo = Topology::new();
+    let agent = Agent::start(&topo.node, AGENT_CONFIG);
+    assert_eq!(
+        accept_table_flags(&agent),
+        1,
+        "allocated per flow by default"
+    );
+    let dir = agent.terminate();
+    let agent = Agent::start_in(
+        &topo.node,
+        &format!("{AGENT_CONFIG}flow_table_prealloc = true\n"),
+        &dir,
+    );
+    assert_eq!(
+        accept_table_flags(&agent),
+        0,
+        "preallocated after the restart"
+    );
+    let pins = dir.join("bpf/mirror-agent");
+    let map_dirs = std::fs::read_dir(&pins)
+        .expect("pin dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("maps-"))
+        .count();
+    assert_eq!(map_dirs, 1, "the old tables are gone");
+}
+
+/// `map_flags` of the agent's pinned ACCEPT table (`BPF_F_NO_PREALLOC` = 1).
+fn accept_table_flags(agent: &Agent) -> u32 {
+    let pins = agent
+        .state_dir
+        .parent()
+        .expect("agent dir")
+        .join("bpf/mirror-agent");
+    let maps = mirror_tests::agent::pin_subdir(&pins, "maps-");
+    aya::maps::MapInfo::from_pin(maps.join(mirror_ebpf::map_names::FLOWS_0))
+        .expect("pinned FLOWS_0")
+        .map_flags()
+}
+
+fn full_flow_table(prealloc: bool) {
     let topo = Topology::new();
     // IPv6 neighbour discovery and MLD would compete for the 8 entries and make the skipped
     // count depend on their timing.
     for ns in [&topo.wl, &topo.node] {
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     }
-    let agent = Agent::start(&topo.node, &format!("{AGENT_CONFIG}flow_table_size = 8\n"));
+    let agent = Agent::start(
+        &topo.node,
+        &format!("{AGENT_CONFIG}flow_table_size = 8\nflow_table_prealloc = {prealloc}\n"),
+    );
+    assert_eq!(
+        accept_table_flags(&agent),
+        if prealloc { 0 } else { 1 },
+        "FLOWS_0 preallocated: {prealloc}"
+    );
     create_flow_log(&agent, "src0", "All", "small");
     // A socket on the generator's port, read as fast as it fills: no ICMP errors and no
     // socket drops (REJECT flows) adding to the count.

@@ -246,16 +246,7 @@ fn an_upgrade_switches_the_links_atomically() {
 
     // Another build pins its programs under another name: rename ours out of its way.
     let pins = dir.join("bpf/mirror-agent");
-    let progs = std::fs::read_dir(&pins)
-        .expect("pin dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("progs-"))
-        })
-        .expect("a progs-* pin directory");
+    let progs = mirror_tests::agent::pin_subdir(&pins, "progs-");
     std::fs::rename(&progs, pins.join("progs-0000000000000000-older"))
         .expect("renaming the pinned programs");
 

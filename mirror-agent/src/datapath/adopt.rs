@@ -8,11 +8,12 @@ use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS};
 use tracing::{info, warn};
 
 use super::{
-    Datapath, DatapathError, DropLink, EBPF_OBJECT, FlowTables, OpenReport, PROG_EGRESS,
-    PROG_ENCAP, PROG_INGRESS, PROG_SEGMENT, PROG_TX, Persistence, Slots, TcAttachMode,
+    Datapath, DatapathError, DropLink, FlowTables, OpenReport, PROG_EGRESS, PROG_ENCAP,
+    PROG_INGRESS, PROG_SEGMENT, PROG_TX, Persistence, Slots, TcAttachMode,
     devices::TunnelDevice,
-    flowtable::sized_flow_maps,
+    flowtable::{FlowTableSpec, sized_flow_maps},
     ifindex, load,
+    object::EbpfObject,
     pins::{self, PinPaths, SavedDatapath, SavedSource, SavedTunnel},
     remove_pins, segment,
     sources::AttachedSource,
@@ -26,14 +27,17 @@ impl Datapath {
     /// program the kernel rejects disables what needs it, not the agent.
     pub fn open(
         attach_mode: TcAttachMode,
-        flow_table_size: u32,
+        flow_tables: FlowTableSpec,
         persist: &Persistence,
     ) -> Result<(Datapath, FlowTables, OpenReport), DatapathError> {
         let mut report = OpenReport::default();
+        // The pins' fingerprint is of this object: changing `flow_table_prealloc` makes new
+        // flow tables, as changing their size does.
+        let object = EbpfObject::for_tables(flow_tables)?;
         let pins = match PinPaths::prepare(
             &persist.pin_dir,
-            EBPF_OBJECT,
-            &sized_flow_maps(flow_table_size),
+            object.bytes(),
+            &sized_flow_maps(flow_tables.entries),
         ) {
             Ok(p) => Some(p),
             // Two agents on one pin directory would adopt and remove each other's links.
@@ -49,7 +53,7 @@ impl Datapath {
         let maps_reused = pins
             .as_ref()
             .is_some_and(|p| pins::PINNED_MAPS.iter().all(|m| p.maps.join(m).exists()));
-        let (programs, maps, flows) = load(flow_table_size, pins.clone())?;
+        let (programs, maps, flows) = load(&object, flow_tables.entries, pins.clone())?;
         report.rejected = programs
             .rejected
             .iter()

@@ -20,6 +20,31 @@ use mirror_ebpf::{
 
 use super::{DatapathError, map_err};
 
+/// How the kernel's flow tables are made: `entries` flows each (`flow_table_size`), and
+/// whether the two ACCEPT tables are preallocated (`flow_table_prealloc`). Preallocated, a
+/// table holds all its entries' memory from the start, and its drain neither frees nor walks
+/// scattered allocations: 1 M flows drain in about a third of the time (BENCHMARKS.md,
+/// "Flow-table drain").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTableSpec {
+    pub entries: u32,
+    pub prealloc: bool,
+}
+
+impl From<u32> for FlowTableSpec {
+    /// `entries` flows each, allocated as they come (the default).
+    fn from(entries: u32) -> Self {
+        FlowTableSpec {
+            entries,
+            prealloc: false,
+        }
+    }
+}
+
+/// The flow maps that `flow_table_prealloc` preallocates: the ACCEPT tables, which hold most
+/// flows. The REJECT tables stay allocated per flow (a host's drops are normally few).
+pub const PREALLOC_FLOW_MAPS: [&str; 2] = [map_names::FLOWS_0, map_names::FLOWS_1];
+
 /// The flow maps whose size `flow_table_size` sets (each holds that many flows).
 pub fn sized_flow_maps(flow_table_size: u32) -> [(&'static str, u32); 4] {
     [

@@ -7,8 +7,9 @@ use tracing::warn;
 
 use super::{
     CopyPathMode, Datapath, DatapathError, FlowTables, Programs, Slots, TcAttachMode,
-    flowtable::{FlowBuffer, sized_flow_maps},
+    flowtable::{FlowBuffer, FlowTableSpec, sized_flow_maps},
     maps::{Maps, take_map},
+    object::EbpfObject,
     pins::{self, PinPaths},
     receive,
 };
@@ -16,10 +17,11 @@ use super::{
 /// The compiled programs, built by build.rs with aya-build.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
 
-/// Loads the object into the kernel: maps (reused from `pins` when it has them) and the TC
+/// Loads `object` into the kernel: maps (reused from `pins` when it has them) and the TC
 /// programs (adopted from `pins` when this build pinned them). Each flow table gets
 /// `flow_table_size` entries.
 pub fn load(
+    object: &EbpfObject,
     flow_table_size: u32,
     pins: Option<PinPaths>,
 ) -> Result<(Programs, Maps, FlowTables), DatapathError> {
@@ -36,7 +38,7 @@ pub fn load(
             loader.map_pin_path(name, p.maps.join(name));
         }
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = loader.load(object.bytes())?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -112,9 +114,11 @@ impl Datapath {
     /// them (the flow-log runner).
     pub fn new(
         attach_mode: TcAttachMode,
-        flow_table_size: u32,
+        flow_tables: impl Into<FlowTableSpec>,
     ) -> Result<(Datapath, FlowTables), DatapathError> {
-        let (programs, maps, flows) = load(flow_table_size, None)?;
+        let spec = flow_tables.into();
+        let object = EbpfObject::for_tables(spec)?;
+        let (programs, maps, flows) = load(&object, spec.entries, None)?;
         Ok((
             Datapath::assemble(programs, maps, attach_mode, None)?,
             flows,

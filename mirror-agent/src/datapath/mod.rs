@@ -13,6 +13,7 @@ pub mod flowtable;
 mod loading;
 mod maps;
 pub mod nexthop;
+pub mod object;
 pub mod pins;
 mod plan;
 pub mod receive;
@@ -39,7 +40,7 @@ pub use attach::{
     PROG_TX, Programs, TcAttachMode, TcLink,
 };
 use devices::TunnelDevice;
-pub use flowtable::FlowTables;
+pub use flowtable::{FlowTableSpec, FlowTables};
 pub use loading::{EBPF_OBJECT, load};
 pub use maps::Maps;
 use maps::{take_map, zeroed_per_cpu};
@@ -89,6 +90,8 @@ pub enum DatapathError {
     Link { what: String, reason: String },
     #[error(transparent)]
     Pins(pins::PinError),
+    #[error(transparent)]
+    Object(#[from] object::ObjectError),
     #[error("saving the data path state in {path}: {source}")]
     Save {
         path: PathBuf,

@@ -1,12 +1,13 @@
 //! Drain of a full flow table: the agent's batched lookup-and-delete, then the records.
 
 use std::{
+    fmt::Write as _,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use aya::programs::{TestRun, TestRunOptions};
-use mirror_agent::datapath::{self, Datapath, PROG_INGRESS, TcAttachMode};
+use mirror_agent::datapath::{self, Datapath, FlowTableSpec, PROG_INGRESS, TcAttachMode};
 use mirror_ebpf::{MAX_SOURCES, SOURCE_FLOW_LOG, SourceConfig};
 use mirror_tests::{
     netns::in_netns,
@@ -149,9 +150,24 @@ pub fn fill(flows: &mut mirror_agent::datapath::FlowTables, n: u32) {
     }
 }
 
-/// Drain of `n` flows: the table filled from userspace (the fastest way to make a million
-/// distinct flows), then drained with the agent's code, streamed into JSON Lines records.
-pub fn drain_section(n: u32) -> String {
+/// What one drain measurement found.
+struct Measured {
+    drain_only_ms: f64,
+    per_entry_us: f64,
+    total_ms: f64,
+    rss_before: u64,
+    rss_after: u64,
+    peak: u64,
+    written: u64,
+    effect: DrainEffect,
+    memlock_empty: u64,
+    memlock_full: u64,
+}
+
+/// Fills the table with `n` flows from userspace (the fastest way to make a million distinct
+/// flows) and drains it with the agent's code: once counting only, with the data path probed,
+/// then again streamed into JSON Lines records. `prealloc`: the agent's `flow_table_prealloc`.
+fn measure(n: u32, prealloc: bool) -> Measured {
     use mirror_agent::flowlog::{
         files::{FileSink, FileSinkConfig},
         record::{FlowAction, FlowDirection, FlowFields, FlowRecord, LogStatus},
@@ -166,10 +182,17 @@ pub fn drain_section(n: u32) -> String {
             .build()
             .expect("tokio runtime");
         rt.block_on(async {
-            let (mut dp, mut flows) =
-                Datapath::new(TcAttachMode::Auto, n + 1024).expect("loading programs");
+            let (mut dp, mut flows) = Datapath::new(
+                TcAttachMode::Auto,
+                FlowTableSpec {
+                    entries: n + 1024,
+                    prealloc,
+                },
+            )
+            .expect("loading programs");
             // The kernel memory of a table, empty and holding the n flows (fdinfo's
-            // memlock, which for a no-prealloc hash counts the elements it holds).
+            // memlock: for a no-prealloc hash the elements it holds, for a preallocated one
+            // all of them).
             let active = flows.active().expect("active table") as usize;
             let memlock_empty = memlock_kib(&flows.buffers[active].accepts);
             // The kernel side alone: flip, wait, batched read-and-delete, counting only;
@@ -256,48 +279,107 @@ pub fn drain_section(n: u32) -> String {
         })
     });
     drop(ns);
-    format!(
+    Measured {
+        drain_only_ms,
+        per_entry_us,
+        total_ms,
+        rss_before,
+        rss_after,
+        peak,
+        written,
+        effect,
+        memlock_empty,
+        memlock_full,
+    }
+}
+
+/// Drain of `n` flows, with the flow tables allocated per flow (the default) and
+/// preallocated (`flow_table_prealloc`).
+pub fn drain_section(n: u32) -> String {
+    let runs = [(false, measure(n, false)), (true, measure(n, true))];
+    let allocation = |prealloc: bool| {
+        if prealloc {
+            "preallocated (`flow_table_prealloc = true`)"
+        } else {
+            "per flow (default)"
+        }
+    };
+    let mut out = format!(
         "\n## Flow-table drain\n\n{n} flows in the kernel table, drained with the agent's \
          batched lookup-and-delete and streamed into JSON Lines records on disk (one fdatasync per \
-         65536 records). Anchor: 0.36 µs/entry published for batched map read-and-delete; goal: \
+         65536 records), with the ACCEPT tables allocated per flow (the default) and \
+         preallocated. Anchor: 0.36 µs/entry published for batched map read-and-delete; goal: \
          1 M flows in <= 0.5 s, agent RSS <= 64 MB.\n\n\
-         | flows | drain only (ms, incl. 10 ms grace) | drain + records (ms) | µs/flow (with records) | drain only µs/flow vs the 0.36 µs anchor | records written | RSS before (MiB) | RSS after (MiB) | peak RSS of the bench process (MiB) |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {n} | {drain_only_ms:.0} | {total_ms:.0} | {per_entry_us:.2} | {} | {written} | {:.1} | {:.1} | {:.1} |\n",
-        crate::common::ratio(drain_only_ms * 1e3 / f64::from(n), 0.36),
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        peak as f64 / 1024.0
-    ) + &format!(
+         | tables | flows | drain only (ms, incl. 10 ms grace) | drain + records (ms) | µs/flow (with records) | drain only µs/flow vs the 0.36 µs anchor | records written | RSS before (MiB) | RSS after (MiB) | peak RSS of the bench process (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (prealloc, m) in &runs {
+        let _ = writeln!(
+            out,
+            "| {} | {n} | {:.0} | {:.0} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            allocation(*prealloc),
+            m.drain_only_ms,
+            m.total_ms,
+            m.per_entry_us,
+            crate::common::ratio(m.drain_only_ms * 1e3 / f64::from(n), 0.36),
+            m.written,
+            m.rss_before as f64 / 1024.0,
+            m.rss_after as f64 / 1024.0,
+            m.peak as f64 / 1024.0
+        );
+    }
+    let _ = write!(
+        out,
         "\nEffect on the data path: while the kernel drain ran (pinned to CPU 1), the ingress \
          program with flow accounting ran BPF_PROG_TEST_RUN on CPU 0 in chunks of 10000 \
-         packets ({} chunks during the drain); the peer is the same probe with nothing else \
-         running, for as long, right after.\n\n\
-         | data path | ns/packet (median of chunks) | vs idle |\n|---|---:|---:|\n\
-         | idle (peer) | {:.0} | 1.00x |\n| during the drain | {:.0} | {} |\n",
-        effect.during_chunks,
-        effect.idle_ns,
-        effect.during_ns,
-        crate::common::ratio(effect.during_ns, effect.idle_ns)
-    ) + &format!(
-        "\nAgainst the goal: the kernel drain of {n} flows took {drain_only_ms:.0} ms ({}); \
-         making JSON Lines records of them and writing them took the rest. The drain streams \
-         in batches of 4096, so its memory does not grow with the table; the agent's memory \
-         for a whole interval of 1 M distinct flows is measured in \"Flow-log interval \
-         memory\".\n\nKernel memory of one flow table (fdinfo `memlock`, which for a \
-         no-prealloc hash counts the elements it holds): {:.1} MiB empty, {:.1} MiB with {n} \
-         flows, {:.0} MiB per million flows. The agent has two such ACCEPT tables and two REJECT \
-         tables (a buffer is empty while the other fills) and per CPU two caches of 1024 slots \
-         (88 KiB each).\n",
-        if n >= 1_000_000 && drain_only_ms <= 500.0 {
+         packets; the peer is the same probe with nothing else running, for as long, right \
+         after.\n\n\
+         | tables | chunks during the drain | idle (peer, ns/packet, median of chunks) | during the drain | vs idle |\n\
+         |---|---:|---:|---:|---:|\n"
+    );
+    for (prealloc, m) in &runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {} |",
+            allocation(*prealloc),
+            m.effect.during_chunks,
+            m.effect.idle_ns,
+            m.effect.during_ns,
+            crate::common::ratio(m.effect.during_ns, m.effect.idle_ns)
+        );
+    }
+    let verdict = |ms: f64| {
+        if n >= 1_000_000 && ms <= 500.0 {
             "goal met"
         } else if n >= 1_000_000 {
             "goal missed"
         } else {
             "quick run: not comparable"
-        },
-        memlock_empty as f64 / 1024.0,
-        memlock_full as f64 / 1024.0,
-        (memlock_full.saturating_sub(memlock_empty)) as f64 / 1024.0 * 1e6 / f64::from(n.max(1)),
-    )
+        }
+    };
+    let (per_flow, pre) = (&runs[0].1, &runs[1].1);
+    let _ = write!(
+        out,
+        "\nAgainst the goal: the kernel drain of {n} flows took {:.0} ms with the tables \
+         allocated per flow ({}) and {:.0} ms preallocated ({}); making JSON Lines records of \
+         them and writing them took the rest. The drain streams in batches of 4096, so its \
+         memory does not grow with the table; the agent's memory for a whole interval of 1 M \
+         distinct flows is measured in \"Flow-log interval memory\".\n\nKernel memory of \
+         one ACCEPT table (fdinfo `memlock`): allocated per flow, {:.1} MiB empty and {:.1} \
+         MiB with {n} flows ({:.0} MiB per million flows held); preallocated for {} entries, \
+         {:.1} MiB from the start, whatever it holds. The agent has two such ACCEPT tables and \
+         two REJECT tables, always allocated per flow (a buffer is empty while the other \
+         fills), and per CPU two caches of 1024 slots (88 KiB each).\n",
+        per_flow.drain_only_ms,
+        verdict(per_flow.drain_only_ms),
+        pre.drain_only_ms,
+        verdict(pre.drain_only_ms),
+        per_flow.memlock_empty as f64 / 1024.0,
+        per_flow.memlock_full as f64 / 1024.0,
+        (per_flow.memlock_full.saturating_sub(per_flow.memlock_empty)) as f64 / 1024.0 * 1e6
+            / f64::from(n.max(1)),
+        n + 1024,
+        pre.memlock_full as f64 / 1024.0,
+    );
+    out
 }
