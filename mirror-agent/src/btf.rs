@@ -1,8 +1,9 @@
 //! The kernel's BTF (`/sys/kernel/btf/vmlinux`), read with the btf-rs crate.
 //!
-//! The `skb:kfree_skb` raw tracepoint cannot use CO-RE, so the agent looks up the byte offsets of
-//! the `sk_buff` and `net_device` fields it reads, and the names of `enum skb_drop_reason` values,
-//! in the running kernel's BTF once at start and hands the offsets to the program in a map. What
+//! The programs (Rust) cannot use CO-RE, so the agent looks up the byte offsets of the `sk_buff`
+//! and `net_device` fields the `skb:kfree_skb` tracepoint reads, and the names of
+//! `enum skb_drop_reason` values, in the running kernel's BTF once at start and sets the offsets
+//! in the programs' read-only data before loading them (`SKB_LAYOUT`). What
 //! is ours is the lookup: members found through the anonymous structs and unions the kernel
 //! nests them in (`struct_group`), bitfields told apart from whole-byte members.
 

@@ -32,7 +32,7 @@ pub struct KernelReport {
 
 /// TCX links (6.6): the source, uplink and receiver programs attach through them.
 pub const TCX: &str = "tcx";
-/// The drop reason as the `skb:kfree_skb` raw tracepoint's third argument (5.17): REJECT flow
+/// The drop reason as the `skb:kfree_skb` tracepoint's third argument (5.17): REJECT flow
 /// records with the kernel's reason.
 pub const DROP_REASON: &str = "drop_reason";
 /// XDP programs declared frags-aware (`BPF_F_XDP_HAS_FRAGS`, 5.18): `rx_pass` on the capture

@@ -423,8 +423,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if settings.tc_attach == TcAttachMode::Auto && !kernel.has(mirror_agent::kernel::TCX) {
         info!("no TCX in this kernel (6.6+): attaching the TC programs with clsact");
     }
-    // Reading the kernel's BTF (megabytes) overlaps the programs' verification.
-    let skb_layout = std::thread::spawn(drop_layout);
+    // The programs are loaded with the kernel's sk_buff layout (BTF); without it, flow logs
+    // have no REJECT records and copies of locally generated packets are not checksummed.
+    let kernel_btf = drop_layout();
+    if let Err(e) = &kernel_btf {
+        warn!("no sk_buff layout from the kernel's BTF: {e:#}");
+    }
+    let skb_layout = kernel_btf
+        .as_ref()
+        .map(|(layout, _)| *layout)
+        .unwrap_or(mirror_ebpf::SkbLayout::UNKNOWN);
     let (mut datapath, flow_tables, opened) = Datapath::open(
         settings.tc_attach,
         FlowTableSpec {
@@ -433,6 +441,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or(mirror_ebpf::DEFAULT_FLOW_TABLE_SIZE),
             prealloc: file.flow_table_prealloc.unwrap_or(false),
         },
+        &skb_layout,
         &Persistence {
             pin_dir: settings.pin_dir.clone(),
             state_dir: settings.state_dir.clone(),
@@ -462,13 +471,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drop_reasons = match kernel
         .drop_accounting()
         .map_err(anyhow::Error::msg)
-        .and_then(|()| {
-            skb_layout
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the kernel's BTF panicked")))
-        }) {
-        Ok((layout, reasons)) => {
-            let ok = match datapath.enable_drop_accounting(layout) {
+        .and(kernel_btf)
+    {
+        Ok((_, reasons)) => {
+            let ok = match datapath.enable_drop_accounting() {
                 Ok(()) => true,
                 Err(e) => {
                     warn!("drop accounting unavailable: {e}");

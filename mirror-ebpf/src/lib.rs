@@ -46,8 +46,6 @@ pub mod map_names {
     pub const FLOW_CLOCK: &str = "FLOW_CLOCK";
     /// Per-CPU flow-accounting counters (SKIPDATA).
     pub const FLOW_STATS: &str = "FLOW_STATS";
-    /// Kernel struct offsets for the drop tracepoint.
-    pub const SKB_LAYOUT: &str = "SKB_LAYOUT";
     /// Sessions' token buckets and sampling state.
     pub const BUDGET_STATE: &str = "BUDGET_STATE";
     /// Receiving interfaces.
@@ -81,7 +79,6 @@ pub mod map_names {
         FLOW_CTL,
         FLOW_CLOCK,
         FLOW_STATS,
-        SKB_LAYOUT,
         BUDGET_STATE,
         RX_INTERFACES,
         RX_VNIS,
@@ -677,8 +674,8 @@ sum_counters!(FlowStats {
 });
 
 /// Offsets into `struct sk_buff` and `struct net_device` for the drop tracepoint, read by
-/// the agent from the kernel's BTF (the programs cannot use CO-RE here). `valid` = 0 turns
-/// drop accounting off.
+/// the agent from the kernel's BTF (the programs cannot use CO-RE here) and set as the
+/// programs' global `SKB_LAYOUT` before they load. `valid` = 0 turns drop accounting off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkbLayout {
@@ -702,6 +699,28 @@ pub struct SkbLayout {
     pub ip_summed_valid: u32,
     pub ip_summed_byte: u32,
     pub ip_summed_shift: u32,
+}
+
+/// The programs' global (read-only data, not a map) holding the kernel's `SkbLayout`.
+pub const SKB_LAYOUT_GLOBAL: &str = "SKB_LAYOUT";
+
+impl SkbLayout {
+    /// No layout: drop accounting off, checksums assumed filled.
+    pub const UNKNOWN: SkbLayout = SkbLayout {
+        valid: 0,
+        head: 0,
+        network_header: 0,
+        transport_header: 0,
+        dev: 0,
+        skb_iif: 0,
+        dev_ifindex: 0,
+        dev_nd_net: 0,
+        net_inum: 0,
+        netns_inum: 0,
+        ip_summed_valid: 0,
+        ip_summed_byte: 0,
+        ip_summed_shift: 0,
+    };
 }
 
 /// `ip_summed` value of a packet whose transport checksum is left to the device.
@@ -814,6 +833,20 @@ mod user {
     unsafe impl aya::Pod for RxVni {}
     unsafe impl aya::Pod for RxInterfaceStats {}
     unsafe impl aya::Pod for RxVniStats {}
+
+    impl SkbLayout {
+        /// The value's bytes, as the programs' read-only data holds them.
+        pub fn as_bytes(&self) -> &[u8] {
+            // SAFETY: repr(C) u32 fields without padding (size checked below): every byte is
+            // initialised.
+            unsafe {
+                core::slice::from_raw_parts(
+                    (self as *const SkbLayout).cast::<u8>(),
+                    core::mem::size_of::<SkbLayout>(),
+                )
+            }
+        }
+    }
 }
 
 // No implicit padding: each size is the sum of the fields' sizes.

@@ -47,8 +47,8 @@ pub fn program_loaded(id: u32) -> bool {
         .any(|p| p.id() == id)
 }
 
-/// Raw tracepoint links running a program named `name`, anywhere in the kernel (tests run one
-/// at a time, so these are the running test's).
+/// Raw tracepoint links (BTF tracepoints attach as those too) running a program named `name`,
+/// anywhere in the kernel (tests run one at a time, so these are the running test's).
 pub fn raw_tracepoint_links(name: &str) -> usize {
     let ids: BTreeSet<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)

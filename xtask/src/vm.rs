@@ -33,7 +33,7 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "linux-image
 /// time CI has (about 8 minutes under TCG, where one agent start takes ~20 s): the kernel
 /// feature report and the clsact choice; both receiver programs through the 6.1 verifier
 /// (the fixture table); the source programs on clsact end to end, with a restart adopting the filters
-/// in place; REJECT records with drop reasons from the raw tracepoint; a program the kernel
+/// in place; REJECT records with drop reasons from the BTF tracepoint; a program the kernel
 /// refuses. Left out for time: mirror_fixtures (the source programs load in every test
 /// here), the other receiver fixtures, receiver_e2e (~2 min per test under TCG), restart (its
 /// checks are of TCX links). Measured under TCG: 399 s for this list; 517 s with all three

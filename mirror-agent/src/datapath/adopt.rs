@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use aya::programs::TcAttachType;
-use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS};
+use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, SkbLayout};
 use tracing::{info, warn};
 
 use super::{
@@ -28,6 +28,7 @@ impl Datapath {
     pub fn open(
         attach_mode: TcAttachMode,
         flow_tables: FlowTableSpec,
+        skb_layout: &SkbLayout,
         persist: &Persistence,
     ) -> Result<(Datapath, FlowTables, OpenReport), DatapathError> {
         let mut report = OpenReport::default();
@@ -37,6 +38,7 @@ impl Datapath {
         let pins = match PinPaths::prepare(
             &persist.pin_dir,
             object.bytes(),
+            skb_layout.as_bytes(),
             &sized_flow_maps(flow_tables.entries),
         ) {
             Ok(p) => Some(p),
@@ -53,7 +55,7 @@ impl Datapath {
         let maps_reused = pins
             .as_ref()
             .is_some_and(|p| pins::PINNED_MAPS.iter().all(|m| p.maps.join(m).exists()));
-        let (programs, maps, flows) = load(&object, flow_tables.entries, pins.clone())?;
+        let (programs, maps, flows) = load(&object, flow_tables.entries, pins.clone(), skb_layout)?;
         report.rejected = programs
             .rejected
             .iter()

@@ -7,10 +7,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType,
+        BtfTracePoint, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        raw_trace_point::RawTracePointLink,
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        tp_btf::BtfTracePointLink,
     },
     util::KernelVersion,
 };
@@ -28,6 +28,8 @@ pub const PROG_ENCAP: &str = "mirror_encap";
 pub const PROG_TX: &str = "mirror_tx";
 pub const PROG_SEGMENT: &str = "mirror_segment";
 pub const PROG_FLOW_DROP: &str = "flow_drop";
+/// The tracepoint `flow_drop` is a BTF program of.
+const DROP_TRACEPOINT: &str = "kfree_skb";
 pub const TC_PROGRAMS: [&str; 5] = [PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_TX, PROG_SEGMENT];
 
 /// Which way copies may take (`copy_path`).
@@ -122,7 +124,7 @@ impl TcLink {
 pub struct Programs {
     ebpf: Ebpf,
     pinned_tc: BTreeMap<&'static str, SchedClassifier>,
-    pinned_drop: Option<RawTracePoint>,
+    pinned_drop: Option<BtfTracePoint>,
     pins: Option<PinPaths>,
     /// Programs the kernel would not load, with its reason: their features are off, the rest
     /// of the agent works.
@@ -407,7 +409,7 @@ impl Programs {
         if self.pinned_drop.is_none()
             && let Some(path) = prog_pin.as_ref().filter(|p| p.exists())
         {
-            match RawTracePoint::from_pin(path) {
+            match BtfTracePoint::from_pin(path) {
                 Ok(p) => self.pinned_drop = Some(p),
                 Err(e) => warn!(
                     program = PROG_FLOW_DROP,
@@ -418,17 +420,23 @@ impl Programs {
         Ok(match &self.pinned_drop {
             Some(p) => p.info().ok().map(|i| i.id()),
             None => {
-                let prog: &mut RawTracePoint = self
+                let prog: &mut BtfTracePoint = self
                     .ebpf
                     .program_mut(PROG_FLOW_DROP)
                     .ok_or(DatapathError::MissingProgram(PROG_FLOW_DROP))?
                     .try_into()
                     .map_err(prog_err(PROG_FLOW_DROP))?;
                 if prog.fd().is_err() {
-                    prog.load().map_err(|e| DatapathError::Rejected {
+                    // The tracepoint's argument types come from the kernel's BTF.
+                    let btf = aya::Btf::from_sys_fs().map_err(|e| DatapathError::Rejected {
                         name: PROG_FLOW_DROP,
-                        reason: rejection(&e),
+                        reason: format!("reading the kernel's BTF: {e}"),
                     })?;
+                    prog.load(DROP_TRACEPOINT, &btf)
+                        .map_err(|e| DatapathError::Rejected {
+                            name: PROG_FLOW_DROP,
+                            reason: rejection(&e),
+                        })?;
                     if let Some(path) = &prog_pin
                         && let Err(e) = prog.pin(path)
                     {
@@ -476,7 +484,7 @@ impl Programs {
     }
 
     fn attach_drop_new(&mut self, pin: Option<PathBuf>) -> Result<DropLink, DatapathError> {
-        let prog: &mut RawTracePoint = match &mut self.pinned_drop {
+        let prog: &mut BtfTracePoint = match &mut self.pinned_drop {
             Some(p) => p,
             None => self
                 .ebpf
@@ -485,7 +493,7 @@ impl Programs {
                 .try_into()
                 .map_err(prog_err(PROG_FLOW_DROP))?,
         };
-        let id = prog.attach("kfree_skb").map_err(prog_err(PROG_FLOW_DROP))?;
+        let id = prog.attach().map_err(prog_err(PROG_FLOW_DROP))?;
         let link = prog.take_link(id).map_err(prog_err(PROG_FLOW_DROP))?;
         match pin {
             Some(path) => pin_drop(link, path),
@@ -565,7 +573,7 @@ fn pin_tc(
 #[derive(Debug)]
 pub enum DropLink {
     Pinned { link: PinnedLink, path: PathBuf },
-    Owned(RawTracePointLink),
+    Owned(BtfTracePointLink),
 }
 
 impl DropLink {
@@ -587,7 +595,7 @@ impl DropLink {
     }
 }
 
-fn pin_drop(link: RawTracePointLink, path: PathBuf) -> Result<DropLink, DatapathError> {
+fn pin_drop(link: BtfTracePointLink, path: PathBuf) -> Result<DropLink, DatapathError> {
     let _ = super::pins::remove(&path);
     let fd = FdLink::from(link);
     let link = fd.pin(&path).map_err(|e| DatapathError::Link {

@@ -1,20 +1,16 @@
 //! Drop accounting: the `skb:kfree_skb` tracepoint, attached only while a flow log wants it.
 
-use mirror_ebpf::{SkbLayout, map_names};
 use tracing::info;
 
-use super::{ApplyReport, Datapath, DatapathError, PROG_FLOW_DROP, map_err};
+use super::{ApplyReport, Datapath, DatapathError, PROG_FLOW_DROP};
 
 impl Datapath {
     /// Makes drop accounting available: dropped packets of flow-logged interfaces become
-    /// REJECT flows, counted from the `skb:kfree_skb` raw tracepoint with the `sk_buff` layout
-    /// read from the kernel's BTF. The program is loaded now (a rejection shows at start) but
-    /// attached only while a flow log exists: it runs for every packet the host drops.
-    pub fn enable_drop_accounting(&mut self, layout: SkbLayout) -> Result<(), DatapathError> {
-        self.maps
-            .skb_layout
-            .set(0, layout, 0)
-            .map_err(map_err(map_names::SKB_LAYOUT))?;
+    /// REJECT flows, counted from the `skb:kfree_skb` BTF tracepoint with the `sk_buff` layout
+    /// the programs were loaded with (`Datapath::open`). The program is loaded now (a
+    /// rejection shows at start) but attached only while a flow log exists: it runs for every
+    /// packet the host drops.
+    pub fn enable_drop_accounting(&mut self) -> Result<(), DatapathError> {
         self.programs.load_drop()?;
         self.drop_available = true;
         // What an earlier agent left counting goes on counting (no gap across a restart);

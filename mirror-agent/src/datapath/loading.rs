@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use mirror_ebpf::{MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SOURCES, map_names};
+use mirror_ebpf::{
+    MAX_FILTERS, MAX_RULE_SLOTS, MAX_SESSIONS, MAX_SOURCES, SKB_LAYOUT_GLOBAL, SkbLayout, map_names,
+};
 use tracing::warn;
 
 use super::{
@@ -19,11 +21,13 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Loads `object` into the kernel: maps (reused from `pins` when it has them) and the TC
 /// programs (adopted from `pins` when this build pinned them). Each flow table gets
-/// `flow_table_size` entries.
+/// `flow_table_size` entries; `skb_layout` is the kernel's, for the programs that read the
+/// `sk_buff` beyond `__sk_buff` (the drop tracepoint, the checksum test).
 pub fn load(
     object: &EbpfObject,
     flow_table_size: u32,
     pins: Option<PinPaths>,
+    skb_layout: &SkbLayout,
 ) -> Result<(Programs, Maps, FlowTables), DatapathError> {
     // The programs' log statements below the agent's level cost a load and a compare; the
     // level is fixed when a program is loaded (adopted programs keep theirs).
@@ -33,6 +37,7 @@ pub fn load(
         loader.map_max_entries(name, size);
     }
     loader.override_global(aya_log::LEVEL, &log_level, false);
+    loader.override_global(SKB_LAYOUT_GLOBAL, skb_layout, true);
     if let Some(p) = &pins {
         for &name in pins::PINNED_MAPS {
             loader.map_pin_path(name, p.maps.join(name));
@@ -118,7 +123,7 @@ impl Datapath {
     ) -> Result<(Datapath, FlowTables), DatapathError> {
         let spec = flow_tables.into();
         let object = EbpfObject::for_tables(spec)?;
-        let (programs, maps, flows) = load(&object, spec.entries, None)?;
+        let (programs, maps, flows) = load(&object, spec.entries, None, &SkbLayout::UNKNOWN)?;
         Ok((
             Datapath::assemble(programs, maps, attach_mode, None)?,
             flows,

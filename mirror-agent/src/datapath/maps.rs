@@ -7,7 +7,7 @@ use aya::{
 };
 use mirror_ebpf::{
     BudgetState, DIRECTIONS, FilterConfig, SOURCE_ACTIVE, SOURCES_DIRECT_MAX, SessionConfig,
-    SessionStats, SkbLayout, SourceConfig, SourceStats, map_names,
+    SessionStats, SourceConfig, SourceStats, map_names,
 };
 
 use super::{DatapathError, map_err};
@@ -22,7 +22,6 @@ pub struct Maps {
     pub session_stats: PerCpuArray<MapData, SessionStats>,
     pub source_stats: PerCpuArray<MapData, SourceStats>,
     pub rule_stats: PerCpuArray<MapData, u64>,
-    pub skb_layout: Array<MapData, SkbLayout>,
     pub budget_state: Array<MapData, BudgetState>,
 }
 
@@ -36,7 +35,6 @@ impl Maps {
             session_stats: take_map(ebpf, map_names::SESSION_STATS)?,
             source_stats: take_map(ebpf, map_names::SOURCE_STATS)?,
             rule_stats: take_map(ebpf, map_names::RULE_STATS)?,
-            skb_layout: take_map(ebpf, map_names::SKB_LAYOUT)?,
             budget_state: take_map(ebpf, map_names::BUDGET_STATE)?,
         })
     }

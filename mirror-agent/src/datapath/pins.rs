@@ -7,10 +7,11 @@
 //! ```text
 //! maps-<layout>/<MAP>          maps; <layout> fingerprints every pinned map's type, key and
 //!                              value size, entries and flags, so a new layout gets new maps
-//! progs-<object>-<layout>/<p>  programs; <object> fingerprints the eBPF object, so the same
-//!                              build is adopted as is and a new one is loaded beside it
+//! progs-<object>-<layout>/<p>  programs; <object> fingerprints the eBPF object and the
+//!                              values set in its read-only data at load (`SKB_LAYOUT`), so
+//!                              the same build is adopted as is and a new one is loaded beside it
 //! links/tc-<ifname>-<dir>      TCX links of sources; links/encap-<port> of tunnel devices;
-//! links/flow_drop              the kfree_skb raw tracepoint link
+//! links/flow_drop              the kfree_skb BTF tracepoint's link
 //! ```
 //!
 //! A link stays attached while its pin exists, whatever happens to the process that made it.
@@ -47,7 +48,6 @@ pub const PINNED_MAPS: &[&str] = &[
     map_names::FLOW_CTL,
     map_names::FLOW_CLOCK,
     map_names::FLOW_STATS,
-    map_names::SKB_LAYOUT,
     map_names::BUDGET_STATE,
     // aya-log's ring buffer: adopted programs keep logging where the new agent reads.
     "AYA_LOGS",
@@ -148,9 +148,13 @@ pub struct PinPaths {
 impl PinPaths {
     /// Checks that `root` is on bpffs and creates the directories for this object, whose maps
     /// get `max_entries` overrides from the config.
+    /// `globals`: the bytes of what is set in the programs' read-only data at load (the
+    /// kernel's `sk_buff` layout, the agent's namespace): programs loaded with other values
+    /// are not adopted.
     pub fn prepare(
         root: &Path,
         object: &[u8],
+        globals: &[u8],
         max_entries: &[(&str, u32)],
     ) -> Result<PinPaths, PinError> {
         if !on_bpffs(root).map_err(io_err(root))? {
@@ -159,7 +163,7 @@ impl PinPaths {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let lock = lock(root)?;
         let layout = map_layout(object, max_entries)?;
-        let code = fnv1a(&[object]);
+        let code = fnv1a(&[object, globals]);
         let paths = PinPaths {
             lock: std::sync::Arc::new(lock),
             root: root.to_path_buf(),

@@ -34,6 +34,7 @@ use mirror_ebpf::{
     is_mirror_mark, mirror_mark,
 };
 
+use flows::skb_layout;
 use matcher::rule_matches;
 use parse::{IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, parse};
 
@@ -340,18 +341,16 @@ fn copy_device(ctx: &TcContext, session: &SessionConfig, pkt: &Packet) -> u32 {
 /// kernel's BTF (`SKB_LAYOUT`). Unknown: assumed filled.
 #[inline(always)]
 fn checksum_partial(ctx: &TcContext) -> bool {
-    let Some(layout) = flows::skb_layout() else {
-        return false;
-    };
-    if layout.ip_summed_valid == 0 {
+    if skb_layout!(ip_summed_valid) == 0 {
         return false;
     }
     // The context pointer is the kernel's sk_buff; reading through it needs CAP_PERFMON,
     // which the source programs need anyway.
-    let at = (ctx.skb.skb as *const u8).wrapping_add((layout.ip_summed_byte & 0x3ff) as usize);
+    let at =
+        (ctx.skb.skb as *const u8).wrapping_add((skb_layout!(ip_summed_byte) & 0x3ff) as usize);
     // SAFETY: a bounded read of the kernel's sk_buff, checked by the helper.
     match unsafe { bpf_probe_read_kernel(at) } {
-        Ok(byte) => (byte >> (layout.ip_summed_shift & 7)) & 3 == CHECKSUM_PARTIAL,
+        Ok(byte) => (byte >> (skb_layout!(ip_summed_shift) & 7)) & 3 == CHECKSUM_PARTIAL,
         Err(_) => false,
     }
 }
