@@ -175,6 +175,24 @@ fn add_to_table(
     }
 }
 
+/// `add_to_table` on buffer `active`'s table, `t0` or `t1`. A call for each, not one call
+/// for whichever: the verifier inlines a hash lookup (a direct call, where the helper goes
+/// through the map's operations) only where every path brings the same map.
+#[inline(always)]
+fn add_to_buffer(
+    [t0, t1]: [&HashMap<FlowKey, FlowValue>; 2],
+    active: u32,
+    key: &FlowKey,
+    v: &FlowValue,
+    stats_index: u32,
+) {
+    if active == 0 {
+        add_to_table(t0, key, v, stats_index);
+    } else {
+        add_to_table(t1, key, v, stats_index);
+    }
+}
+
 /// A flow key as the 11 words it is made of (`FlowKey` is `repr(C)`, 44 bytes, 4-aligned,
 /// without padding): hashing and comparing words is a few loads and no branches, where the
 /// derived comparison tests field by field.
@@ -213,15 +231,18 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
 pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_index: u32) {
     let now = now_ns();
     let active = active_buffer();
-    let cache = if active == 0 {
-        &FLOW_CACHE_0
+    // A lookup per map, each naming its map: the verifier inlines a per-CPU array lookup
+    // (6.10+) only where the map is the same on every path, and a helper call costs more than
+    // the rest of a cache hit.
+    let index = cache_index(key);
+    let slot = if active == 0 {
+        FLOW_CACHE_0.get_ptr_mut(index)
     } else {
-        &FLOW_CACHE_1
+        FLOW_CACHE_1.get_ptr_mut(index)
     };
-    let table = if active == 0 { &FLOWS_0 } else { &FLOWS_1 };
-    let Some(slot) = cache.get_ptr_mut(cache_index(key)) else {
+    let Some(slot) = slot else {
         let v = FlowValue::first(packets, bytes, now, tcp_flags, 0);
-        add_to_table(table, key, &v, stats_index);
+        add_to_buffer([&FLOWS_0, &FLOWS_1], active, key, &v, stats_index);
         return;
     };
     // SAFETY: this CPU's slot; nothing else on this CPU runs a source program meanwhile
@@ -240,7 +261,13 @@ pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_in
     if slot.stats != 0 {
         let old_key = slot.key;
         let old_value = slot.value;
-        add_to_table(table, &old_key, &old_value, slot.stats - 1);
+        add_to_buffer(
+            [&FLOWS_0, &FLOWS_1],
+            active,
+            &old_key,
+            &old_value,
+            slot.stats - 1,
+        );
     }
     slot.key = *key;
     slot.stats = stats_index + 1;
@@ -252,13 +279,8 @@ pub fn account(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32, stats_in
 #[inline(always)]
 pub fn account_table_only(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u32) {
     let now = now_ns();
-    let table = if active_buffer() == 0 {
-        &FLOWS_0
-    } else {
-        &FLOWS_1
-    };
     let v = FlowValue::first(packets, bytes, now, tcp_flags, 0);
-    add_to_table(table, key, &v, 0);
+    add_to_buffer([&FLOWS_0, &FLOWS_1], active_buffer(), key, &v, 0);
 }
 
 /// Benchmark only: puts another flow (the key with its ports swapped) in `key`'s cache slot,
@@ -289,13 +311,14 @@ pub fn occupy_cache_slot(key: &FlowKey) {
 #[inline(always)]
 fn account_reject(key: &FlowKey, bytes: u64, tcp_flags: u32, reason: u32, stats_index: u32) {
     let now = now_ns_tracing();
-    let table = if active_buffer() == 0 {
-        &FLOW_REJECTS_0
-    } else {
-        &FLOW_REJECTS_1
-    };
     let v = FlowValue::first(1, bytes, now, tcp_flags, reason);
-    add_to_table(table, key, &v, stats_index);
+    add_to_buffer(
+        [&FLOW_REJECTS_0, &FLOW_REJECTS_1],
+        active_buffer(),
+        key,
+        &v,
+        stats_index,
+    );
 }
 
 #[inline(always)]
