@@ -52,7 +52,9 @@ fn expected_id(i: u32) -> (u32, u16) {
 }
 
 /// Sends `packets_of(i)` packets of each of `flows` flows, interleaved so that flows keep
-/// taking each other's cache slots, then drains: every flow once, exact counts.
+/// taking each other's cache slots, then drains: every flow once, exact counts. (The drain
+/// walks the table with one thread per CPU, each from its share of the buckets: the flows of
+/// every share come out once.)
 fn send_and_check(
     prog: &SchedClassifier,
     ctx: &[u8],

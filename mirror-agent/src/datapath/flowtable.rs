@@ -6,19 +6,15 @@
 //! now idle buffer and empties it. Nothing writes the idle buffer meanwhile, so each update is
 //! read exactly once: none lost, none counted twice.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
-    time::Duration,
-};
+use std::{collections::HashMap as StdHashMap, time::Duration};
 
-use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use mirror_ebpf::{
     DIRECTIONS, FLOW_CACHE_SLOTS, FLOW_CTL_ACTIVE, FlowCacheSlot, FlowKey, FlowStats, FlowValue,
     map_names,
 };
 
-use super::{DatapathError, map_err};
+use super::{DatapathError, batchdrain, map_err};
 
 /// How the kernel's flow tables are made: `entries` flows each (`flow_table_size`), and
 /// whether the two ACCEPT tables are preallocated (`flow_table_prealloc`). Preallocated, a
@@ -186,6 +182,12 @@ impl FlowTables {
     }
 }
 
+/// How many concurrent walks of the kernel table a drain from this thread uses: one per CPU
+/// it may run on, at most four (the walk is bound by memory).
+pub fn drain_walks() -> usize {
+    batchdrain::walks()
+}
+
 /// How often the agent refreshes `FLOW_CLOCK`: the resolution of flow times (records carry
 /// seconds).
 pub const FLOW_CLOCK_PERIOD: Duration = Duration::from_millis(100);
@@ -286,12 +288,13 @@ fn take_cache(
     Ok(flows)
 }
 
-/// Reads and deletes a whole idle table, in batches where the kernel has them.
+/// Reads and deletes a whole idle table, in batches where the kernel has them (walked by
+/// several CPUs at once, `batchdrain`).
 fn drain_table(
     table: &mut HashMap<MapData, FlowKey, FlowValue>,
     f: &mut impl FnMut(&FlowKey, &FlowValue),
 ) -> Result<(), DatapathError> {
-    if let Err(e) = lookup_and_delete_batch(table, f) {
+    if let Err(e) = batchdrain::lookup_and_delete_all(table, batchdrain::walks(), f) {
         // Kernels without batch operations: one entry at a time.
         tracing::debug!("batch drain unavailable ({e}), draining entry by entry");
         let keys: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
@@ -308,72 +311,4 @@ fn drain_table(
         }
     }
     Ok(())
-}
-
-/// Entries per BPF_MAP_LOOKUP_AND_DELETE_BATCH call: large enough to amortise the syscall,
-/// small enough that the buffers stay at a few hundred KiB.
-const BATCH: usize = 4096;
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-
-/// `union bpf_attr` for the batch commands (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Reads and deletes the whole (idle) table with the kernel's batch command. aya 0.14 has no
-/// wrapper for it; the syscall is simple enough to make directly.
-fn lookup_and_delete_batch(
-    table: &HashMap<MapData, FlowKey, FlowValue>,
-    f: &mut impl FnMut(&FlowKey, &FlowValue),
-) -> std::io::Result<()> {
-    let fd = table.map().fd().as_fd().as_raw_fd();
-    let mut keys = vec![FlowKey::ZERO; BATCH];
-    let mut values = vec![FlowValue::default(); BATCH];
-    // Hash maps use a 32-bit bucket cursor as the batch token.
-    let mut token_in: u32 = 0;
-    let mut token_out: u32 = 0;
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &raw const token_in as u64 },
-            out_batch: &raw mut token_out as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
-            map_fd: fd as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: bpf(2) with an attr that points at buffers of `count` keys and values.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
-        let n = attr.count as usize;
-        for i in 0..n.min(BATCH) {
-            f(&keys[i], &values[i]);
-        }
-        match err {
-            None => {}
-            // ENOENT: the table is done (the last entries came with it).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Some(e) if first && n == 0 => return Err(e),
-            Some(e) => return Err(e),
-        }
-        first = false;
-        token_in = token_out;
-    }
 }

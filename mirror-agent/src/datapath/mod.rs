@@ -6,6 +6,7 @@
 mod adopt;
 mod apply;
 pub mod attach;
+mod batchdrain;
 mod devices;
 mod drops;
 pub mod encode;
