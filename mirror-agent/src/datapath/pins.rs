@@ -378,6 +378,7 @@ mod tests {
         if cfg!(feature = "bench-programs") {
             named.extend([
                 "bench_empty",
+                "bench_empty_tp",
                 "bench_parse",
                 "bench_flow_shared",
                 "bench_flow_evict",

@@ -5,9 +5,9 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, map},
+    macros::{btf_tracepoint, classifier, map},
     maps::PerCpuHashMap,
-    programs::TcContext,
+    programs::{BtfTracePointContext, TcContext},
 };
 use mirror_ebpf::{FLOW_ACCEPT, FlowKey, FlowValue};
 
@@ -21,6 +21,14 @@ use super::{
 #[classifier]
 pub fn bench_empty(_ctx: TcContext) -> i32 {
     PASS_ORIGINAL
+}
+
+/// Does nothing on `skb:kfree_skb`, as `flow_drop` is attached: with `bench_empty` beside the
+/// source programs, the floor of a run as the kernel's BPF statistics measure it (their clock
+/// reads, the dispatch), which the flow-accounting bench reads the agent's columns against.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn bench_empty_tp(_ctx: BtfTracePointContext) -> i32 {
+    0
 }
 
 /// Benchmark only: parse and flow accounting as the agent does it; the same packet again and

@@ -38,6 +38,8 @@ mod interval;
 mod progcost;
 #[path = "mirror-bench/receive.rs"]
 mod receive;
+#[path = "mirror-bench/statfloor.rs"]
+mod statfloor;
 #[path = "mirror-bench/wire.rs"]
 mod wire;
 

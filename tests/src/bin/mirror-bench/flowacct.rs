@@ -25,6 +25,7 @@ use mirror_tests::{
 
 use crate::{
     common::{CpuTimes, cpu_times, human, machine, process_cpu, ratio},
+    statfloor::{FloorReading, StatFloor},
     wire::{Bed, FLOWS, METRICS, Proc, WORK_CPU, bpf_stats, sink, start_agent},
 };
 
@@ -69,6 +70,8 @@ pub struct Outcome {
     /// The agent's eBPF programs (kernel BPF stats) over the run: run time in ns of the
     /// source programs and of the drop tracepoint.
     pub bpf: Option<(f64, f64)>,
+    /// Empty programs on the same hooks over the same window (`statfloor`).
+    pub floor: Option<FloorReading>,
 }
 
 impl Outcome {
@@ -221,6 +224,7 @@ fn offer(bed: &Bed, rate: u64, secs: f64, tool_pid: u32) -> Outcome {
         },
         reported: BTreeMap::new(),
         bpf: None,
+        floor: None,
     }
 }
 
@@ -300,8 +304,10 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
         );
         thread::sleep(Duration::from_millis(50));
     }
+    let floor = StatFloor::attach(&bed.node, "s0");
     // The metrics follow the kernel's BPF stats every few seconds: read them once settled.
     thread::sleep(Duration::from_secs(3));
+    let floor0 = floor.read();
     let bpf0 = bpf_stats(bed);
     let mut o = offer(bed, rate, secs, agent.pid());
     // Records come at the end of each 2-second interval: wait until the counts stop growing.
@@ -324,6 +330,7 @@ fn run_agent(bed: &Bed, rate: u64, secs: f64) -> Outcome {
     // The metrics follow the kernel's counters every second or so.
     thread::sleep(Duration::from_secs(2));
     let bpf1 = bpf_stats(bed);
+    o.floor = Some(floor.read().since(floor0));
     o.bpf = Some((bpf1.0 - bpf0.0, bpf1.1 - bpf0.1));
     o
 }
@@ -677,6 +684,38 @@ impl FlowAcct {
                 "goal missed"
             }
         );
+        // The same costs without what the statistics themselves add to every run.
+        let floor_of = |o: &Outcome| {
+            o.floor.map_or(0.0, |f| (f.tc_ns + f.tp_ns) as f64) / o.sent.max(1) as f64
+        };
+        let per_run = |ns: u64, runs: u64| ns as f64 / runs.max(1) as f64;
+        if let (Some(dropped), Some(delivered)) =
+            (outcome(Tool::Agent), outcome(Tool::AgentDelivered))
+            && let (Some(fd), Some(fv)) = (dropped.floor, delivered.floor)
+        {
+            let less_dropped = agent_cost - floor_of(dropped);
+            let less_delivered = delivered_cost - floor_of(delivered);
+            let _ = writeln!(
+                out,
+                "The statistics' own share: empty programs on the same hooks over the same \
+                 windows (`bench_empty` on `s0`'s TC ingress beside the agent's, \
+                 `bench_empty_tp` on `skb:kfree_skb`) recorded {:.0} ns per TC run and {:.0} ns \
+                 per tracepoint run (dropped row; {:.0} and {:.0} in the delivered one): the \
+                 statistics' clock reads and the dispatch, which every run of the agent's \
+                 programs records too and which they do not pay with the statistics off (the \
+                 default). Less that floor, the agent's cost per packet is {less_delivered:.0} ns \
+                 with frames delivered, {} of the cheaper peer ({}), and {less_dropped:.0} ns \
+                 with every frame dropped, {} ({}); the peers' process CPU has no such share.\n",
+                per_run(fd.tc_ns, fd.tc_runs),
+                per_run(fd.tp_ns, fd.tp_runs),
+                per_run(fv.tc_ns, fv.tc_runs),
+                per_run(fv.tp_ns, fv.tp_runs),
+                ratio(less_delivered, best_peer),
+                verdict(less_delivered),
+                ratio(less_dropped, best_peer),
+                verdict(less_dropped),
+            );
+        }
         out
     }
 }
