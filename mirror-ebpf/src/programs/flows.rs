@@ -15,9 +15,11 @@
 //! straight to their own shared tables (`FLOW_REJECTS_*`), which also lets the agent read
 //! every REJECT flow of a drain before the ACCEPT flows they are taken off.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
-use core::{mem::MaybeUninit, ptr::read_volatile};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::MaybeUninit,
+    ptr::read_volatile,
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -78,7 +80,7 @@ pub(crate) fn layout(field: &'static u32) -> u32 {
     unsafe { read_volatile(field) }
 }
 
-/// The `SKB_LAYOUT` fields of one member.
+/// A field of `SKB_LAYOUT` by name: `skb_layout!(dev)`.
 macro_rules! skb_layout {
     ($field:ident) => {
         $crate::programs::flows::layout(&$crate::programs::flows::SKB_LAYOUT.$field)
@@ -92,11 +94,8 @@ pub(crate) use skb_layout;
 /// agent wrote it (tests, benchmarks) the coarse clock is read instead.
 #[inline(always)]
 fn now_ns() -> u64 {
-    match FLOW_CLOCK.get(0) {
-        Some(&t) if t != 0 => t,
-        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-        _ => unsafe { bpf_ktime_get_coarse_ns() },
-    }
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    agent_clock().unwrap_or_else(|| unsafe { bpf_ktime_get_coarse_ns() })
 }
 
 /// `now_ns` for the drop tracepoint. Tracing programs may not read the coarse clock (its
@@ -104,11 +103,14 @@ fn now_ns() -> u64 {
 /// apart at most, and is read only before the agent's clock is there.
 #[inline(always)]
 fn now_ns_tracing() -> u64 {
-    match FLOW_CLOCK.get(0) {
-        Some(&t) if t != 0 => t,
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        _ => unsafe { bpf_ktime_get_ns() },
-    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    agent_clock().unwrap_or_else(|| unsafe { bpf_ktime_get_ns() })
+}
+
+/// `FLOW_CLOCK`, once the agent has written it.
+#[inline(always)]
+fn agent_clock() -> Option<u64> {
+    FLOW_CLOCK.get(0).copied().filter(|&t| t != 0)
 }
 
 #[inline(always)]
